@@ -1,0 +1,139 @@
+"""Training settings: defaults, then a TOML config file, then TRAINING_* environment variables,
+then command-line flags, each overriding the one before.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+GLOBAL_BATCH_SIZE = 128
+DEFAULT_EPOCHS = 2
+DEFAULT_LEARNING_RATE = 0.01
+DEFAULT_SEED = 42
+ENV_PREFIX = "TRAINING_"
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used (a user error: one line, exit 2)."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    device_mode: str = "multi"
+    custom_gpus: tuple[int, ...] = ()
+    min_gpu_memory: float = 8.0
+    include_display_gpus: bool = False
+    model: str = "cnn"
+    data: str | None = None
+    epochs: int = DEFAULT_EPOCHS
+    steps_per_epoch: int | None = None
+    global_batch_size: int = GLOBAL_BATCH_SIZE
+    learning_rate: float = DEFAULT_LEARNING_RATE
+    optimizer: str = "sgd"
+    seed: int = DEFAULT_SEED
+    mixed_precision: bool = False
+    jit_compile: bool = False
+    cross_device_ops: str = "auto"
+    cpu_replicas: int | None = None
+    log_dir: str | None = None
+    summary_json: str | None = None
+    save_model: str | None = None
+    warmup_steps: int = 5
+    require_gpu: bool = False
+    dry_run: bool = False
+    inventory: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    def merged(self, overrides: Mapping[str, Any], origin: str) -> TrainConfig:
+        """A copy with `overrides` applied; unknown keys and wrong types are a ConfigError."""
+        known = {f.name: f for f in fields(self) if f.name != "extra"}
+        changes: dict[str, Any] = {}
+        for raw_key, value in overrides.items():
+            key = raw_key.replace("-", "_")
+            if key not in known:
+                raise ConfigError(f"{origin}: unknown setting {raw_key!r}")
+            changes[key] = _coerce(key, value, getattr(self, key), origin)
+        return replace(self, **changes)
+
+
+def _coerce(key: str, value: Any, current: Any, origin: str) -> Any:
+    """Type-check a value from a file or the environment against the setting's default."""
+    if key == "custom_gpus":
+        if isinstance(value, str):
+            value = value.replace(",", " ").split()
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{origin}: {key} must be a list of GPU ids")
+        try:
+            return tuple(int(v) for v in value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{origin}: {key} must be a list of GPU ids, got {value!r}") from None
+    expected: type = type(current) if current is not None else _OPTIONAL_TYPES.get(key, str)
+    if isinstance(value, str) and expected is not str:
+        value = _parse_text(value, expected, key, origin)
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise ConfigError(f"{origin}: {key} must be {expected.__name__}, got {value!r}")
+    return value
+
+
+_OPTIONAL_TYPES: dict[str, type] = {"steps_per_epoch": int, "cpu_replicas": int}
+
+
+def _parse_text(text: str, expected: type, key: str, origin: str) -> Any:
+    if expected is bool:
+        lowered = text.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off", ""):
+            return False
+        raise ConfigError(f"{origin}: {key} must be true or false, got {text!r}")
+    try:
+        return expected(text)
+    except ValueError:
+        raise ConfigError(f"{origin}: {key} must be {expected.__name__}, got {text!r}") from None
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"--config {path}: no such file") from None
+    except OSError as exc:
+        raise ConfigError(f"--config {path}: cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"--config {path}: not valid TOML ({exc})") from None
+    # allow the settings at top level or under [training]
+    section = data.get("training", data)
+    if not isinstance(section, dict):
+        raise ConfigError(f"--config {path}: [training] must be a table")
+    return section
+
+
+def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    environ = os.environ if environ is None else environ
+    names = {f.name for f in fields(TrainConfig)} - {"extra"}
+    out = {}
+    for name, value in environ.items():
+        if name.startswith(ENV_PREFIX):
+            key = name[len(ENV_PREFIX) :].lower()
+            if key in names:
+                out[key] = value
+    return out
+
+
+def resolve_config(
+    flags: Mapping[str, Any], config_file: str | None = None, environ: Mapping[str, str] | None = None
+) -> TrainConfig:
+    """Defaults < config file < TRAINING_* environment < flags given on the command line."""
+    config = TrainConfig()
+    if config_file:
+        config = config.merged(load_config_file(config_file), f"--config {config_file}")
+    config = config.merged(env_overrides(environ), "environment")
+    return config.merged({k: v for k, v in flags.items() if v is not None}, "command line")

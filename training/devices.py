@@ -1,0 +1,197 @@
+"""From a GPU selection to a running MirroredStrategy: `plan_devices()` (no TensorFlow) and
+`setup_device_strategy()`, which must run before any TensorFlow operation and refuses to run late.
+
+GPUs are made visible by UUID through CUDA_VISIBLE_DEVICES, never by position: CUDA numbers GPUs
+fastest-first unless CUDA_DEVICE_ORDER=PCI_BUS_ID, and TensorFlow silently skips GPUs with fewer
+than 8 multiprocessors, so "GPU 1" in TensorFlow need not be nvidia-smi's GPU 1.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from diagnostics.inventory import Gpu, Inventory, load_inventory
+from diagnostics.nvml import NvmlUnavailable, read_inventory
+from diagnostics.selection import DEFAULT_MIN_MEMORY_GB, Selection, select_gpus
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+CROSS_DEVICE_OPS = ("auto", "nccl", "hierarchical", "reduce-to-one")
+
+
+class DeviceSetupError(RuntimeError):
+    """The devices cannot be set up as asked (no GPU with --require-gpu, a late call, ...)."""
+
+
+class LateSetupError(DeviceSetupError):
+    """TensorFlow's runtime was initialised before setup_device_strategy() ran."""
+
+
+LATE_SETUP_MESSAGE = (
+    "TensorFlow's runtime was already initialised when setup_device_strategy() ran ({detail}), so "
+    "the visible GPUs and CPU replicas can no longer be chosen. Call setup_device_strategy() before "
+    "any TensorFlow operation: before creating tensors, models, datasets or strategies, and before "
+    "importing code that runs TensorFlow operations at import time."
+)
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    """What a run will use, decided without TensorFlow: printed by --dry-run, applied by setup."""
+
+    kind: str  # "gpu" or "cpu"
+    gpus: tuple[Gpu, ...] = ()
+    cpu_replicas: int = 1
+    selection: Selection | None = None
+    inventory: Inventory | None = None
+    warnings: tuple[str, ...] = ()
+    fallback_reason: str | None = None  # why a GPU run fell back to the CPU
+
+    @property
+    def num_replicas(self) -> int:
+        return len(self.gpus) if self.kind == "gpu" else self.cpu_replicas
+
+    @property
+    def device_names(self) -> list[str]:
+        if self.kind == "gpu":
+            return [f"/gpu:{i}" for i in range(len(self.gpus))]
+        return [f"/cpu:{i}" for i in range(self.cpu_replicas)]
+
+    def describe(self) -> list[str]:
+        if self.kind == "gpu":
+            return [
+                f"{d} = NVML GPU {g.index} {g.name} ({g.memory_total_gb:.1f} GB, {g.pci_bus_id}, {g.uuid})"
+                for d, g in zip(self.device_names, self.gpus, strict=True)
+            ]
+        return [f"{d} = CPU logical device {i}" for i, d in enumerate(self.device_names)]
+
+
+@dataclass
+class DeviceSetup:
+    strategy: tf.distribute.Strategy
+    plan: DevicePlan
+    cross_device_ops: str
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def num_replicas(self) -> int:
+        return int(self.strategy.num_replicas_in_sync)
+
+
+def plan_devices(
+    mode: str = "multi",
+    custom_ids: Sequence[int] | None = None,
+    min_memory_gb: float = DEFAULT_MIN_MEMORY_GB,
+    include_display: bool = False,
+    cpu_replicas: int | None = None,
+    require_gpu: bool = False,
+    inventory: Inventory | str | None = None,
+) -> DevicePlan:
+    """Decide the devices. Raises SelectionError for bad flags, DeviceSetupError for --require-gpu."""
+    if cpu_replicas is not None and cpu_replicas < 1:
+        raise DeviceSetupError(f"--cpu-replicas must be >= 1, got {cpu_replicas}")
+    if cpu_replicas is not None and require_gpu:
+        raise DeviceSetupError("--cpu-replicas and --require-gpu contradict each other: drop one")
+    if isinstance(inventory, str):
+        inventory = load_inventory(inventory)
+    no_driver: str | None = None
+    if inventory is None:
+        try:
+            inventory = read_inventory(include_links=False)
+        except NvmlUnavailable as exc:
+            no_driver = str(exc)
+    selection = None
+    if inventory is not None:
+        selection = select_gpus(inventory, mode, custom_ids, min_memory_gb, include_display)
+    if cpu_replicas is not None:
+        return DevicePlan("cpu", (), cpu_replicas, selection, inventory)
+    if selection is not None and selection.selected:
+        return DevicePlan("gpu", selection.selected, 1, selection, inventory, tuple(selection.warnings))
+    if no_driver:
+        reason = no_driver
+    elif inventory is not None and not inventory.gpus:
+        reason = "NVML found no NVIDIA GPU"
+    else:
+        assert selection is not None
+        reason = "no GPU is eligible: " + " | ".join(selection.explain())
+    if require_gpu:
+        raise DeviceSetupError(f"--require-gpu: {reason}")
+    return DevicePlan("cpu", (), 1, selection, inventory, (f"training on the CPU: {reason}",), reason)
+
+
+def runtime_initialized() -> bool:
+    """True once TensorFlow's eager context has created its runtime (devices are then fixed)."""
+    from tensorflow.python.eager import context  # private, but the only side-effect-free probe
+
+    return context.context()._context_handle is not None
+
+
+def setup_device_strategy(plan: DevicePlan | None = None, cross_device_ops: str = "auto") -> DeviceSetup:
+    """Make exactly the planned devices visible and build the MirroredStrategy over them.
+
+    Must run before any TensorFlow operation; raises LateSetupError otherwise.
+    """
+    if cross_device_ops not in CROSS_DEVICE_OPS:
+        raise DeviceSetupError(
+            f"unknown cross-device ops {cross_device_ops!r}: choose one of {', '.join(CROSS_DEVICE_OPS)}"
+        )
+    plan = plan or plan_devices()
+    # CUDA reads these once, when TensorFlow first touches the driver: set them before importing TF
+    # does anything with devices. If CUDA was already initialised they are ignored, which the
+    # device-count check below catches.
+    os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+    if plan.kind == "gpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(g.uuid or str(g.index) for g in plan.gpus)
+    import tensorflow as tf
+
+    if runtime_initialized():
+        raise LateSetupError(LATE_SETUP_MESSAGE.format(detail="a TensorFlow operation already ran"))
+    warnings = list(plan.warnings)
+    try:
+        if plan.kind == "gpu":
+            gpus = tf.config.list_physical_devices("GPU")
+            if len(gpus) != len(plan.gpus):
+                raise DeviceSetupError(
+                    f"TensorFlow sees {len(gpus)} GPU(s) but {len(plan.gpus)} were selected "
+                    f"(CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']}): is this TensorFlow "
+                    "built with CUDA (pip install 'gpudiag[gpu]'), and did anything initialise CUDA "
+                    "before setup_device_strategy()? Run `gpudiag check` for details."
+                )
+            for gpu in gpus:
+                tf.config.experimental.set_memory_growth(gpu, True)
+        else:
+            tf.config.set_visible_devices([], "GPU")
+            cpu = tf.config.list_physical_devices("CPU")[0]
+            tf.config.set_logical_device_configuration(
+                cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(plan.cpu_replicas)]
+            )
+    except RuntimeError as exc:
+        if "initialized" in str(exc):
+            raise LateSetupError(LATE_SETUP_MESSAGE.format(detail=str(exc).strip())) from None
+        raise
+    ops, note = _cross_device_ops(tf, cross_device_ops, plan)
+    if note:
+        warnings.append(note)
+    strategy = tf.distribute.MirroredStrategy(devices=plan.device_names, cross_device_ops=ops)
+    return DeviceSetup(strategy, plan, cross_device_ops, warnings)
+
+
+def _cross_device_ops(tf: Any, name: str, plan: DevicePlan) -> tuple[Any, str | None]:
+    if name == "auto":
+        # MirroredStrategy picks NCCL for several GPUs and reduction to one device otherwise
+        return None, None
+    if name == "nccl" and plan.kind != "gpu":
+        return (
+            tf.distribute.ReductionToOneDevice(),
+            "--cross-device-ops nccl needs GPUs: using reduce-to-one on the CPU",
+        )
+    factories = {
+        "nccl": tf.distribute.NcclAllReduce,
+        "hierarchical": tf.distribute.HierarchicalCopyAllReduce,
+        "reduce-to-one": tf.distribute.ReductionToOneDevice,
+    }
+    return factories[name](), None
