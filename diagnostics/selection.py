@@ -7,6 +7,7 @@ only for arguments that cannot mean anything (unknown or duplicate ids, a negati
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -81,6 +82,25 @@ def exclusion_reasons(gpu: Gpu, min_memory_gb: float, include_display: bool) -> 
     return reasons
 
 
+def validate_selection_args(mode: str, custom_ids: Sequence[int] | None, min_memory_gb: float) -> None:
+    """The checks that need no inventory; raises SelectionError."""
+    if mode not in MODES:
+        raise SelectionError(f"unknown --device-mode {mode!r}: choose one of {', '.join(MODES)}")
+    if not math.isfinite(min_memory_gb) or min_memory_gb < 0:
+        raise SelectionError(f"--min-gpu-memory must be a number >= 0, got {min_memory_gb:g}")
+    if custom_ids and mode != "custom":
+        raise SelectionError("--custom-gpus needs --device-mode custom")
+    if mode == "custom" and not custom_ids:
+        raise SelectionError("--device-mode custom needs --custom-gpus ID [ID ...]")
+    seen: set[int] = set()
+    for i in custom_ids or ():
+        if i < 0:
+            raise SelectionError(f"--custom-gpus: GPU ids are >= 0, got {i}")
+        if i in seen:
+            raise SelectionError(f"--custom-gpus: GPU {i} is listed twice")
+        seen.add(i)
+
+
 def select_gpus(
     inventory: Inventory,
     mode: str = "multi",
@@ -88,12 +108,7 @@ def select_gpus(
     min_memory_gb: float = DEFAULT_MIN_MEMORY_GB,
     include_display: bool = False,
 ) -> Selection:
-    if mode not in MODES:
-        raise SelectionError(f"unknown --device-mode {mode!r}: choose one of {', '.join(MODES)}")
-    if min_memory_gb < 0:
-        raise SelectionError(f"--min-gpu-memory must be >= 0, got {min_memory_gb:g}")
-    if custom_ids and mode != "custom":
-        raise SelectionError("--custom-gpus needs --device-mode custom")
+    validate_selection_args(mode, custom_ids, min_memory_gb)
     if mode == "custom":
         return _select_custom(inventory, list(custom_ids or ()), min_memory_gb, include_display)
 
@@ -117,16 +132,9 @@ def select_gpus(
 def _select_custom(
     inventory: Inventory, ids: list[int], min_memory_gb: float, include_display: bool
 ) -> Selection:
-    if not ids:
-        raise SelectionError("--device-mode custom needs --custom-gpus ID [ID ...]")
     known = {g.index: g for g in inventory.gpus}
-    seen: set[int] = set()
+    seen = set(ids)
     for i in ids:
-        if i < 0:
-            raise SelectionError(f"--custom-gpus: GPU ids are >= 0, got {i}")
-        if i in seen:
-            raise SelectionError(f"--custom-gpus: GPU {i} is listed twice")
-        seen.add(i)
         if i not in known:
             have = ", ".join(str(k) for k in sorted(known)) or "none"
             raise SelectionError(f"--custom-gpus: no GPU {i} on this machine (GPUs: {have})")

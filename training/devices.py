@@ -15,7 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 from diagnostics.inventory import Gpu, Inventory, load_inventory
 from diagnostics.nvml import NvmlUnavailable, read_inventory
-from diagnostics.selection import DEFAULT_MIN_MEMORY_GB, Selection, select_gpus
+from diagnostics.selection import (
+    DEFAULT_MIN_MEMORY_GB,
+    Selection,
+    SelectionError,
+    select_gpus,
+    validate_selection_args,
+)
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -96,6 +102,7 @@ def plan_devices(
         raise DeviceSetupError(f"--cpu-replicas must be >= 1, got {cpu_replicas}")
     if cpu_replicas is not None and require_gpu:
         raise DeviceSetupError("--cpu-replicas and --require-gpu contradict each other: drop one")
+    validate_selection_args(mode, custom_ids, min_memory_gb)
     if isinstance(inventory, str):
         inventory = load_inventory(inventory)
     no_driver: str | None = None
@@ -104,6 +111,8 @@ def plan_devices(
             inventory = read_inventory(include_links=False)
         except NvmlUnavailable as exc:
             no_driver = str(exc)
+    if mode == "custom" and inventory is None and cpu_replicas is None:
+        raise SelectionError(f"--custom-gpus: cannot check GPU ids ({no_driver})")
     selection = None
     if inventory is not None:
         selection = select_gpus(inventory, mode, custom_ids, min_memory_gb, include_display)

@@ -1,0 +1,93 @@
+"""The model registry: `build(name, input_shape, num_classes)` returns an uncompiled Keras model.
+
+Models are built inside `strategy.scope()` by the caller so that their variables are mirrored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import keras
+
+# Factories import Keras when called, so that listing and validating names costs no TensorFlow import.
+ModelFactory = Callable[[tuple[int, ...], int], "keras.Model"]
+_REGISTRY: dict[str, ModelFactory] = {}
+
+
+class ModelError(ValueError):
+    """An unknown model name, or a model that cannot take this data (a user error: exit 2)."""
+
+
+def register(name: str) -> Callable[[ModelFactory], ModelFactory]:
+    def add(factory: ModelFactory) -> ModelFactory:
+        _REGISTRY[name] = factory
+        return factory
+
+    return add
+
+
+def names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def check_name(name: str) -> None:
+    if name not in _REGISTRY:
+        raise ModelError(f"unknown --model {name!r}: known models are {', '.join(names())}")
+
+
+def build(name: str, input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
+    check_name(name)
+    return _REGISTRY[name](tuple(input_shape), num_classes)
+
+
+@register("cnn")
+def small_cnn(input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
+    """Two conv blocks and a dense head: fast enough to train on a CPU in seconds."""
+    import keras
+
+    layers: list[Any] = [keras.Input(shape=input_shape)]
+    if len(input_shape) == 2:
+        layers.append(keras.layers.Reshape((*input_shape, 1)))
+    layers += [
+        keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
+        keras.layers.MaxPooling2D(),
+        keras.layers.Conv2D(64, 3, padding="same", activation="relu"),
+        keras.layers.MaxPooling2D(),
+        keras.layers.Flatten(),
+        keras.layers.Dense(128, activation="relu"),
+        # float32 logits even under mixed precision: softmax in float16 loses the small classes
+        keras.layers.Dense(num_classes, dtype="float32"),
+    ]
+    return keras.Sequential(layers, name="cnn")
+
+
+@register("mlp")
+def mlp(input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
+    import keras
+
+    return keras.Sequential(
+        [
+            keras.Input(shape=input_shape),
+            keras.layers.Flatten(),
+            keras.layers.Dense(256, activation="relu"),
+            keras.layers.Dense(128, activation="relu"),
+            keras.layers.Dense(num_classes, dtype="float32"),
+        ],
+        name="mlp",
+    )
+
+
+@register("resnet50")
+def resnet50(input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
+    """keras.applications.ResNet50 from scratch (weights=None: nothing is downloaded)."""
+    if len(input_shape) != 3 or input_shape[0] < 32 or input_shape[1] < 32:
+        raise ModelError(f"resnet50 needs images of at least 32x32xC, got input shape {input_shape}")
+    import keras
+
+    body = keras.applications.ResNet50(
+        weights=None, include_top=False, input_shape=input_shape, pooling="avg"
+    )
+    outputs = keras.layers.Dense(num_classes, dtype="float32")(body.output)
+    return keras.Model(body.input, outputs, name="resnet50")
