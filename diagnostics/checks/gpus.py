@@ -1,0 +1,301 @@
+"""Per-GPU checks: `compute-capability`, `display`, `memory`, `selection` and `device-order`.
+
+They all read the same Selection the trainer computes (diagnostics.selection.select_gpus), so what
+gpudiag reports and what `python -m training` does cannot differ.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+from diagnostics import knowledge
+from diagnostics.checks import Context, Finding, gpu_list, see
+from diagnostics.inventory import Gpu
+from diagnostics.selection import TF_MIN_MULTIPROCESSORS, memory_reason
+
+BLACKWELL_REMEDY = (
+    "use a TensorFlow build with sm_{sm} kernels (built from source with CUDA 12.8+ and "
+    "compute capability {cc} in HERMETIC_CUDA_COMPUTE_CAPABILITIES) or NVIDIA's TensorFlow container "
+    "with Blackwell support; keep XLA off (no --jit-compile, no TF_XLA_FLAGS=--tf_xla_auto_jit); "
+    "CUDA 12.8 or newer and NVIDIA driver 570 or newer"
+)
+
+
+def code_for(compute_capability: str, build_caps: tuple[str, ...]) -> tuple[str, str | None]:
+    """How TensorFlow's build can run on a GPU: ("native", "sm_80"), ("ptx", "compute_90") or ("none", None).
+
+    Native code (SASS) for sm_XY runs on GPUs of the same major version X with minor >= Y; PTX for
+    compute_XY is JIT-compiled by the driver for any GPU of compute capability >= X.Y.
+    """
+    major, minor = (int(p) for p in compute_capability.split("."))
+    natives, ptx = [], []
+    for cap in build_caps:
+        m = re.fullmatch(r"(sm|compute)_(\d+)(\d)[a-z]?", cap)
+        if not m:
+            continue
+        cap_major, cap_minor = int(m.group(2)), int(m.group(3))
+        if m.group(1) == "sm" and cap_major == major and cap_minor <= minor and not cap.endswith("a"):
+            natives.append((cap_minor, cap))
+        elif m.group(1) == "compute" and (cap_major, cap_minor) <= (major, minor):
+            ptx.append(((cap_major, cap_minor), cap))
+    if natives:
+        return "native", max(natives)[1]
+    if ptx:
+        return "ptx", max(ptx)[1]
+    return "none", None
+
+
+def compute_capability(ctx: Context) -> list[Finding]:
+    """Each selected GPU's compute capability against the kernels TensorFlow was built with."""
+    build = ctx.stack.tf_build
+    gpus = ctx.in_scope
+    if not gpus:
+        return [Finding("compute-capability", "skip", "no GPU to check")]
+    if build is None or not build.is_cuda_build or not build.compute_capabilities:
+        return [Finding("compute-capability", "skip", "TensorFlow's CUDA build facts are not available")]
+    caps = ", ".join(build.compute_capabilities)
+    driver_cuda_ok = (
+        knowledge.version_at_least(ctx.inventory.cuda_driver_version if ctx.inventory else None,
+                                   ".".join((build.cuda_version or "0").split(".")[:2]))
+    )
+    findings, native = [], []
+    for gpu in gpus:
+        kind, code = code_for(gpu.compute_capability, build.compute_capabilities)
+        arch = knowledge.architecture_for(gpu.compute_capability)
+        arch_name = arch.name if arch else "unknown architecture"
+        sm = gpu.compute_capability.replace(".", "")
+        if kind == "native":
+            native.append(f"{gpu.label()}: {gpu.compute_capability} runs {code}")
+            continue
+        if kind == "none":
+            findings.append(Finding(
+                "compute-capability", "fail",
+                f"{gpu.label()} has compute capability {gpu.compute_capability} ({arch_name}); TensorFlow "
+                f"{ctx.stack.tensorflow} has no kernels or PTX it can use (built for {caps})",
+                "use a TensorFlow version built for this GPU, or leave it out with --device-mode custom "
+                f"{see('driver-and-cuda-versions')}", (gpu.index,)))
+            continue
+        driver_ok = True
+        if arch and ctx.inventory is not None:
+            driver_ok = knowledge.version_at_least(ctx.inventory.driver_version, arch.min_driver_linux) is not False
+        why = (
+            f"{gpu.label()} has compute capability {gpu.compute_capability} ({arch_name}), and TensorFlow "
+            f"{ctx.stack.tensorflow} has no native kernels for it (built for {caps}): only {code} PTX, "
+            "which the driver JIT-compiles at first start (can take many minutes, or fail with "
+            "CUDA_ERROR_INVALID_PTX)"
+        )
+        if gpu.compute_capability_tuple[0] > knowledge.XLA_MAX_NATIVE_CC_MAJOR:
+            why += f", and XLA's bundled ptxas cannot target sm_{sm} (XLA/jit_compile fails)"
+        remedy = (
+            BLACKWELL_REMEDY.format(sm=sm, cc=gpu.compute_capability)
+            if gpu.compute_capability_tuple[0] >= 10
+            else f"use a TensorFlow build with sm_{sm} kernels; expect a slow first start"
+        )
+        section = "rtx-5090-and-blackwell" if gpu.compute_capability_tuple[0] >= 10 else "driver-and-cuda-versions"
+        if not driver_ok or driver_cuda_ok is False:
+            findings.append(Finding(
+                "compute-capability", "fail",
+                f"{why}; this driver cannot JIT it (too old for the GPU or for TensorFlow's CUDA)",
+                f"{remedy} {see(section)}", (gpu.index,)))
+        else:
+            findings.append(Finding("compute-capability", "warn", why, f"{remedy} {see(section)}", (gpu.index,)))
+    if native:
+        findings.insert(0, Finding("compute-capability", "pass", "; ".join(native),
+                                   gpus=tuple(g.index for g in gpus if code_for(
+                                       g.compute_capability, build.compute_capabilities)[0] == "native")))
+    return findings
+
+
+def display(ctx: Context) -> list[Finding]:
+    """GPUs that drive a display: excluded by default, or included with --include-display-gpus."""
+    if not ctx.gpus:
+        return [Finding("display", "skip", "no GPU to check")]
+    shown = [g for g in ctx.gpus if g.display_active]
+    if not shown:
+        if all(g.display_active is None for g in ctx.gpus):
+            return [Finding("display", "skip", "the driver does not report which GPU drives a display")]
+        return [Finding("display", "pass", "no GPU drives a display")]
+    selected = {g.index for g in ctx.selected}
+    used = [g for g in shown if g.index in selected]
+    idle = [g for g in shown if g.index not in selected]
+    findings = []
+    if idle:
+        findings.append(Finding(
+            "display", "pass",
+            f"{gpu_list(idle)} drives a display and is left out (--include-display-gpus would use it)",
+            gpus=tuple(g.index for g in idle)))
+    if used:
+        findings.append(Finding(
+            "display", "warn",
+            f"{gpu_list(used)} drives a display and is selected: the desktop takes its memory and time, "
+            "so it runs slower than the others and sets the pace, and the display watchdog can kill long kernels",
+            "leave it out (drop --include-display-gpus / --custom-gpus it), or plug the monitor into "
+            f"another card or the integrated graphics {see('uneven-gpu-usage')}",
+            tuple(g.index for g in used)))
+    return findings
+
+
+def _in_use(gpu: Gpu) -> str:
+    procs = [p for p in gpu.processes or () if p.type == "compute"]
+    named = ", ".join(
+        f"{p.name or 'unknown'} (pid {p.pid}"
+        + (f", {p.used_memory_mib / 1024:.1f} GiB)" if p.used_memory_mib is not None else ")")
+        for p in procs
+    )
+    return named
+
+
+def memory(ctx: Context) -> list[Finding]:
+    """Selected GPUs below the memory minimum, and memory other processes already hold."""
+    if not ctx.selected:
+        return [Finding("memory", "skip", "no GPU selected")]
+    findings = []
+    for gpu in ctx.selected:
+        small = memory_reason(gpu, ctx.args.min_memory_gb)
+        if small:
+            findings.append(Finding(
+                "memory", "warn", f"{gpu.label()} is selected but has {small.split(':')[0]}",
+                f"lower the global batch size, or choose GPUs with more memory {see('out-of-memory')}",
+                (gpu.index,)))
+        others = _in_use(gpu)
+        used = gpu.memory_used_mib
+        total = gpu.memory_total_mib or 1
+        if others:
+            findings.append(Finding(
+                "memory", "warn",
+                f"{gpu.label()}: {(used or 0) / 1024:.1f} of {total / 1024:.1f} GiB already in use by {others}",
+                "stop those processes (nvidia-smi shows them; kill PID), or pick other GPUs with "
+                f"--device-mode custom --custom-gpus {see('out-of-memory')}", (gpu.index,)))
+        elif used is not None and used > 0.1 * total and not gpu.display_active:
+            # Processes in other containers are invisible to NVML here; their memory is not.
+            findings.append(Finding(
+                "memory", "warn",
+                f"{gpu.label()}: {used / 1024:.1f} of {total / 1024:.1f} GiB in use by processes NVML cannot "
+                "name (another container or user?)",
+                f"find and stop them (nvidia-smi on the host), or pick other GPUs {see('out-of-memory')}",
+                (gpu.index,)))
+    if findings:
+        return findings
+    free = ", ".join(
+        f"GPU {g.index} {g.memory_total_gb:.1f} GB"
+        + (f" ({g.memory_used_mib} MiB in use)" if g.memory_used_mib else "")
+        for g in ctx.selected
+    )
+    return [Finding("memory", "pass", f"{free}; minimum {ctx.args.min_memory_gb:g} GB",
+                    gpus=tuple(g.index for g in ctx.selected))]
+
+
+def _flags(reasons: list[str]) -> list[str]:
+    """The 'what to do' halves of selection reasons ("... : use --include-display-gpus")."""
+    hints = []
+    for reason in reasons:
+        hint = reason.rsplit(": ", 1)[-1]
+        if hint not in hints:
+            hints.append(hint)
+    return hints
+
+
+def selection(ctx: Context) -> list[Finding]:
+    """Which GPUs the trainer would use; nothing selected, or mixed models, is reported."""
+    sel = ctx.selection
+    if sel is None or not ctx.gpus:
+        return [Finding("selection", "skip", "no GPU to select: the trainer would fall back to the CPU")]
+    if not sel.selected:
+        reasons = [r for c in sel.choices for r in c.reasons]
+        return [Finding(
+            "selection", "fail",
+            "no GPU selected (the trainer would fall back to the CPU): " + " | ".join(sel.explain()),
+            "; ".join(_flags(reasons)) + f" {see('strategy-not-working')}",
+            tuple(g.index for g in ctx.gpus))]
+    findings = []
+    models = Counter(g.name for g in sel.selected)
+    ids = tuple(g.index for g in sel.selected)
+    if len(models) > 1:
+        mix = ", ".join(f"{n} x {name}" for name, n in models.items())
+        findings.append(Finding(
+            "selection", "warn",
+            f"different GPU models selected ({mix}): synchronous training waits for the slowest at every step",
+            "select one model with --device-mode custom --custom-gpus ID ..., or accept the slowest card's "
+            f"pace {see('uneven-gpu-usage')}", ids))
+    for warning in sel.warnings:
+        findings.append(Finding("selection", "warn", warning,
+                                f"drop that GPU from --custom-gpus if this is not intended {see('strategy-not-working')}",
+                                ids))
+    excluded = [c for c in sel.choices if not c.selected]
+    note = "" if not excluded else "; left out: " + " | ".join(
+        f"GPU {c.gpu.index}: {'; '.join(c.reasons)}" for c in excluded)
+    if not findings:
+        findings.append(Finding(
+            "selection", "pass",
+            f"--device-mode {sel.mode}: {len(sel.selected)} GPU(s) selected ({gpu_list(sel.selected)}){note}",
+            gpus=ids))
+    return findings
+
+
+def device_order(ctx: Context) -> list[Finding]:
+    """CUDA's GPU numbering against nvidia-smi's, and GPUs TensorFlow ignores."""
+    if not ctx.gpus:
+        return [Finding("device-order", "skip", "no GPU to check")]
+    env = ctx.env
+    findings = []
+    order = env.get("CUDA_DEVICE_ORDER", "FASTEST_FIRST")
+    visible = env.get("CUDA_VISIBLE_DEVICES")
+    mixed = len({(g.name, g.compute_capability) for g in ctx.gpus}) > 1
+    trainer_note = "the trainer sets CUDA_DEVICE_ORDER=PCI_BUS_ID and CUDA_VISIBLE_DEVICES by UUID itself"
+    if order != "PCI_BUS_ID" and mixed:
+        findings.append(Finding(
+            "device-order", "warn",
+            f"CUDA_DEVICE_ORDER is {order}, and the GPUs differ: CUDA numbers them fastest first, so "
+            f"TensorFlow's /gpu:N is not nvidia-smi's GPU N in other programs ({trainer_note})",
+            f"export CUDA_DEVICE_ORDER=PCI_BUS_ID {see('gpu-numbering')}"))
+    if visible is not None:
+        findings.extend(_visible_devices(ctx, visible, order == "PCI_BUS_ID" or not mixed, trainer_note))
+    limit = TF_MIN_MULTIPROCESSORS
+    if env.get("TF_MIN_GPU_MULTIPROCESSOR_COUNT", "").isdigit():
+        limit = int(env["TF_MIN_GPU_MULTIPROCESSOR_COUNT"])
+    small = [g for g in ctx.gpus if g.multiprocessor_count is not None and g.multiprocessor_count < limit]
+    if small:
+        findings.append(Finding(
+            "device-order", "warn",
+            f"TensorFlow ignores {gpu_list(small)} (fewer than {limit} multiprocessors) and numbers the other "
+            "GPUs without it, so its /gpu:N differs from nvidia-smi's numbering",
+            "select GPUs by nvidia-smi index with gpudiag/the trainer (they map by PCI bus id), or set "
+            f"TF_MIN_GPU_MULTIPROCESSOR_COUNT to include it {see('gpu-numbering')}",
+            tuple(g.index for g in small)))
+    if not findings:
+        how = "CUDA_DEVICE_ORDER=PCI_BUS_ID" if order == "PCI_BUS_ID" else "all GPUs are the same model"
+        findings.append(Finding("device-order", "pass", f"CUDA numbers the GPUs as nvidia-smi does ({how})"))
+    return findings
+
+
+def _visible_devices(ctx: Context, visible: str, positions_match: bool, trainer_note: str) -> list[Finding]:
+    """What CUDA_VISIBLE_DEVICES shows to programs that do not set it themselves."""
+    entries = [v.strip() for v in visible.split(",") if v.strip()]
+    shown: list[int] = []
+    for entry in entries:
+        if entry.lstrip("-").isdigit():
+            if int(entry) < 0:
+                break  # CUDA ignores everything from the first invalid entry on
+            if not positions_match:
+                return [Finding(
+                    "device-order", "warn",
+                    f"CUDA_VISIBLE_DEVICES={visible!r} uses positions in CUDA's fastest-first order, which "
+                    f"differ from nvidia-smi's indices on this machine ({trainer_note})",
+                    "list GPUs by UUID (nvidia-smi -L), or export CUDA_DEVICE_ORDER=PCI_BUS_ID "
+                    + see("gpu-numbering"))]
+            shown.append(int(entry))
+        else:
+            gpu = next((g for g in ctx.gpus if g.uuid and g.uuid.startswith(entry)), None)
+            if gpu is not None:
+                shown.append(gpu.index)
+    hidden = [g for g in ctx.in_scope if g.index not in shown]
+    if not hidden:
+        return []
+    what = "every GPU" if not shown else gpu_list(hidden)
+    return [Finding(
+        "device-order", "warn",
+        f"CUDA_VISIBLE_DEVICES={visible!r} hides {what} from programs that do not set it themselves "
+        f"({trainer_note})",
+        f"unset CUDA_VISIBLE_DEVICES, or list the GPUs by UUID (nvidia-smi -L) {see('gpu-numbering')}",
+        tuple(g.index for g in hidden))]

@@ -1,0 +1,275 @@
+"""`gpudiag check | list | snapshot | monitor`: argument parsing and rendering only.
+
+Exit codes: 0 ready (no check failed), 1 a check failed or there is no driver to read, 2 bad
+arguments or an unreadable inventory file. Errors are one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from diagnostics.checks import Context, Finding, SelectionArgs, describe, make_context, registry, run_checks
+from diagnostics.checks import summarize as summarize_findings
+from diagnostics.inventory import InventoryError, atomic_write_text
+from diagnostics.selection import DEFAULT_MIN_MEMORY_GB, MODES, SelectionError
+
+PROG = "gpudiag"
+
+
+class UsageError(Exception):
+    """Bad arguments: one line on stderr, exit 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (try: {self.prog} --help)")
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _gb(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of GB: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _gpu_id(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"GPU ids are nvidia-smi indices (0, 1, ...), got {text!r}")
+    return int(text)
+
+
+def _selection_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("GPU selection (the trainer's flags)")
+    g.add_argument("--device-mode", choices=MODES, default="multi")
+    g.add_argument("--custom-gpus", type=_gpu_id, nargs="+", default=[], metavar="ID")
+    g.add_argument("--min-gpu-memory", type=_gb, default=DEFAULT_MIN_MEMORY_GB, metavar="GB")
+    g.add_argument("--include-display-gpus", action="store_true")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="Is this machine ready for multi-GPU TensorFlow?")
+    sub = parser.add_subparsers(dest="command", metavar="{check,list,snapshot,monitor}")
+    sub.required = True
+    check = sub.add_parser("check", help="run every readiness check")
+    check.add_argument("--inventory", metavar="FILE", help="replay a snapshot instead of the live machine")
+    check.add_argument("--json", action="store_true", help="print only JSON on stdout")
+    check.add_argument("--deep", action="store_true", help="also run TensorFlow in a child process")
+    check.add_argument("--deep-timeout", type=_positive, default=180.0, metavar="S")
+    check.add_argument("--list-checks", action="store_true", help="list the checks and exit")
+    _selection_flags(check)
+    lst = sub.add_parser("list", help="every GPU and whether the trainer would select it")
+    lst.add_argument("--inventory", metavar="FILE")
+    lst.add_argument("--json", action="store_true")
+    _selection_flags(lst)
+    snap = sub.add_parser("snapshot", help="write the live inventory as JSON")
+    snap.add_argument("-o", "--output", metavar="FILE", help="file to write (atomically); default stdout")
+    mon = sub.add_parser("monitor", help="sample GPU usage and flag imbalance")
+    mon.add_argument("--interval", type=_positive, default=1.0, metavar="S")
+    mon.add_argument("--duration", type=_positive, default=10.0, metavar="S")
+    mon.add_argument("--csv", metavar="FILE")
+    _selection_flags(mon)
+    return parser
+
+
+def _args(ns: argparse.Namespace) -> SelectionArgs:
+    return SelectionArgs(ns.device_mode, tuple(ns.custom_gpus), ns.min_gpu_memory, ns.include_display_gpus)
+
+
+# -- rendering ---------------------------------------------------------------------------------------
+
+
+def render_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], widths: Sequence[int | None]) -> str:
+    from tabulate import tabulate  # only the text output needs it
+
+    return tabulate(rows, headers=list(headers), tablefmt="simple_grid", maxcolwidths=list(widths))
+
+
+def _text_widths() -> tuple[int, int]:
+    columns = shutil.get_terminal_size((140, 24)).columns
+    spare = max(columns - 45, 50)
+    return int(spare * 0.55), int(spare * 0.45)
+
+
+def summary_line(findings: Sequence[Finding]) -> str:
+    counts = summarize_findings(findings)
+    tally = ", ".join(f"{counts[s]} {s}" for s in ("pass", "warn", "fail", "skip"))
+    if counts["fail"]:
+        verdict = "NOT READY: fix the failures above"
+    elif counts["warn"]:
+        verdict = "ready, with warnings worth reading"
+    else:
+        verdict = "ready for multi-GPU training"
+    return f"{len(findings)} findings: {tally}. {verdict}"
+
+
+def _print_findings(findings: Sequence[Finding], ctx: Context) -> None:
+    msg_w, fix_w = _text_widths()
+    rows = [
+        (f.check, f.status.upper(), ",".join(map(str, f.gpus)) or "-", f.message, f.remedy or "")
+        for f in findings
+    ]
+    where = ctx.inventory.source if ctx.inventory is not None else "this machine"
+    print(f"gpudiag check on {'this machine' if where == 'live' else where}")
+    print(render_table(("check", "status", "GPUs", "message", "remedy"), rows, (None, None, 8, msg_w, fix_w)))
+    print(summary_line(findings))
+
+
+# -- commands ----------------------------------------------------------------------------------------
+
+
+def cmd_check(ns: argparse.Namespace) -> int:
+    if ns.list_checks:
+        for check_id, check in registry(deep=True):
+            print(f"{check_id:<20} {describe(check)}")
+        return 0
+    ctx = make_context(_args(ns), inventory_path=ns.inventory)
+    if ns.deep:
+        ctx = Context(**{**ctx.__dict__, "deep_timeout_s": ns.deep_timeout})
+    findings = run_checks(ctx, deep=ns.deep)
+    if ns.json:
+        print(json.dumps({"findings": [f.to_dict() for f in findings], "summary": summarize_findings(findings)},
+                         indent=2))
+    else:
+        _print_findings(findings, ctx)
+    return 1 if any(f.status == "fail" for f in findings) else 0
+
+
+def cmd_list(ns: argparse.Namespace) -> int:
+    ctx = make_context(_args(ns), inventory_path=ns.inventory)
+    if ctx.selection is None:
+        if ns.json:
+            print(json.dumps({"selected": [], "gpus": []}))
+        print(f"{PROG}: {ctx.nvml_error}: no GPU to list", file=sys.stderr)
+        return 1
+    sel = ctx.selection
+    if ns.json:
+        gpus = [
+            {
+                "index": c.gpu.index,
+                "name": c.gpu.name,
+                "memory_total_mib": c.gpu.memory_total_mib,
+                "display_active": c.gpu.display_active,
+                "selected": c.selected,
+                "reasons": list(c.reasons),
+            }
+            for c in sel.choices
+        ]
+        print(json.dumps({"selected": sel.selected_indices, "gpus": gpus}, indent=2))
+        return 0
+    rows = [
+        (
+            c.gpu.index,
+            c.gpu.name,
+            f"{c.gpu.memory_total_gb:.1f}",
+            {True: "yes", False: "no", None: "?"}[c.gpu.display_active],
+            "yes" if c.selected else "no",
+            "; ".join(c.reasons) or "-",
+        )
+        for c in sel.choices
+    ]
+    print(render_table(("GPU", "name", "GB", "display", "selected", "reasons"), rows,
+                       (None, 30, None, None, None, 70)))
+    chosen = ", ".join(map(str, sel.selected_indices)) or "none (the trainer would fall back to the CPU)"
+    print(f"--device-mode {sel.mode}: selected GPUs {chosen}")
+    for warning in sel.warnings:
+        print(f"warning: {warning}")
+    return 0
+
+
+def cmd_snapshot(ns: argparse.Namespace) -> int:
+    from diagnostics.nvml import read_inventory
+
+    text = read_inventory().to_json()
+    if ns.output:
+        try:
+            atomic_write_text(ns.output, text)
+        except OSError as exc:
+            raise UsageError(f"cannot write {ns.output}: {exc.strerror or exc}") from None
+        print(f"{PROG}: inventory written to {ns.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_monitor(ns: argparse.Namespace) -> int:
+    from diagnostics import monitor
+    from diagnostics.nvml import read_inventory
+    from diagnostics.selection import select_gpus
+
+    def read() -> Any:
+        return read_inventory(include_links=False, include_processes=False)
+
+    first = read()
+    args = _args(ns)
+    selection = select_gpus(first, args.mode, list(args.custom_ids), args.min_memory_gb, args.include_display)
+    rows: list[monitor.Sample] = []
+    print(monitor.HEADER, flush=True)
+    try:
+        for batch in monitor.sample_loop(read, ns.interval, ns.duration):
+            rows.extend(batch)
+            for sample in batch:
+                print(monitor.format_row(sample), flush=True)
+    except KeyboardInterrupt:
+        pass  # Ctrl+C ends sampling early; the summary still counts
+    if ns.csv:
+        buffer = io.StringIO()
+        monitor.write_csv(buffer, rows)
+        try:
+            atomic_write_text(ns.csv, buffer.getvalue())
+        except OSError as exc:
+            raise UsageError(f"cannot write {ns.csv}: {exc.strerror or exc}") from None
+    verdict = monitor.imbalance(rows, selection.selected_indices)
+    if verdict:
+        print(f"warning: {verdict}")
+    elif len(selection.selected) > 1:
+        print(f"selected GPUs {', '.join(map(str, selection.selected_indices))}: usage balanced")
+    return 0
+
+
+COMMANDS = {"check": cmd_check, "list": cmd_list, "snapshot": cmd_snapshot, "monitor": cmd_monitor}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from diagnostics.nvml import NvmlUnavailable
+
+    try:
+        ns = build_parser().parse_args(argv)
+        return COMMANDS[ns.command](ns)
+    except (UsageError, InventoryError, SelectionError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except NvmlUnavailable as exc:
+        print(f"{PROG}: {exc}: install the NVIDIA driver and check that `nvidia-smi` works", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # the promise is no traceback; GPUDIAG_DEBUG=1 shows it for a bug report
+        if os.environ.get("GPUDIAG_DEBUG"):
+            raise
+        print(f"{PROG}: internal error: {type(exc).__name__}: {exc} (rerun with GPUDIAG_DEBUG=1 for details)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,227 @@
+"""What the checks know about NVIDIA hardware and software, as data with a source for every row.
+
+Architectures (compute capability -> minimum CUDA and driver), CUDA -> minimum driver, known-bad
+version combinations, and datasheet peaks per GPU model (`peak_for`, used by the benchmark's
+efficiency figures). Checks look things up here instead of hard-coding versions in `if`s, so a new
+GPU generation or a newly found bad combination is one new row.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+CUDA_DRIVER_TABLE = "https://docs.nvidia.com/cuda/cuda-toolkit-release-notes/index.html#id5"
+CUDA_GPUS = "https://developer.nvidia.com/cuda-gpus"
+TF_BUILD_INFO = "tensorflow/python/platform/build_info.py of the official TensorFlow 2.21 wheel"
+
+
+def parse_version(text: str | None) -> tuple[int, ...] | None:
+    """"570.86.15" -> (570, 86, 15); "12.5.1" -> (12, 5, 1); anything unparsable -> None."""
+    if not text:
+        return None
+    parts = re.findall(r"\d+", text.split("+")[0])
+    return tuple(int(p) for p in parts) if parts else None
+
+
+def version_at_least(have: str | None, need: str) -> bool | None:
+    """None when `have` is unknown, so callers can skip rather than guess."""
+    have_v, need_v = parse_version(have), parse_version(need)
+    if have_v is None or need_v is None:
+        return None
+    return have_v >= need_v
+
+
+# -- architectures -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Architecture:
+    name: str
+    compute_capabilities: tuple[str, ...]
+    min_cuda: str  # first CUDA toolkit that can build native code for it
+    min_driver_linux: str  # that toolkit's minimum Linux driver
+    source: str
+
+
+ARCHITECTURES: tuple[Architecture, ...] = (
+    Architecture("Pascal", ("6.0", "6.1", "6.2"), "8.0", "375.26", f"{CUDA_GPUS}; {CUDA_DRIVER_TABLE}"),
+    Architecture("Volta", ("7.0", "7.2"), "9.0", "384.81", f"{CUDA_GPUS}; {CUDA_DRIVER_TABLE}"),
+    Architecture("Turing", ("7.5",), "10.0", "410.48", f"{CUDA_GPUS}; {CUDA_DRIVER_TABLE}"),
+    Architecture("Ampere", ("8.0",), "11.0", "450.51.06", f"{CUDA_GPUS}; {CUDA_DRIVER_TABLE}"),
+    Architecture("Ampere", ("8.6", "8.7"), "11.1", "455.23", f"{CUDA_GPUS}; {CUDA_DRIVER_TABLE}"),
+    Architecture("Ada Lovelace", ("8.9",), "11.8", "520.61.05", f"{CUDA_GPUS}; {CUDA_DRIVER_TABLE}"),
+    Architecture("Hopper", ("9.0",), "11.8", "520.61.05", f"{CUDA_GPUS}; {CUDA_DRIVER_TABLE}"),
+    Architecture(
+        "Blackwell (data centre)",
+        ("10.0",),
+        "12.8",
+        "570.26",
+        f"{CUDA_GPUS}; CUDA 12.8 release notes (first toolkit with sm_100); {CUDA_DRIVER_TABLE}",
+    ),
+    Architecture(
+        "Blackwell (GeForce RTX 50 / RTX PRO)",
+        ("12.0",),
+        "12.8",
+        "570.26",
+        f"{CUDA_GPUS}; CUDA 12.8 release notes (first toolkit with sm_120); {CUDA_DRIVER_TABLE}",
+    ),
+)
+
+
+def architecture_for(compute_capability: str) -> Architecture | None:
+    return next((a for a in ARCHITECTURES if compute_capability in a.compute_capabilities), None)
+
+
+# Minimum Linux driver for each CUDA toolkit (GA releases), from NVIDIA's table. The driver's own
+# "CUDA Version" (nvidia-smi, NVML) is the highest toolkit it supports.
+CUDA_MIN_DRIVER_LINUX: dict[str, str] = {
+    "11.8": "520.61.05",
+    "12.0": "525.60.13",
+    "12.1": "530.30.02",
+    "12.2": "535.54.03",
+    "12.3": "545.23.06",
+    "12.4": "550.54.14",
+    "12.5": "555.42.02",
+    "12.6": "560.28.03",
+    "12.8": "570.26",
+    "12.9": "575.51.03",
+    "13.0": "580.65.06",
+}
+CUDA_MIN_DRIVER_SOURCE = CUDA_DRIVER_TABLE
+# CUDA minor-version compatibility: code built with any 12.x toolkit runs on a 12.0+ driver, except
+# for PTX, which a driver can only JIT-compile if it is at least as new as the toolkit that wrote it.
+MINOR_VERSION_COMPAT_SOURCE = "https://docs.nvidia.com/deploy/cuda-compatibility/#minor-version-compatibility"
+
+
+def min_driver_for_cuda(cuda: str) -> str | None:
+    v = parse_version(cuda)
+    return None if v is None else CUDA_MIN_DRIVER_LINUX.get(f"{v[0]}.{v[1] if len(v) > 1 else 0}")
+
+
+# -- known-bad combinations ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KnownBad:
+    """A component version that fails on some GPUs. `cc_major` None means on every GPU."""
+
+    component: str  # "nccl", "tensorflow-xla", ...
+    versions: tuple[str, ...]
+    cc_major: int | None
+    problem: str
+    fixed_in: str | None
+    source: str
+
+
+KNOWN_BAD: tuple[KnownBad, ...] = (
+    KnownBad(
+        component="nccl",
+        versions=("2.25.1",),
+        cc_major=12,
+        problem=(
+            "NCCL 2.25.1 needs more shared memory per block than compute capability 12.x allows "
+            "(ncclMaxSharedMem 82240 exceeds device/fn maxSharedMem 79856): all-reduce fails on "
+            "RTX 50-series cards"
+        ),
+        fixed_in="2.26.2",
+        source="https://github.com/NVIDIA/nccl-tests/issues/287; https://github.com/NVIDIA/nccl/issues/1637",
+    ),
+)
+
+
+def known_bad(component: str, version: str | None, cc_major: int) -> KnownBad | None:
+    if version is None:
+        return None
+    have = parse_version(version)
+    for row in KNOWN_BAD:
+        if row.component != component or (row.cc_major is not None and row.cc_major != cc_major):
+            continue
+        if any(parse_version(v) == have for v in row.versions):
+            return row
+    return None
+
+
+# XLA in the official TF 2.21 wheel bundles a ptxas that writes PTX 8.5, which cannot target
+# sm_120 ("PTX version 8.5 does not support target 'sm_120'"); see ../shared/ARCHITECTURE.md.
+XLA_MAX_NATIVE_CC_MAJOR = 9
+XLA_SM120_SOURCE = "TensorFlow 2.21 with XLA on an RTX 5090 (ptxas: PTX version 8.5 does not support sm_120)"
+
+
+# -- datasheet peaks per GPU model ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Peak:
+    """Datasheet peaks of one GPU model; what measured throughput is compared against.
+
+    fp16_tensor_tflops is the dense (no sparsity) FP16 Tensor Core rate with FP32 accumulation, which
+    is what Keras mixed_float16 uses; GeForce cards run it at half their FP16-accumulate rate.
+    Bandwidths are in GB/s (10^9 bytes/s) as NVIDIA quotes them: NVLink and PCIe are the total of
+    both directions. `link_gbps` is the GPU-to-GPU path all-reduce uses: NVLink where the model has
+    it, else PCIe.
+    """
+
+    model: str
+    fp32_tflops: float
+    fp16_tensor_tflops: float | None
+    memory_bandwidth_gbps: float
+    nvlink_gbps: float | None
+    pcie_gbps: float
+    source: str
+    link_gbps: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "link_gbps", self.nvlink_gbps or self.pcie_gbps)
+
+
+_PCIE3, _PCIE4, _PCIE5 = 32.0, 64.0, 128.0  # x16, both directions, as datasheets quote them
+
+# (tokens that must all appear in the normalised NVML name, Peak); the most specific rows first.
+_PEAKS: tuple[tuple[tuple[str, ...], Peak], ...] = (
+    (("h200",), Peak("H200 SXM", 67.0, 989.0, 4800.0, 900.0, _PCIE5,
+                     "https://www.nvidia.com/en-us/data-center/h200/")),
+    (("h100", "nvl"), Peak("H100 NVL", 60.0, 835.0, 3900.0, 600.0, _PCIE5,
+                           "https://www.nvidia.com/en-us/data-center/h100/")),
+    (("h100", "pcie"), Peak("H100 PCIe", 51.0, 756.0, 2000.0, 600.0, _PCIE5,
+                            "https://www.nvidia.com/en-us/data-center/h100/")),
+    (("h100",), Peak("H100 SXM", 67.0, 989.0, 3350.0, 900.0, _PCIE5,
+                     "https://www.nvidia.com/en-us/data-center/h100/")),
+    (("a100", "sxm4", "80gb"), Peak("A100 SXM4 80GB", 19.5, 312.0, 2039.0, 600.0, _PCIE4,
+                                    "https://www.nvidia.com/en-us/data-center/a100/")),
+    (("a100", "sxm4"), Peak("A100 SXM4 40GB", 19.5, 312.0, 1555.0, 600.0, _PCIE4,
+                            "https://www.nvidia.com/en-us/data-center/a100/")),
+    (("a100", "80gb"), Peak("A100 PCIe 80GB", 19.5, 312.0, 1935.0, 600.0, _PCIE4,
+                            "https://www.nvidia.com/en-us/data-center/a100/ (NVLink via bridge)")),
+    (("a100",), Peak("A100 PCIe 40GB", 19.5, 312.0, 1555.0, 600.0, _PCIE4,
+                     "https://www.nvidia.com/en-us/data-center/a100/ (NVLink via bridge)")),
+    (("v100", "sxm2"), Peak("V100 SXM2", 15.7, 125.0, 900.0, 300.0, _PCIE3,
+                            "https://images.nvidia.com/content/technologies/volta/pdf/volta-v100-datasheet-update-us-1165301-r5.pdf")),
+    (("v100",), Peak("V100 PCIe", 14.0, 112.0, 900.0, None, _PCIE3,
+                     "https://images.nvidia.com/content/technologies/volta/pdf/volta-v100-datasheet-update-us-1165301-r5.pdf")),
+    (("l40s",), Peak("L40S", 91.6, 362.05, 864.0, None, _PCIE4,
+                     "https://www.nvidia.com/en-us/data-center/l40s/")),
+    (("l4",), Peak("L4", 30.3, 121.0, 300.0, None, _PCIE4,
+                   "https://www.nvidia.com/en-us/data-center/l4/")),
+    (("t4",), Peak("T4", 8.1, 65.0, 320.0, None, _PCIE3,
+                   "https://www.nvidia.com/en-us/data-center/tesla-t4/")),
+    (("rtx", "5090"), Peak("GeForce RTX 5090", 104.8, 209.5, 1792.0, None, _PCIE5,
+                           "NVIDIA RTX Blackwell GPU architecture whitepaper, appendix A (FP16 Tensor, "
+                           "FP32 accumulate, dense)")),
+    (("rtx", "4090"), Peak("GeForce RTX 4090", 82.6, 165.2, 1008.0, None, _PCIE4,
+                           "NVIDIA Ada GPU architecture whitepaper, appendix A (FP16 Tensor, FP32 "
+                           "accumulate, dense)")),
+    (("rtx", "3090"), Peak("GeForce RTX 3090", 35.6, 71.0, 936.0, 112.5, _PCIE4,
+                           "NVIDIA Ampere GA102 GPU architecture whitepaper, appendix A (FP16 Tensor, "
+                           "FP32 accumulate, dense); NVLink bridge 112.5 GB/s")),
+)  # fmt: skip
+
+
+def _tokens(name: str) -> set[str]:
+    return set(re.sub(r"[^a-z0-9]+", " ", name.lower()).split())
+
+
+def peak_for(name: str) -> Peak | None:
+    """Datasheet peaks for an NVML GPU name ("NVIDIA A100-SXM4-80GB"), or None for an unknown model."""
+    tokens = _tokens(name)
+    return next((peak for needed, peak in _PEAKS if set(needed) <= tokens), None)
