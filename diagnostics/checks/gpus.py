@@ -26,7 +26,8 @@ def code_for(compute_capability: str, build_caps: tuple[str, ...]) -> tuple[str,
     """How TensorFlow's build can run on a GPU: ("native", "sm_80"), ("ptx", "compute_90") or ("none", None).
 
     Native code (SASS) for sm_XY runs on GPUs of the same major version X with minor >= Y; PTX for
-    compute_XY is JIT-compiled by the driver for any GPU of compute capability >= X.Y.
+    compute_XY is JIT-compiled by the driver for any GPU of compute capability >= X.Y. In TensorFlow's
+    build settings "compute_XY" means SASS for sm_XY plus PTX, and "sm_XY" SASS alone.
     """
     major, minor = (int(p) for p in compute_capability.split("."))
     natives, ptx = [], []
@@ -35,9 +36,9 @@ def code_for(compute_capability: str, build_caps: tuple[str, ...]) -> tuple[str,
         if not m:
             continue
         cap_major, cap_minor = int(m.group(2)), int(m.group(3))
-        if m.group(1) == "sm" and cap_major == major and cap_minor <= minor and not cap.endswith("a"):
-            natives.append((cap_minor, cap))
-        elif m.group(1) == "compute" and (cap_major, cap_minor) <= (major, minor):
+        if cap_major == major and cap_minor <= minor and not cap.endswith("a"):
+            natives.append((cap_minor, f"sm_{cap_major}{cap_minor}"))
+        if m.group(1) == "compute" and (cap_major, cap_minor) <= (major, minor):
             ptx.append(((cap_major, cap_minor), cap))
     if natives:
         return "native", max(natives)[1]
