@@ -18,7 +18,13 @@ from typing import Any, NoReturn
 from diagnostics.inventory import InventoryError, atomic_write_text
 from diagnostics.selection import MODES, SelectionError
 from training import models
-from training.config import GLOBAL_BATCH_SIZE, ConfigError, TrainConfig, resolve_config
+from training.config import (
+    GLOBAL_BATCH_SIZE,
+    ConfigError,
+    TrainConfig,
+    batch_not_divisible_message,
+    resolve_config,
+)
 from training.devices import CROSS_DEVICE_OPS, DevicePlan, DeviceSetupError, plan_devices
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -139,13 +145,12 @@ def validate(c: TrainConfig) -> None:
 
 
 def check_batch(config: TrainConfig, plan: DevicePlan) -> None:
-    from training.train import batch_not_divisible_message
-
     if config.global_batch_size % plan.num_replicas:
         raise UsageError(batch_not_divisible_message(config.global_batch_size, plan.num_replicas))
 
 
-def print_plan(config: TrainConfig, plan: DevicePlan, out: Any = sys.stdout) -> None:
+def print_plan(config: TrainConfig, plan: DevicePlan, out: Any = None) -> None:
+    out = out or sys.stdout
     per_replica = config.global_batch_size // plan.num_replicas
     print(
         f"plan: {plan.num_replicas} replica(s) on {'GPUs' if plan.kind == 'gpu' else 'the CPU'}, "
@@ -164,7 +169,8 @@ def print_plan(config: TrainConfig, plan: DevicePlan, out: Any = sys.stdout) -> 
     print(f"model {config.model}, data {config.data or 'synthetic'}, {config.epochs} epoch(s)", file=out)
 
 
-def print_summary(summary: dict[str, Any], out: Any = sys.stdout) -> None:
+def print_summary(summary: dict[str, Any], out: Any = None) -> None:
+    out = out or sys.stdout
     from tabulate import tabulate
 
     def fmt(v: Any) -> str:

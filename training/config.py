@@ -137,3 +137,17 @@ def resolve_config(
         config = config.merged(load_config_file(config_file), f"--config {config_file}")
     config = config.merged(env_overrides(environ), "environment")
     return config.merged({k: v for k, v in flags.items() if v is not None}, "command line")
+
+
+def nearest_valid_batches(global_batch_size: int, replicas: int) -> list[int]:
+    below = global_batch_size - global_batch_size % replicas
+    above = below + replicas
+    return [b for b in (below, above) if b > 0]
+
+
+def batch_not_divisible_message(global_batch_size: int, replicas: int) -> str:
+    options = " or ".join(str(b) for b in nearest_valid_batches(global_batch_size, replicas))
+    return (
+        f"--global-batch-size {global_batch_size} does not split evenly over {replicas} replicas: "
+        f"use a multiple of {replicas}, e.g. {options}"
+    )

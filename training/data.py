@@ -7,6 +7,7 @@ Loading and validation are NumPy only; TensorFlow is needed only to build the tf
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -95,7 +96,7 @@ def _load_npz(path: Path, num_classes: int | None) -> tuple[np.ndarray, np.ndarr
         raise
     except PermissionError:
         raise DataError(f"--data {path}: permission denied") from None
-    except (OSError, ValueError, EOFError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise DataError(f"--data {path}: not a readable .npz file ({exc})") from None
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]

@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from training import data as data_mod
 from training import models
-from training.config import TrainConfig
+from training.config import TrainConfig, batch_not_divisible_message
 from training.devices import DeviceSetup
 
 
@@ -231,20 +231,6 @@ def make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimize
     if name == "adam":
         return keras.optimizers.Adam(learning_rate=learning_rate)
     raise ValueError(f"unknown optimizer {name!r}: choose sgd, plain-sgd or adam")
-
-
-def nearest_valid_batches(global_batch_size: int, replicas: int) -> list[int]:
-    below = global_batch_size - global_batch_size % replicas
-    above = below + replicas
-    return [b for b in (below, above) if b > 0]
-
-
-def batch_not_divisible_message(global_batch_size: int, replicas: int) -> str:
-    options = " or ".join(str(b) for b in nearest_valid_batches(global_batch_size, replicas))
-    return (
-        f"--global-batch-size {global_batch_size} does not split evenly over {replicas} replicas: "
-        f"use a multiple of {replicas}, e.g. {options}"
-    )
 
 
 def save_model_atomically(model: keras.Model, path: str) -> None:
