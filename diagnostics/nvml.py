@@ -11,6 +11,7 @@ import contextlib
 import socket
 from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from types import ModuleType
 from typing import Any, TypeVar
 
@@ -101,7 +102,7 @@ def read_inventory(include_links: bool = True, include_processes: bool = True) -
         handles = []
         gpus = []
         for index in range(count):
-            handle = s.opt(lambda i=index: nvml.nvmlDeviceGetHandleByIndex(i))
+            handle = s.opt(partial(nvml.nvmlDeviceGetHandleByIndex, index))
             if handle is None:
                 continue  # a GPU that fell off the bus; the rest are still worth reporting
             gpus.append(_read_gpu(s, index, handle, include_processes))
@@ -158,6 +159,11 @@ def _read_gpu(s: _Session, index: int, h: Any, include_processes: bool) -> Gpu:
     )
 
 
+def _opt_text(s: _Session, query: Callable[[], Any]) -> str | None:
+    value = s.opt(query)
+    return None if value is None else _text(value)
+
+
 def _feature(value: int | None) -> bool | None:
     return None if value is None else bool(value)  # NVML_FEATURE_ENABLED == 1
 
@@ -183,7 +189,7 @@ def _processes(s: _Session, h: Any) -> tuple[GpuProcess, ...] | None:
         ("compute", n.nvmlDeviceGetComputeRunningProcesses),
         ("graphics", n.nvmlDeviceGetGraphicsRunningProcesses),
     ):
-        procs = s.opt(lambda q=query: q(h))
+        procs = s.opt(partial(query, h))
         if procs is None:
             continue
         any_supported = True
@@ -192,7 +198,7 @@ def _processes(s: _Session, h: Any) -> tuple[GpuProcess, ...] | None:
             found.append(
                 GpuProcess(
                     pid=int(p.pid),
-                    name=s.opt(lambda pid=p.pid: _text(n.nvmlSystemGetProcessName(pid))),
+                    name=_opt_text(s, partial(n.nvmlSystemGetProcessName, p.pid)),
                     # NVML reports "not available" (e.g. under WDDM or in containers) as None or 2^64-1
                     used_memory_mib=int(used) // _MIB if used is not None and used < 2**63 else None,
                     type=kind,
@@ -207,8 +213,8 @@ def _read_links(s: _Session, handles: list[tuple[int, Any]], gpus: list[Gpu]) ->
     links = []
     for a_pos, (a, ha) in enumerate(handles):
         for b, hb in handles[a_pos + 1 :]:
-            status = s.opt(lambda ha=ha, hb=hb: n.nvmlDeviceGetP2PStatus(ha, hb, _P2P_CAPS_INDEX_READ))
-            level = s.opt(lambda ha=ha, hb=hb: n.nvmlDeviceGetTopologyCommonAncestor(ha, hb))
+            status = s.opt(partial(n.nvmlDeviceGetP2PStatus, ha, hb, _P2P_CAPS_INDEX_READ))
+            level = s.opt(partial(n.nvmlDeviceGetTopologyCommonAncestor, ha, hb))
             nvlinks = _nvlink_count(s, ha, bus_ids.get(b, ""))
             topology = "nvlink" if nvlinks else _TOPOLOGY.get(level) if level is not None else None
             links.append(
@@ -228,13 +234,13 @@ def _nvlink_count(s: _Session, handle: Any, peer_bus_id: str) -> int | None:
     count = 0
     supported = False
     for link in range(getattr(n, "NVML_NVLINK_MAX_LINKS", 18)):
-        state = s.opt(lambda link=link: n.nvmlDeviceGetNvLinkState(handle, link))
+        state = s.opt(partial(n.nvmlDeviceGetNvLinkState, handle, link))
         if state is None:
             continue
         supported = True
         if not state:
             continue
-        remote = s.opt(lambda link=link: n.nvmlDeviceGetNvLinkRemotePciInfo(handle, link))
+        remote = s.opt(partial(n.nvmlDeviceGetNvLinkRemotePciInfo, handle, link))
         if remote is not None and _same_bus(_text(remote.busId), peer_bus_id):
             count += 1
     return count if supported else None
