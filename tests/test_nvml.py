@@ -1,0 +1,158 @@
+"""The NVML adapter (the only code that touches pynvml) against a fake `pynvml` module: unsupported
+fields become None, errors midway drop only what failed, and a missing library is NvmlUnavailable.
+Everything above the adapter is tested on Inventory objects instead (test_checks_*)."""
+
+from __future__ import annotations
+
+import sys
+import types
+from types import SimpleNamespace
+
+import pytest
+
+from diagnostics import nvml
+from diagnostics.nvml import NO_DRIVER, NvmlUnavailable, read_inventory
+
+
+def fake_pynvml(devices: list[dict], fail: dict[str, str] | None = None, init_error: str | None = None):
+    """A pynvml stand-in; `fail` maps a function name to the NVMLError_* class name it raises."""
+    m = types.ModuleType("pynvml")
+
+    class NVMLError(Exception):
+        pass
+
+    for name in ("NotSupported", "LibraryNotFound", "DriverNotLoaded", "GpuIsLost", "Unknown"):
+        setattr(m, f"NVMLError_{name}", type(f"NVMLError_{name}", (NVMLError,), {}))
+    m.NVMLError = NVMLError
+    m.NVML_TEMPERATURE_GPU = 0
+    m.NVML_MEMORY_ERROR_TYPE_UNCORRECTED = 1
+    m.NVML_VOLATILE_ECC = 0
+    m.NVML_NVLINK_MAX_LINKS = 2
+    fail = fail or {}
+
+    def fn(name, impl):
+        def call(*args):
+            if name in fail:
+                raise getattr(m, fail[name])()
+            return impl(*args)
+
+        setattr(m, name, call)
+
+    def init():
+        if init_error:
+            raise getattr(m, init_error)()
+
+    fn("nvmlInit", init)
+    fn("nvmlShutdown", lambda: None)
+    fn("nvmlSystemGetDriverVersion", lambda: "570.86.15")
+    fn("nvmlSystemGetCudaDriverVersion", lambda: 12080)
+    fn("nvmlDeviceGetCount", lambda: len(devices))
+    fn("nvmlDeviceGetHandleByIndex", lambda i: devices[i])
+    fn("nvmlDeviceGetName", lambda h: h["name"])
+    fn("nvmlDeviceGetUUID", lambda h: f"GPU-{h['i']}")
+    fn("nvmlDeviceGetPciInfo", lambda h: SimpleNamespace(busId=f"00000000:0{h['i']}:00.0".encode()))
+    fn("nvmlDeviceGetMemoryInfo", lambda h: SimpleNamespace(total=24 * 1024**3, used=1024**3))
+    fn("nvmlDeviceGetCudaComputeCapability", lambda h: (8, 9))
+    fn("nvmlDeviceGetAttributes", lambda h: SimpleNamespace(multiprocessorCount=128))
+    fn("nvmlDeviceGetDisplayActive", lambda h: h.get("display", 0))
+    fn("nvmlDeviceGetDisplayMode", lambda h: h.get("display", 0))
+    fn("nvmlDeviceGetTemperature", lambda h, s: 50)
+    fn("nvmlDeviceGetPowerUsage", lambda h: 100_000)
+    fn("nvmlDeviceGetEnforcedPowerLimit", lambda h: 450_000)
+    fn("nvmlDeviceGetUtilizationRates", lambda h: SimpleNamespace(gpu=40, memory=10))
+    fn("nvmlDeviceGetCurrPcieLinkGeneration", lambda h: 4)
+    fn("nvmlDeviceGetMaxPcieLinkGeneration", lambda h: 4)
+    fn("nvmlDeviceGetCurrPcieLinkWidth", lambda h: 8)
+    fn("nvmlDeviceGetMaxPcieLinkWidth", lambda h: 16)
+    fn("nvmlDeviceGetTotalEccErrors", lambda h, a, b: 0)
+    fn("nvmlDeviceGetCurrentClocksEventReasons", lambda h: 0x4 | 0x40)
+    fn("nvmlDeviceGetComputeRunningProcesses", lambda h: [SimpleNamespace(pid=42, usedGpuMemory=2 * 1024**3)])
+    fn("nvmlDeviceGetGraphicsRunningProcesses", lambda h: [])
+    fn("nvmlSystemGetProcessName", lambda pid: b"python3")
+    fn("nvmlDeviceGetP2PStatus", lambda a, b, i: 0)
+    fn("nvmlDeviceGetTopologyCommonAncestor", lambda a, b: 30)
+    fn("nvmlDeviceGetNvLinkState", lambda h, link: (_ for _ in ()).throw(m.NVMLError_NotSupported()))
+    fn("nvmlDeviceGetNvLinkRemotePciInfo", lambda h, link: None)
+    return m
+
+
+@pytest.fixture
+def install(monkeypatch):
+    def put(module):
+        monkeypatch.setitem(sys.modules, "pynvml", module)
+        return module
+
+    return put
+
+
+def test_supported_fields_are_read(install):
+    install(fake_pynvml([{"i": 0, "name": b"NVIDIA GeForce RTX 4090", "display": 1}, {"i": 1, "name": "NVIDIA GeForce RTX 4090"}]))
+    inv = read_inventory()
+    assert inv.driver_version == "570.86.15" and inv.cuda_driver_version == "12.8"
+    g0 = inv.gpus[0]
+    assert g0.name == "NVIDIA GeForce RTX 4090" and g0.compute_capability == "8.9" and g0.display_active is True
+    assert g0.memory_total_mib == 24576 and g0.power_draw_w == 100.0 and g0.pcie and g0.pcie.width_current == 8
+    assert g0.clocks_event_reasons == ("sw_power_cap", "hw_thermal_slowdown")
+    assert g0.processes and g0.processes[0].name == "python3" and g0.processes[0].used_memory_mib == 2048
+    assert inv.links and inv.links[0].p2p_read == "ok" and inv.links[0].topology == "hostbridge"
+    assert inv.links[0].nvlink_count is None
+
+
+def test_unsupported_fields_become_none(install):
+    ns = "NVMLError_NotSupported"
+    install(fake_pynvml([{"i": 0, "name": "Tesla T4"}], fail={
+        "nvmlDeviceGetPowerUsage": ns, "nvmlDeviceGetTotalEccErrors": ns, "nvmlDeviceGetDisplayActive": ns,
+        "nvmlDeviceGetComputeRunningProcesses": ns, "nvmlDeviceGetGraphicsRunningProcesses": ns,
+        "nvmlDeviceGetCurrentClocksEventReasons": ns, "nvmlDeviceGetTemperature": ns}))
+    gpu = read_inventory().gpus[0]
+    assert gpu.power_draw_w is None and gpu.ecc_uncorrected_volatile is None and gpu.display_active is None
+    assert gpu.processes is None and gpu.clocks_event_reasons is None and gpu.temperature_c is None
+
+
+def test_errors_midway_drop_only_the_failing_gpu(install):
+    """A GPU that falls off the bus mid-read (GpuIsLost on its handle) is skipped; the rest are reported."""
+    m = fake_pynvml([{"i": 0, "name": "A"}, {"i": 1, "name": "B"}, {"i": 2, "name": "C"}])
+    lost = m.NVMLError_GpuIsLost
+    original = m.nvmlDeviceGetHandleByIndex
+
+    def handle(i):
+        if i == 1:
+            raise lost()
+        return original(i)
+
+    m.nvmlDeviceGetHandleByIndex = handle
+    install(m)
+    inv = read_inventory()
+    assert [g.index for g in inv.gpus] == [0, 2]
+    assert inv.links is not None and [lk.gpus for lk in inv.links] == [(0, 2)]
+
+
+def test_library_not_found_is_nvml_unavailable(install):
+    install(fake_pynvml([], init_error="NVMLError_LibraryNotFound"))
+    with pytest.raises(NvmlUnavailable, match=NO_DRIVER):
+        read_inventory()
+
+
+def test_other_init_errors_are_named(install):
+    install(fake_pynvml([], init_error="NVMLError_Unknown"))
+    with pytest.raises(NvmlUnavailable, match="did not initialise"):
+        read_inventory()
+
+
+def test_count_failing_midway_is_nvml_unavailable(install):
+    install(fake_pynvml([], fail={"nvmlDeviceGetCount": "NVMLError_Unknown"}))
+    with pytest.raises(NvmlUnavailable, match="could not count"):
+        read_inventory()
+
+
+def test_checks_run_on_the_adapter_output(install):
+    """The adapter's Inventory feeds the checks: the fake x8 link and throttling show up."""
+    from diag_support import OFFICIAL_STACK
+
+    from diagnostics.checks import SelectionArgs, make_context, run_checks
+
+    install(fake_pynvml([{"i": 0, "name": "NVIDIA GeForce RTX 4090"}, {"i": 1, "name": "NVIDIA GeForce RTX 4090"}]))
+    ctx = make_context(SelectionArgs(), env={}, stack=OFFICIAL_STACK)
+    found = {(f.check, f.status) for f in run_checks(ctx)}
+    assert ("pcie", "warn") in found and ("health", "warn") in found and ("memory", "warn") in found
+    assert nvml.NO_DRIVER not in str(found)
