@@ -17,7 +17,9 @@ from pathlib import Path
 
 import pytest
 
-FIXTURE = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "inv-workstation-2x5090-display.json"
+FIXTURE = (
+    Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "inv-workstation-2x5090-display.json"
+)
 ROUNDS = 5
 MAX_RATIO = 0.15
 
@@ -41,16 +43,19 @@ def test_gpudiag_check_vs_import_tensorflow(benchmark):
     _wall(tf_cmd)  # warm the file cache for both, so neither pays for a cold disk
     _wall(check_cmd)
     tf_times = [_wall(tf_cmd) for _ in range(ROUNDS)]
-    benchmark.pedantic(lambda: subprocess.run(check_cmd, check=False, capture_output=True),
-                       rounds=ROUNDS, warmup_rounds=1)
+    benchmark.pedantic(
+        lambda: subprocess.run(check_cmd, check=False, capture_output=True), rounds=ROUNDS, warmup_rounds=1
+    )
     check_median = statistics.median(benchmark.stats.stats.data)
     tf_median = statistics.median(tf_times)
     ratio = check_median / tf_median
-    benchmark.extra_info.update({
-        "gpudiag_check_median_s": round(check_median, 4),
-        "import_tensorflow_median_s": round(tf_median, 4),
-        "ratio": round(ratio, 4),
-        "rounds": ROUNDS,
-        "command": " ".join(check_cmd),
-    })
+    benchmark.extra_info.update(
+        {
+            "gpudiag_check_median_s": round(check_median, 4),
+            "import_tensorflow_median_s": round(tf_median, 4),
+            "ratio": round(ratio, 4),
+            "rounds": ROUNDS,
+            "command": " ".join(check_cmd),
+        }
+    )
     assert ratio < MAX_RATIO, f"gpudiag check {check_median:.3f} s vs import tensorflow {tf_median:.3f} s"

@@ -147,8 +147,12 @@ def cmd_check(ns: argparse.Namespace) -> int:
         ctx = Context(**{**ctx.__dict__, "deep_timeout_s": ns.deep_timeout})
     findings = run_checks(ctx, deep=ns.deep)
     if ns.json:
-        print(json.dumps({"findings": [f.to_dict() for f in findings], "summary": summarize_findings(findings)},
-                         indent=2))
+        print(
+            json.dumps(
+                {"findings": [f.to_dict() for f in findings], "summary": summarize_findings(findings)},
+                indent=2,
+            )
+        )
     else:
         _print_findings(findings, ctx)
     return 1 if any(f.status == "fail" for f in findings) else 0
@@ -187,8 +191,11 @@ def cmd_list(ns: argparse.Namespace) -> int:
         )
         for c in sel.choices
     ]
-    print(render_table(("GPU", "name", "GB", "display", "selected", "reasons"), rows,
-                       (None, 30, None, None, None, 70)))
+    print(
+        render_table(
+            ("GPU", "name", "GB", "display", "selected", "reasons"), rows, (None, 30, None, None, None, 70)
+        )
+    )
     chosen = ", ".join(map(str, sel.selected_indices)) or "none (the trainer would fall back to the CPU)"
     print(f"--device-mode {sel.mode}: selected GPUs {chosen}")
     for warning in sel.warnings:
@@ -266,8 +273,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # the promise is no traceback; GPUDIAG_DEBUG=1 shows it for a bug report
         if os.environ.get("GPUDIAG_DEBUG"):
             raise
-        print(f"{PROG}: internal error: {type(exc).__name__}: {exc} (rerun with GPUDIAG_DEBUG=1 for details)",
-              file=sys.stderr)
+        print(
+            f"{PROG}: internal error: {type(exc).__name__}: {exc} (rerun with GPUDIAG_DEBUG=1 for details)",
+            file=sys.stderr,
+        )
         return 1
 
 

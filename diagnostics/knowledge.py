@@ -17,7 +17,7 @@ TF_BUILD_INFO = "tensorflow/python/platform/build_info.py of the official Tensor
 
 
 def parse_version(text: str | None) -> tuple[int, ...] | None:
-    """"570.86.15" -> (570, 86, 15); "12.5.1" -> (12, 5, 1); anything unparsable -> None."""
+    """ "570.86.15" -> (570, 86, 15); "12.5.1" -> (12, 5, 1); anything unparsable -> None."""
     if not text:
         return None
     parts = re.findall(r"\d+", text.split("+")[0])

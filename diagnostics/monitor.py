@@ -87,7 +87,8 @@ def imbalance(rows: Sequence[Sample], gpus: Sequence[int]) -> str | None:
     if means[busiest] - means[idlest] <= IMBALANCE_POINTS:
         return None
     return (
-        f"uneven GPU usage: GPU {busiest} averaged {means[busiest]:.0f}% busy, GPU {idlest} {means[idlest]:.0f}%: "
+        f"uneven GPU usage: GPU {busiest} averaged {means[busiest]:.0f}% busy, GPU {idlest} "
+        f"{means[idlest]:.0f}%: "
         "in synchronous training one GPU is waiting for another (display GPU, slower model, thermal "
         "throttling, a slow PCIe link, or an input pipeline that cannot feed them): run `gpudiag check` "
         "(see TROUBLESHOOTING.md#uneven-gpu-usage)"

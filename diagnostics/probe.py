@@ -10,6 +10,7 @@ A child that hangs (a PTX JIT compile, an NCCL all-reduce) is killed and reporte
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -50,7 +51,15 @@ def probe_command(
     include_display: bool,
     cpu_replicas: int | None,
 ) -> list[str]:
-    cmd = [sys.executable, "-m", "diagnostics.probe", "--device-mode", mode, "--min-gpu-memory", f"{min_memory_gb:g}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "diagnostics.probe",
+        "--device-mode",
+        mode,
+        "--min-gpu-memory",
+        f"{min_memory_gb:g}",
+    ]
     if custom_ids:
         cmd += ["--custom-gpus", *(str(i) for i in custom_ids)]
     if include_display:
@@ -67,7 +76,11 @@ def run_probe(command: Sequence[str], timeout_s: float, env: dict[str, str] | No
     child_env["PYTHONUNBUFFERED"] = "1"
     start = time.monotonic()
     proc = subprocess.Popen(
-        list(command), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env,
+        list(command),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=child_env,
         start_new_session=True,  # so a kill reaches anything the child started too
     )
     result = ProbeResult()
@@ -75,10 +88,8 @@ def run_probe(command: Sequence[str], timeout_s: float, env: dict[str, str] | No
         out, err = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         result.timed_out = True
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         out, err = proc.communicate()
     result.seconds = time.monotonic() - start
     result.returncode = proc.returncode
@@ -87,7 +98,7 @@ def run_probe(command: Sequence[str], timeout_s: float, env: dict[str, str] | No
         if not line.startswith(MARK):
             continue
         try:
-            event = json.loads(line[len(MARK):])
+            event = json.loads(line[len(MARK) :])
         except json.JSONDecodeError:
             continue
         if event.get("event") == "start":
@@ -128,14 +139,24 @@ def _child(argv: Sequence[str] | None = None) -> int:
     )
     gpus = [g.index for g in plan.gpus]
     if runtime_initialized():
-        _finding("strategy", "fail", "TensorFlow's runtime was initialised before the trainer's setup ran",
-                 "call setup_device_strategy() before any TensorFlow operation", gpus)
+        _finding(
+            "strategy",
+            "fail",
+            "TensorFlow's runtime was initialised before the trainer's setup ran",
+            "call setup_device_strategy() before any TensorFlow operation",
+            gpus,
+        )
         return 0
     try:
         setup = setup_device_strategy(plan)
     except DeviceSetupError as exc:
-        _finding("strategy", "fail", f"the trainer's device setup failed: {exc}",
-                 "run `gpudiag check` (without --deep) and fix what it reports", gpus)
+        _finding(
+            "strategy",
+            "fail",
+            f"the trainer's device setup failed: {exc}",
+            "run `gpudiag check` (without --deep) and fix what it reports",
+            gpus,
+        )
         return 0
     import tensorflow as tf
 
@@ -174,9 +195,13 @@ def _check_strategy(tf: Any, setup: Any, gpus: list[int]) -> None:
     parts = strategy.experimental_local_results(first)
     sizes = [int(p.shape[0]) for p in parts]
     if len(parts) != setup.num_replicas or set(sizes) != {4}:
-        problems.append(f"a global batch of {global_batch} was split into {sizes}, not {setup.num_replicas} x 4")
-    summary = (f"MirroredStrategy with {setup.num_replicas} replica(s) ({_where(setup)}), "
-               f"{len(variables)} model and optimizer variables mirrored, dataset distributed")
+        problems.append(
+            f"a global batch of {global_batch} was split into {sizes}, not {setup.num_replicas} x 4"
+        )
+    summary = (
+        f"MirroredStrategy with {setup.num_replicas} replica(s) ({_where(setup)}), "
+        f"{len(variables)} model and optimizer variables mirrored, dataset distributed"
+    )
     if problems:
         _finding("strategy", "fail", "; ".join(problems), "see TROUBLESHOOTING.md#strategy-not-working", gpus)
     else:
@@ -201,21 +226,36 @@ def _check_smoke(tf: Any, setup: Any, gpus: list[int]) -> None:
         if not error < RELATIVE_TOLERANCE:
             bad.append(f"{line}: relative error {error:.1e}")
     if bad:
-        _finding("gpu-smoke", "fail", "matrix product differs from the CPU's on " + "; ".join(bad),
-                 "check the card's health (ECC, clocks) and driver; see TROUBLESHOOTING.md#wrong-results-across-replicas",
-                 gpus)
+        _finding(
+            "gpu-smoke",
+            "fail",
+            "matrix product differs from the CPU's on " + "; ".join(bad),
+            "check the card's health (ECC, clocks) and driver; see "
+            "TROUBLESHOOTING.md#wrong-results-across-replicas",
+            gpus,
+        )
     else:
-        _finding("gpu-smoke", "pass", "256x256 matrix product matches the CPU's on every device (" +
-                 ", ".join(timings) + ", first call includes kernel loading)", "", gpus)
+        _finding(
+            "gpu-smoke",
+            "pass",
+            "256x256 matrix product matches the CPU's on every device ("
+            + ", ".join(timings)
+            + ", first call includes kernel loading)",
+            "",
+            gpus,
+        )
 
 
-def _one_step(tf: Any, keras: Any, strategy: Any, weights: list[Any], x: Any, y: Any, inject: bool) -> list[Any]:
+def _one_step(
+    tf: Any, keras: Any, strategy: Any, weights: list[Any], x: Any, y: Any, inject: bool
+) -> list[Any]:
     """One SGD step on the global batch (x, y) under `strategy` (None: no strategy, one device)."""
     global_batch = int(x.shape[0])
 
     def build() -> tuple[Any, Any]:
-        model = keras.Sequential([keras.Input((x.shape[1],)), keras.layers.Dense(16, activation="tanh"),
-                                  keras.layers.Dense(1)])
+        model = keras.Sequential(
+            [keras.Input((x.shape[1],)), keras.layers.Dense(16, activation="tanh"), keras.layers.Dense(1)]
+        )
         model.set_weights(weights)
         return model, keras.optimizers.SGD(0.1)
 
@@ -223,8 +263,9 @@ def _one_step(tf: Any, keras: Any, strategy: Any, weights: list[Any], x: Any, y:
         model, optimizer = build()
         with tf.GradientTape() as tape:
             loss = tf.reduce_mean(tf.square(model(x) - y))
-        optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables,
-                                      strict=True))
+        optimizer.apply_gradients(
+            zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables, strict=True)
+        )
         return list(model.get_weights())
 
     with strategy.scope():
@@ -259,12 +300,16 @@ def _check_consistency(tf: Any, setup: Any, gpus: list[int]) -> None:
     x = rng.standard_normal((32 * n, 8)).astype("float32")
     y = rng.standard_normal((32 * n, 1)).astype("float32")
     weights = [
-        rng.standard_normal((8, 16)).astype("float32") * 0.5, np.zeros(16, "float32"),
-        rng.standard_normal((16, 1)).astype("float32") * 0.5, np.zeros(1, "float32"),
+        rng.standard_normal((8, 16)).astype("float32") * 0.5,
+        np.zeros(16, "float32"),
+        rng.standard_normal((16, 1)).astype("float32") * 0.5,
+        np.zeros(1, "float32"),
     ]
     with tf.device(setup.plan.device_names[0]):
         reference = _one_step(tf, keras, None, weights, x, y, inject=False)
-    replicas = _one_step(tf, keras, setup.strategy, weights, x, y, inject=os.environ.get(INJECT_ENV) == "corrupt")
+    replicas = _one_step(
+        tf, keras, setup.strategy, weights, x, y, inject=os.environ.get(INJECT_ENV) == "corrupt"
+    )
     worst = 0.0
     for ref, copies in zip(reference, replicas, strict=True):
         for copy in copies:
@@ -274,16 +319,24 @@ def _check_consistency(tf: Any, setup: Any, gpus: list[int]) -> None:
     if moved == 0.0:
         _finding("replica-consistency", "fail", "the training step did not change the weights", "", gpus)
     elif worst > RELATIVE_TOLERANCE:
-        _finding("replica-consistency", "fail",
-                 f"one step on {n} replicas gives different weights than on one device (relative difference "
-                 f"{worst:.1e} > {RELATIVE_TOLERANCE:g}) on {where}: the all-reduce or the GPU-to-GPU path "
-                 "corrupts results",
-                 "export NCCL_P2P_DISABLE=1 or train with --cross-device-ops hierarchical, then rerun "
-                 "`gpudiag check --deep`; see TROUBLESHOOTING.md#wrong-results-across-replicas", gpus)
+        _finding(
+            "replica-consistency",
+            "fail",
+            f"one step on {n} replicas gives different weights than on one device (relative difference "
+            f"{worst:.1e} > {RELATIVE_TOLERANCE:g}) on {where}: the all-reduce or the GPU-to-GPU path "
+            "corrupts results",
+            "export NCCL_P2P_DISABLE=1 or train with --cross-device-ops hierarchical, then rerun "
+            "`gpudiag check --deep`; see TROUBLESHOOTING.md#wrong-results-across-replicas",
+            gpus,
+        )
     else:
-        _finding("replica-consistency", "pass",
-                 f"one step on {n} replica(s) matches one device (relative difference {worst:.1e}) on {where}",
-                 "", gpus)
+        _finding(
+            "replica-consistency",
+            "pass",
+            f"one step on {n} replica(s) matches one device (relative difference {worst:.1e}) on {where}",
+            "",
+            gpus,
+        )
 
 
 if __name__ == "__main__":

@@ -72,9 +72,10 @@ def parse_build_info(text: str) -> TfBuild:
     """Read `build_info = collections.OrderedDict([...])` (or a dict literal) without executing it."""
     tree = ast.parse(text)
     for node in ast.walk(tree):
-        if not (isinstance(node, ast.Assign) and any(
-            isinstance(t, ast.Name) and t.id == "build_info" for t in node.targets
-        )):
+        if not (
+            isinstance(node, ast.Assign)
+            and any(isinstance(t, ast.Name) and t.id == "build_info" for t in node.targets)
+        ):
             continue
         value: Any = node.value
         if isinstance(value, ast.Call) and value.args:
@@ -95,7 +96,7 @@ def _str_or_none(value: object) -> str | None:
     return None if value in (None, "") else str(value)
 
 
-def read_stack(version_of: VersionOf = installed_version, tf_dir: Path | None | str = "find") -> Stack:
+def read_stack(version_of: VersionOf = installed_version, tf_dir: Path | str | None = "find") -> Stack:
     """The stack of this Python environment. Both lookups can be replaced, for tests."""
     tf_version, tf_dist = None, None
     for dist in TF_DISTRIBUTIONS:

@@ -19,8 +19,11 @@ OFFICIAL_STACK = Stack(
     keras="3.15.1",
     nccl="2.26.2",
     cudnn="9.3.0.75",
-    cuda_wheels={"nvidia-cudnn-cu12": "9.3.0.75", "nvidia-cublas-cu12": "12.5.3.2",
-                 "nvidia-cuda-runtime-cu12": "12.5.82"},
+    cuda_wheels={
+        "nvidia-cudnn-cu12": "9.3.0.75",
+        "nvidia-cublas-cu12": "12.5.3.2",
+        "nvidia-cuda-runtime-cu12": "12.5.82",
+    },
 )
 
 

@@ -117,7 +117,9 @@ def test_device_order_visible_devices_hiding_selected_gpus_warns():
 
 
 def test_device_order_visible_devices_by_position_on_mixed_box_warns():
-    findings = gpus.device_order(ctx_for("inv-workstation-2x5090-display.json", env={"CUDA_VISIBLE_DEVICES": "1,2"}))
+    findings = gpus.device_order(
+        ctx_for("inv-workstation-2x5090-display.json", env={"CUDA_VISIBLE_DEVICES": "1,2"})
+    )
     assert any("fastest-first" in f.message for f in findings)
 
 

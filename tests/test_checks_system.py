@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 from diag_support import OFFICIAL_STACK, ctx_for, statuses, worst
 
-from diagnostics.checks import SECTIONS, Finding, registry, run_checks, summarize
+from diagnostics.checks import SECTIONS, Finding, registry, run_checks, software, summarize, topology
 from diagnostics.checks import driver as driver_checks
 from diagnostics.checks import health as health_checks
-from diagnostics.checks import software, topology
 from diagnostics.stack import Stack, TfBuild
 
 ALL = [
@@ -50,7 +49,9 @@ def test_tensorflow_missing_fails():
 
 
 def test_tensorflow_cpu_build_with_gpus_fails():
-    stack = dataclasses.replace(OFFICIAL_STACK, tensorflow_distribution="tensorflow-cpu", tf_build=TfBuild(False))
+    stack = dataclasses.replace(
+        OFFICIAL_STACK, tensorflow_distribution="tensorflow-cpu", tf_build=TfBuild(False)
+    )
     f = software.tensorflow(ctx_for("inv-dgx-8xh100.json", stack=stack))[0]
     assert f.status == "fail" and "CPU-only" in f.message and "and-cuda" in f.remedy
 
@@ -62,7 +63,9 @@ def test_tensorflow_without_pip_cuda_libraries_warns():
 
 def test_tensorflow_official_stack_passes_with_versions():
     f = software.tensorflow(ctx_for("inv-dgx-8xh100.json"))[0]
-    assert f.status == "pass" and "2.21.0" in f.message and "Keras 3.15.1" in f.message and "12.5.1" in f.message
+    assert (
+        f.status == "pass" and "2.21.0" in f.message and "Keras 3.15.1" in f.message and "12.5.1" in f.message
+    )
 
 
 def test_cuda_version_newer_driver_passes():
@@ -160,8 +163,10 @@ def test_a_crashing_check_becomes_a_failed_finding(monkeypatch):
 
 def test_every_remedy_section_exists_in_troubleshooting():
     text = (Path(__file__).resolve().parent.parent / "TROUBLESHOOTING.md").read_text()
-    anchors = {re.sub(r"[^a-z0-9 -]", "", h.lower()).strip().replace(" ", "-")
-               for h in re.findall(r"^## (.+)$", text, re.M)}
+    anchors = {
+        re.sub(r"[^a-z0-9 -]", "", h.lower()).strip().replace(" ", "-")
+        for h in re.findall(r"^## (.+)$", text, re.M)
+    }
     assert set(SECTIONS) <= anchors
 
 

@@ -38,7 +38,7 @@ def test_no_driver_machine_check_fails_cleanly_without_importing_tensorflow():
     proc = gpudiag("check", "--json")
     assert proc.returncode == 1, proc.stderr
     data = json.loads(proc.stdout)
-    driver = [f for f in data["findings"] if f["check"] == "driver"][0]
+    driver = next(f for f in data["findings"] if f["check"] == "driver")
     assert driver["status"] == "fail" and "no NVIDIA driver found" in driver["message"]
     assert data["summary"]["fail"] == 1 and "Traceback" not in proc.stderr
 
@@ -63,7 +63,15 @@ def test_no_driver_snapshot_list_and_monitor_say_one_line():
         ("check", "--custom-gpus", "x"),
         ("check", "--inventory", "/nonexistent/inv.json"),
         ("check", "--inventory", str(FIXTURES)),
-        ("list", "--inventory", str(FIXTURES / "inv-mixed.json"), "--device-mode", "custom", "--custom-gpus", "9"),
+        (
+            "list",
+            "--inventory",
+            str(FIXTURES / "inv-mixed.json"),
+            "--device-mode",
+            "custom",
+            "--custom-gpus",
+            "9",
+        ),
         ("list", "--inventory", str(FIXTURES / "inv-mixed.json"), "--custom-gpus", "1"),
         ("monitor", "--interval", "0"),
     ],
@@ -96,7 +104,7 @@ def test_check_json_shape_and_exit_codes(capsys):
 
 
 def test_check_table_has_columns_and_summary(capsys):
-    code, out, _ = run(capsys, "check", "--inventory", fixture("inv-workstation-2x5090-display.json"))
+    _, out, _ = run(capsys, "check", "--inventory", fixture("inv-workstation-2x5090-display.json"))
     header = out.splitlines()[2]
     for column in ("check", "status", "GPUs", "message", "remedy"):
         assert column in header
@@ -111,7 +119,9 @@ def test_selection_flags_change_the_result(capsys):
 
 
 def test_list_json_is_the_trainers_decision(capsys):
-    code, out, _ = run(capsys, "list", "--inventory", fixture("inv-workstation-2x5090-display.json"), "--json")
+    code, out, _ = run(
+        capsys, "list", "--inventory", fixture("inv-workstation-2x5090-display.json"), "--json"
+    )
     data = json.loads(out)
     assert code == 0 and data["selected"] == [1, 2]
     gpu0 = data["gpus"][0]
@@ -149,8 +159,13 @@ def test_monitor_flags_imbalance(capsys, monkeypatch, tmp_path):
     base = load_inventory(FIXTURES / "inv-geforce-p2p-reported.json")
     import dataclasses
 
-    busy = dataclasses.replace(base, gpus=(dataclasses.replace(base.gpus[0], utilization_gpu_pct=95),
-                                           dataclasses.replace(base.gpus[1], utilization_gpu_pct=40)))
+    busy = dataclasses.replace(
+        base,
+        gpus=(
+            dataclasses.replace(base.gpus[0], utilization_gpu_pct=95),
+            dataclasses.replace(base.gpus[1], utilization_gpu_pct=40),
+        ),
+    )
     monkeypatch.setattr(nvml, "read_inventory", lambda **kw: busy)
     csv_path = tmp_path / "m.csv"
     code, out, _ = run(capsys, "monitor", "--interval", "0.01", "--duration", "0.03", "--csv", str(csv_path))

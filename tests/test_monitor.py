@@ -6,7 +6,9 @@ from diagnostics.monitor import Sample, imbalance, sample_loop
 
 
 def samples(util: dict[int, list[float]]) -> list[Sample]:
-    return [Sample(float(t), gpu, u, 0, 100.0, 50.0) for gpu, values in util.items() for t, u in enumerate(values)]
+    return [
+        Sample(float(t), gpu, u, 0, 100.0, 50.0) for gpu, values in util.items() for t, u in enumerate(values)
+    ]
 
 
 def test_imbalance_flags_95_vs_40():

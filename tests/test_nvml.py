@@ -86,12 +86,23 @@ def install(monkeypatch):
 
 
 def test_supported_fields_are_read(install):
-    install(fake_pynvml([{"i": 0, "name": b"NVIDIA GeForce RTX 4090", "display": 1}, {"i": 1, "name": "NVIDIA GeForce RTX 4090"}]))
+    install(
+        fake_pynvml(
+            [
+                {"i": 0, "name": b"NVIDIA GeForce RTX 4090", "display": 1},
+                {"i": 1, "name": "NVIDIA GeForce RTX 4090"},
+            ]
+        )
+    )
     inv = read_inventory()
     assert inv.driver_version == "570.86.15" and inv.cuda_driver_version == "12.8"
     g0 = inv.gpus[0]
-    assert g0.name == "NVIDIA GeForce RTX 4090" and g0.compute_capability == "8.9" and g0.display_active is True
-    assert g0.memory_total_mib == 24576 and g0.power_draw_w == 100.0 and g0.pcie and g0.pcie.width_current == 8
+    assert (
+        g0.name == "NVIDIA GeForce RTX 4090" and g0.compute_capability == "8.9" and g0.display_active is True
+    )
+    assert (
+        g0.memory_total_mib == 24576 and g0.power_draw_w == 100.0 and g0.pcie and g0.pcie.width_current == 8
+    )
     assert g0.clocks_event_reasons == ("sw_power_cap", "hw_thermal_slowdown")
     assert g0.processes and g0.processes[0].name == "python3" and g0.processes[0].used_memory_mib == 2048
     assert inv.links and inv.links[0].p2p_read == "ok" and inv.links[0].topology == "hostbridge"
@@ -100,10 +111,20 @@ def test_supported_fields_are_read(install):
 
 def test_unsupported_fields_become_none(install):
     ns = "NVMLError_NotSupported"
-    install(fake_pynvml([{"i": 0, "name": "Tesla T4"}], fail={
-        "nvmlDeviceGetPowerUsage": ns, "nvmlDeviceGetTotalEccErrors": ns, "nvmlDeviceGetDisplayActive": ns,
-        "nvmlDeviceGetComputeRunningProcesses": ns, "nvmlDeviceGetGraphicsRunningProcesses": ns,
-        "nvmlDeviceGetCurrentClocksEventReasons": ns, "nvmlDeviceGetTemperature": ns}))
+    install(
+        fake_pynvml(
+            [{"i": 0, "name": "Tesla T4"}],
+            fail={
+                "nvmlDeviceGetPowerUsage": ns,
+                "nvmlDeviceGetTotalEccErrors": ns,
+                "nvmlDeviceGetDisplayActive": ns,
+                "nvmlDeviceGetComputeRunningProcesses": ns,
+                "nvmlDeviceGetGraphicsRunningProcesses": ns,
+                "nvmlDeviceGetCurrentClocksEventReasons": ns,
+                "nvmlDeviceGetTemperature": ns,
+            },
+        )
+    )
     gpu = read_inventory().gpus[0]
     assert gpu.power_draw_w is None and gpu.ecc_uncorrected_volatile is None and gpu.display_active is None
     assert gpu.processes is None and gpu.clocks_event_reasons is None and gpu.temperature_c is None
@@ -151,7 +172,11 @@ def test_checks_run_on_the_adapter_output(install):
 
     from diagnostics.checks import SelectionArgs, make_context, run_checks
 
-    install(fake_pynvml([{"i": 0, "name": "NVIDIA GeForce RTX 4090"}, {"i": 1, "name": "NVIDIA GeForce RTX 4090"}]))
+    install(
+        fake_pynvml(
+            [{"i": 0, "name": "NVIDIA GeForce RTX 4090"}, {"i": 1, "name": "NVIDIA GeForce RTX 4090"}]
+        )
+    )
     ctx = make_context(SelectionArgs(), env={}, stack=OFFICIAL_STACK)
     found = {(f.check, f.status) for f in run_checks(ctx)}
     assert ("pcie", "warn") in found and ("health", "warn") in found and ("memory", "warn") in found

@@ -29,14 +29,19 @@ def test_check_deep_on_cpu_logical_devices(capsys):
 
 @pytest.mark.slow
 def test_replica_consistency_catches_a_corrupted_replica():
-    result = probe.run_probe(probe.probe_command("multi", (), 8.0, False, 2), 240,
-                             {**__import__("os").environ, probe.INJECT_ENV: "corrupt"})
+    result = probe.run_probe(
+        probe.probe_command("multi", (), 8.0, False, 2),
+        240,
+        {**__import__("os").environ, probe.INJECT_ENV: "corrupt"},
+    )
     assert result.findings["replica-consistency"][0]["status"] == "fail", result
     assert result.findings["strategy"][0]["status"] == "pass"
 
 
 def hanging_child(stage: str) -> list[str]:
-    line = probe.MARK + json.dumps({"event": "start", "check": stage, "detail": "/gpu:0 = NVML GPU 1 RTX 5090"})
+    line = probe.MARK + json.dumps(
+        {"event": "start", "check": stage, "detail": "/gpu:0 = NVML GPU 1 RTX 5090"}
+    )
     return [sys.executable, "-c", f"import time; print({line!r}, flush=True); time.sleep(60)"]
 
 
@@ -52,8 +57,11 @@ def test_hung_gpu_smoke_is_reported_not_waited_on(monkeypatch):
 
 
 def test_crashing_child_is_a_failure_with_its_last_words(monkeypatch):
-    monkeypatch.setattr(probe, "probe_command",
-                        lambda *a: [sys.executable, "-c", "import sys; sys.exit('ImportError: no tensorflow')"])
+    monkeypatch.setattr(
+        probe,
+        "probe_command",
+        lambda *a: [sys.executable, "-c", "import sys; sys.exit('ImportError: no tensorflow')"],
+    )
     ctx = Context(stack=OFFICIAL_STACK, args=SelectionArgs(), deep_timeout_s=30)
     f = deep_checks.strategy(ctx)[0]
     assert f.status == "fail" and "no tensorflow" in f.message

@@ -21,7 +21,9 @@ _HANG_WHY = {
 _HANG_REMEDY = {
     "strategy": f"run `gpudiag check` without --deep and fix what it reports {see('strategy-not-working')}",
     "gpu-smoke": f"use a TensorFlow build with native kernels for this GPU {see('rtx-5090-and-blackwell')}",
-    "replica-consistency": f"export NCCL_P2P_DISABLE=1 or use --cross-device-ops hierarchical {see('nccl-hangs')}",
+    "replica-consistency": (
+        f"export NCCL_P2P_DISABLE=1 or use --cross-device-ops hierarchical {see('nccl-hangs')}"
+    ),
 }
 
 
@@ -55,18 +57,36 @@ def _findings(ctx: Context, check: str) -> list[Finding]:
         ]
     gpus = tuple(g.index for g in ctx.selected)
     if result.timed_out and result.current == check:
-        return [Finding(
-            check, "fail",
-            f"no answer within {ctx.deep_timeout_s:g} s while running {result.detail or check}: {_HANG_WHY[check]}",
-            _HANG_REMEDY[check], gpus)]
+        return [
+            Finding(
+                check,
+                "fail",
+                f"no answer within {ctx.deep_timeout_s:g} s while running "
+                f"{result.detail or check}: {_HANG_WHY[check]}",
+                _HANG_REMEDY[check],
+                gpus,
+            )
+        ]
     if result.timed_out:
-        return [Finding(check, "skip", f"not run: the probe was stopped after {ctx.deep_timeout_s:g} s in "
-                        f"{result.current or 'start-up'}")]
+        return [
+            Finding(
+                check,
+                "skip",
+                f"not run: the probe was stopped after {ctx.deep_timeout_s:g} s in "
+                f"{result.current or 'start-up'}",
+            )
+        ]
     if check in result.started or not result.started or result.returncode:
         last = result.stderr_tail.splitlines()[-1] if result.stderr_tail else f"exit code {result.returncode}"
-        return [Finding(check, "fail", f"the TensorFlow probe crashed: {last}",
-                        f"run `python -m diagnostics.probe` to see the full error {see('strategy-not-working')}",
-                        gpus)]
+        return [
+            Finding(
+                check,
+                "fail",
+                f"the TensorFlow probe crashed: {last}",
+                f"run `python -m diagnostics.probe` to see the full error {see('strategy-not-working')}",
+                gpus,
+            )
+        ]
     return [Finding(check, "skip", "not run: an earlier deep check failed")]
 
 

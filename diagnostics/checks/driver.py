@@ -17,18 +17,36 @@ _INSTALL = (
 def driver(ctx: Context) -> list[Finding]:
     """NVIDIA driver loaded, its version and the CUDA version it supports."""
     if ctx.inventory is None:
-        return [Finding("driver", "fail", ctx.nvml_error or "no NVIDIA driver found", f"{_INSTALL} "
-                        f"{see('no-driver-or-no-gpu')}")]
+        return [
+            Finding(
+                "driver",
+                "fail",
+                ctx.nvml_error or "no NVIDIA driver found",
+                f"{_INSTALL} {see('no-driver-or-no-gpu')}",
+            )
+        ]
     inv = ctx.inventory
     if inv.driver_version is None:
-        return [Finding("driver", "fail", f"no NVIDIA driver in this inventory ({inv.source})",
-                        f"{_INSTALL} {see('no-driver-or-no-gpu')}")]
+        return [
+            Finding(
+                "driver",
+                "fail",
+                f"no NVIDIA driver in this inventory ({inv.source})",
+                f"{_INSTALL} {see('no-driver-or-no-gpu')}",
+            )
+        ]
     where = "" if inv.source == "live" else f" (inventory {inv.source})"
     head = f"driver {inv.driver_version}, CUDA {inv.cuda_driver_version or 'unknown'}{where}"
     if not inv.gpus:
-        return [Finding("driver", "fail", f"{head}, but NVML found no NVIDIA GPU",
-                        "check that the GPUs are seated and powered, and that `nvidia-smi` lists them "
-                        f"{see('no-driver-or-no-gpu')}")]
+        return [
+            Finding(
+                "driver",
+                "fail",
+                f"{head}, but NVML found no NVIDIA GPU",
+                "check that the GPUs are seated and powered, and that `nvidia-smi` lists them "
+                f"{see('no-driver-or-no-gpu')}",
+            )
+        ]
     too_old = []
     for gpu in ctx.in_scope:
         arch = knowledge.architecture_for(gpu.compute_capability)
@@ -41,7 +59,13 @@ def driver(ctx: Context) -> list[Finding]:
             f">= {a.min_driver_linux}, CUDA >= {a.min_cuda})"
             for g, a in too_old
         )
-        return [Finding("driver", "fail", f"{head}: too old for {names}",
-                        f"install NVIDIA driver {need} or newer {see('driver-and-cuda-versions')}",
-                        tuple(g.index for g, _ in too_old))]
+        return [
+            Finding(
+                "driver",
+                "fail",
+                f"{head}: too old for {names}",
+                f"install NVIDIA driver {need} or newer {see('driver-and-cuda-versions')}",
+                tuple(g.index for g, _ in too_old),
+            )
+        ]
     return [Finding("driver", "pass", f"{head}, {len(inv.gpus)} GPU(s)")]

@@ -56,9 +56,9 @@ def compute_capability(ctx: Context) -> list[Finding]:
     if build is None or not build.is_cuda_build or not build.compute_capabilities:
         return [Finding("compute-capability", "skip", "TensorFlow's CUDA build facts are not available")]
     caps = ", ".join(build.compute_capabilities)
-    driver_cuda_ok = (
-        knowledge.version_at_least(ctx.inventory.cuda_driver_version if ctx.inventory else None,
-                                   ".".join((build.cuda_version or "0").split(".")[:2]))
+    driver_cuda_ok = knowledge.version_at_least(
+        ctx.inventory.cuda_driver_version if ctx.inventory else None,
+        ".".join((build.cuda_version or "0").split(".")[:2]),
     )
     findings, native = [], []
     for gpu in gpus:
@@ -70,16 +70,24 @@ def compute_capability(ctx: Context) -> list[Finding]:
             native.append(f"{gpu.label()}: {gpu.compute_capability} runs {code}")
             continue
         if kind == "none":
-            findings.append(Finding(
-                "compute-capability", "fail",
-                f"{gpu.label()} has compute capability {gpu.compute_capability} ({arch_name}); TensorFlow "
-                f"{ctx.stack.tensorflow} has no kernels or PTX it can use (built for {caps})",
-                "use a TensorFlow version built for this GPU, or leave it out with --device-mode custom "
-                f"{see('driver-and-cuda-versions')}", (gpu.index,)))
+            findings.append(
+                Finding(
+                    "compute-capability",
+                    "fail",
+                    f"{gpu.label()} has compute capability {gpu.compute_capability} ({arch_name}); "
+                    "TensorFlow "
+                    f"{ctx.stack.tensorflow} has no kernels or PTX it can use (built for {caps})",
+                    "use a TensorFlow version built for this GPU, or leave it out with --device-mode custom "
+                    f"{see('driver-and-cuda-versions')}",
+                    (gpu.index,),
+                )
+            )
             continue
         driver_ok = True
         if arch and ctx.inventory is not None:
-            driver_ok = knowledge.version_at_least(ctx.inventory.driver_version, arch.min_driver_linux) is not False
+            driver_ok = (
+                knowledge.version_at_least(ctx.inventory.driver_version, arch.min_driver_linux) is not False
+            )
         why = (
             f"{gpu.label()} has compute capability {gpu.compute_capability} ({arch_name}), and TensorFlow "
             f"{ctx.stack.tensorflow} has no native kernels for it (built for {caps}): only {code} PTX, "
@@ -93,18 +101,37 @@ def compute_capability(ctx: Context) -> list[Finding]:
             if gpu.compute_capability_tuple[0] >= 10
             else f"use a TensorFlow build with sm_{sm} kernels; expect a slow first start"
         )
-        section = "rtx-5090-and-blackwell" if gpu.compute_capability_tuple[0] >= 10 else "driver-and-cuda-versions"
+        section = (
+            "rtx-5090-and-blackwell" if gpu.compute_capability_tuple[0] >= 10 else "driver-and-cuda-versions"
+        )
         if not driver_ok or driver_cuda_ok is False:
-            findings.append(Finding(
-                "compute-capability", "fail",
-                f"{why}; this driver cannot JIT it (too old for the GPU or for TensorFlow's CUDA)",
-                f"{remedy} {see(section)}", (gpu.index,)))
+            findings.append(
+                Finding(
+                    "compute-capability",
+                    "fail",
+                    f"{why}; this driver cannot JIT it (too old for the GPU or for TensorFlow's CUDA)",
+                    f"{remedy} {see(section)}",
+                    (gpu.index,),
+                )
+            )
         else:
-            findings.append(Finding("compute-capability", "warn", why, f"{remedy} {see(section)}", (gpu.index,)))
+            findings.append(
+                Finding("compute-capability", "warn", why, f"{remedy} {see(section)}", (gpu.index,))
+            )
     if native:
-        findings.insert(0, Finding("compute-capability", "pass", "; ".join(native),
-                                   gpus=tuple(g.index for g in gpus if code_for(
-                                       g.compute_capability, build.compute_capabilities)[0] == "native")))
+        findings.insert(
+            0,
+            Finding(
+                "compute-capability",
+                "pass",
+                "; ".join(native),
+                gpus=tuple(
+                    g.index
+                    for g in gpus
+                    if code_for(g.compute_capability, build.compute_capabilities)[0] == "native"
+                ),
+            ),
+        )
     return findings
 
 
@@ -122,18 +149,27 @@ def display(ctx: Context) -> list[Finding]:
     idle = [g for g in shown if g.index not in selected]
     findings = []
     if idle:
-        findings.append(Finding(
-            "display", "pass",
-            f"{gpu_list(idle)} drives a display and is left out (--include-display-gpus would use it)",
-            gpus=tuple(g.index for g in idle)))
+        findings.append(
+            Finding(
+                "display",
+                "pass",
+                f"{gpu_list(idle)} drives a display and is left out (--include-display-gpus would use it)",
+                gpus=tuple(g.index for g in idle),
+            )
+        )
     if used:
-        findings.append(Finding(
-            "display", "warn",
-            f"{gpu_list(used)} drives a display and is selected: the desktop takes its memory and time, "
-            "so it runs slower than the others and sets the pace, and the display watchdog can kill long kernels",
-            "leave it out (drop --include-display-gpus / --custom-gpus it), or plug the monitor into "
-            f"another card or the integrated graphics {see('uneven-gpu-usage')}",
-            tuple(g.index for g in used)))
+        findings.append(
+            Finding(
+                "display",
+                "warn",
+                f"{gpu_list(used)} drives a display and is selected: the desktop takes its memory and time, "
+                "so it runs slower than the others and sets the pace, and the display watchdog "
+                "can kill long kernels",
+                "leave it out (drop --include-display-gpus / --custom-gpus it), or plug the monitor into "
+                f"another card or the integrated graphics {see('uneven-gpu-usage')}",
+                tuple(g.index for g in used),
+            )
+        )
     return findings
 
 
@@ -155,27 +191,43 @@ def memory(ctx: Context) -> list[Finding]:
     for gpu in ctx.selected:
         small = memory_reason(gpu, ctx.args.min_memory_gb)
         if small:
-            findings.append(Finding(
-                "memory", "warn", f"{gpu.label()} is selected but has {small.split(':')[0]}",
-                f"lower the global batch size, or choose GPUs with more memory {see('out-of-memory')}",
-                (gpu.index,)))
+            findings.append(
+                Finding(
+                    "memory",
+                    "warn",
+                    f"{gpu.label()} is selected but has {small.split(':')[0]}",
+                    f"lower the global batch size, or choose GPUs with more memory {see('out-of-memory')}",
+                    (gpu.index,),
+                )
+            )
         others = _in_use(gpu)
         used = gpu.memory_used_mib
         total = gpu.memory_total_mib or 1
         if others:
-            findings.append(Finding(
-                "memory", "warn",
-                f"{gpu.label()}: {(used or 0) / 1024:.1f} of {total / 1024:.1f} GiB already in use by {others}",
-                "stop those processes (nvidia-smi shows them; kill PID), or pick other GPUs with "
-                f"--device-mode custom --custom-gpus {see('out-of-memory')}", (gpu.index,)))
+            findings.append(
+                Finding(
+                    "memory",
+                    "warn",
+                    f"{gpu.label()}: {(used or 0) / 1024:.1f} of {total / 1024:.1f} GiB already in "
+                    f"use by {others}",
+                    "stop those processes (nvidia-smi shows them; kill PID), or pick other GPUs with "
+                    f"--device-mode custom --custom-gpus {see('out-of-memory')}",
+                    (gpu.index,),
+                )
+            )
         elif used is not None and used > 0.1 * total and not gpu.display_active:
             # Processes in other containers are invisible to NVML here; their memory is not.
-            findings.append(Finding(
-                "memory", "warn",
-                f"{gpu.label()}: {used / 1024:.1f} of {total / 1024:.1f} GiB in use by processes NVML cannot "
-                "name (another container or user?)",
-                f"find and stop them (nvidia-smi on the host), or pick other GPUs {see('out-of-memory')}",
-                (gpu.index,)))
+            findings.append(
+                Finding(
+                    "memory",
+                    "warn",
+                    f"{gpu.label()}: {used / 1024:.1f} of {total / 1024:.1f} GiB in use by "
+                    "processes NVML cannot "
+                    "name (another container or user?)",
+                    f"find and stop them (nvidia-smi on the host), or pick other GPUs {see('out-of-memory')}",
+                    (gpu.index,),
+                )
+            )
     if findings:
         return findings
     free = ", ".join(
@@ -183,8 +235,14 @@ def memory(ctx: Context) -> list[Finding]:
         + (f" ({g.memory_used_mib} MiB in use)" if g.memory_used_mib else "")
         for g in ctx.selected
     )
-    return [Finding("memory", "pass", f"{free}; minimum {ctx.args.min_memory_gb:g} GB",
-                    gpus=tuple(g.index for g in ctx.selected))]
+    return [
+        Finding(
+            "memory",
+            "pass",
+            f"{free}; minimum {ctx.args.min_memory_gb:g} GB",
+            gpus=tuple(g.index for g in ctx.selected),
+        )
+    ]
 
 
 def _flags(reasons: list[str]) -> list[str]:
@@ -204,33 +262,58 @@ def selection(ctx: Context) -> list[Finding]:
         return [Finding("selection", "skip", "no GPU to select: the trainer would fall back to the CPU")]
     if not sel.selected:
         reasons = [r for c in sel.choices for r in c.reasons]
-        return [Finding(
-            "selection", "fail",
-            "no GPU selected (the trainer would fall back to the CPU): " + " | ".join(sel.explain()),
-            "; ".join(_flags(reasons)) + f" {see('strategy-not-working')}",
-            tuple(g.index for g in ctx.gpus))]
+        return [
+            Finding(
+                "selection",
+                "fail",
+                "no GPU selected (the trainer would fall back to the CPU): " + " | ".join(sel.explain()),
+                "; ".join(_flags(reasons)) + f" {see('strategy-not-working')}",
+                tuple(g.index for g in ctx.gpus),
+            )
+        ]
     findings = []
     models = Counter(g.name for g in sel.selected)
     ids = tuple(g.index for g in sel.selected)
     if len(models) > 1:
         mix = ", ".join(f"{n} x {name}" for name, n in models.items())
-        findings.append(Finding(
-            "selection", "warn",
-            f"different GPU models selected ({mix}): synchronous training waits for the slowest at every step",
-            "select one model with --device-mode custom --custom-gpus ID ..., or accept the slowest card's "
-            f"pace {see('uneven-gpu-usage')}", ids))
+        findings.append(
+            Finding(
+                "selection",
+                "warn",
+                f"different GPU models selected ({mix}): synchronous training waits for the "
+                "slowest at every step",
+                "select one model with --device-mode custom --custom-gpus ID ..., or accept the "
+                "slowest card's "
+                f"pace {see('uneven-gpu-usage')}",
+                ids,
+            )
+        )
     for warning in sel.warnings:
-        findings.append(Finding("selection", "warn", warning,
-                                f"drop that GPU from --custom-gpus if this is not intended {see('strategy-not-working')}",
-                                ids))
+        findings.append(
+            Finding(
+                "selection",
+                "warn",
+                warning,
+                f"drop that GPU from --custom-gpus if this is not intended {see('strategy-not-working')}",
+                ids,
+            )
+        )
     excluded = [c for c in sel.choices if not c.selected]
-    note = "" if not excluded else "; left out: " + " | ".join(
-        f"GPU {c.gpu.index}: {'; '.join(c.reasons)}" for c in excluded)
+    note = (
+        ""
+        if not excluded
+        else "; left out: " + " | ".join(f"GPU {c.gpu.index}: {'; '.join(c.reasons)}" for c in excluded)
+    )
     if not findings:
-        findings.append(Finding(
-            "selection", "pass",
-            f"--device-mode {sel.mode}: {len(sel.selected)} GPU(s) selected ({gpu_list(sel.selected)}){note}",
-            gpus=ids))
+        findings.append(
+            Finding(
+                "selection",
+                "pass",
+                f"--device-mode {sel.mode}: {len(sel.selected)} GPU(s) selected "
+                f"({gpu_list(sel.selected)}){note}",
+                gpus=ids,
+            )
+        )
     return findings
 
 
@@ -245,11 +328,15 @@ def device_order(ctx: Context) -> list[Finding]:
     mixed = len({(g.name, g.compute_capability) for g in ctx.gpus}) > 1
     trainer_note = "the trainer sets CUDA_DEVICE_ORDER=PCI_BUS_ID and CUDA_VISIBLE_DEVICES by UUID itself"
     if order != "PCI_BUS_ID" and mixed:
-        findings.append(Finding(
-            "device-order", "warn",
-            f"CUDA_DEVICE_ORDER is {order}, and the GPUs differ: CUDA numbers them fastest first, so "
-            f"TensorFlow's /gpu:N is not nvidia-smi's GPU N in other programs ({trainer_note})",
-            f"export CUDA_DEVICE_ORDER=PCI_BUS_ID {see('gpu-numbering')}"))
+        findings.append(
+            Finding(
+                "device-order",
+                "warn",
+                f"CUDA_DEVICE_ORDER is {order}, and the GPUs differ: CUDA numbers them fastest first, so "
+                f"TensorFlow's /gpu:N is not nvidia-smi's GPU N in other programs ({trainer_note})",
+                f"export CUDA_DEVICE_ORDER=PCI_BUS_ID {see('gpu-numbering')}",
+            )
+        )
     if visible is not None:
         findings.extend(_visible_devices(ctx, visible, order == "PCI_BUS_ID" or not mixed, trainer_note))
     limit = TF_MIN_MULTIPROCESSORS
@@ -257,13 +344,18 @@ def device_order(ctx: Context) -> list[Finding]:
         limit = int(env["TF_MIN_GPU_MULTIPROCESSOR_COUNT"])
     small = [g for g in ctx.gpus if g.multiprocessor_count is not None and g.multiprocessor_count < limit]
     if small:
-        findings.append(Finding(
-            "device-order", "warn",
-            f"TensorFlow ignores {gpu_list(small)} (fewer than {limit} multiprocessors) and numbers the other "
-            "GPUs without it, so its /gpu:N differs from nvidia-smi's numbering",
-            "select GPUs by nvidia-smi index with gpudiag/the trainer (they map by PCI bus id), or set "
-            f"TF_MIN_GPU_MULTIPROCESSOR_COUNT to include it {see('gpu-numbering')}",
-            tuple(g.index for g in small)))
+        findings.append(
+            Finding(
+                "device-order",
+                "warn",
+                f"TensorFlow ignores {gpu_list(small)} (fewer than {limit} multiprocessors) and "
+                "numbers the other "
+                "GPUs without it, so its /gpu:N differs from nvidia-smi's numbering",
+                "select GPUs by nvidia-smi index with gpudiag/the trainer (they map by PCI bus id), or set "
+                f"TF_MIN_GPU_MULTIPROCESSOR_COUNT to include it {see('gpu-numbering')}",
+                tuple(g.index for g in small),
+            )
+        )
     if not findings:
         how = "CUDA_DEVICE_ORDER=PCI_BUS_ID" if order == "PCI_BUS_ID" else "all GPUs are the same model"
         findings.append(Finding("device-order", "pass", f"CUDA numbers the GPUs as nvidia-smi does ({how})"))
@@ -279,12 +371,17 @@ def _visible_devices(ctx: Context, visible: str, positions_match: bool, trainer_
             if int(entry) < 0:
                 break  # CUDA ignores everything from the first invalid entry on
             if not positions_match:
-                return [Finding(
-                    "device-order", "warn",
-                    f"CUDA_VISIBLE_DEVICES={visible!r} uses positions in CUDA's fastest-first order, which "
-                    f"differ from nvidia-smi's indices on this machine ({trainer_note})",
-                    "list GPUs by UUID (nvidia-smi -L), or export CUDA_DEVICE_ORDER=PCI_BUS_ID "
-                    + see("gpu-numbering"))]
+                return [
+                    Finding(
+                        "device-order",
+                        "warn",
+                        f"CUDA_VISIBLE_DEVICES={visible!r} uses positions in CUDA's fastest-first "
+                        "order, which "
+                        f"differ from nvidia-smi's indices on this machine ({trainer_note})",
+                        "list GPUs by UUID (nvidia-smi -L), or export CUDA_DEVICE_ORDER=PCI_BUS_ID "
+                        + see("gpu-numbering"),
+                    )
+                ]
             shown.append(int(entry))
         else:
             gpu = next((g for g in ctx.gpus if g.uuid and g.uuid.startswith(entry)), None)
@@ -294,9 +391,13 @@ def _visible_devices(ctx: Context, visible: str, positions_match: bool, trainer_
     if not hidden:
         return []
     what = "every GPU" if not shown else gpu_list(hidden)
-    return [Finding(
-        "device-order", "warn",
-        f"CUDA_VISIBLE_DEVICES={visible!r} hides {what} from programs that do not set it themselves "
-        f"({trainer_note})",
-        f"unset CUDA_VISIBLE_DEVICES, or list the GPUs by UUID (nvidia-smi -L) {see('gpu-numbering')}",
-        tuple(g.index for g in hidden))]
+    return [
+        Finding(
+            "device-order",
+            "warn",
+            f"CUDA_VISIBLE_DEVICES={visible!r} hides {what} from programs that do not set it themselves "
+            f"({trainer_note})",
+            f"unset CUDA_VISIBLE_DEVICES, or list the GPUs by UUID (nvidia-smi -L) {see('gpu-numbering')}",
+            tuple(g.index for g in hidden),
+        )
+    ]

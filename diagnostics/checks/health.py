@@ -26,13 +26,19 @@ def health(ctx: Context) -> list[Finding]:
     findings = []
     for gpu in gpus:
         if gpu.ecc_uncorrected_volatile:
-            findings.append(Finding(
-                "health", "fail",
-                f"{gpu.label()} has {gpu.ecc_uncorrected_volatile} uncorrected ECC error(s) since the driver "
-                "loaded: its results cannot be trusted",
-                "leave it out (--device-mode custom --custom-gpus ...), reset it (nvidia-smi -r -i "
-                f"{gpu.index}) or reboot; if errors come back, have the card replaced "
-                f"{see('hot-or-throttling-gpus')}", (gpu.index,)))
+            findings.append(
+                Finding(
+                    "health",
+                    "fail",
+                    f"{gpu.label()} has {gpu.ecc_uncorrected_volatile} uncorrected ECC error(s) "
+                    "since the driver "
+                    "loaded: its results cannot be trusted",
+                    "leave it out (--device-mode custom --custom-gpus ...), reset it (nvidia-smi -r -i "
+                    f"{gpu.index}) or reboot; if errors come back, have the card replaced "
+                    f"{see('hot-or-throttling-gpus')}",
+                    (gpu.index,),
+                )
+            )
         reasons = [r for r in gpu.clocks_event_reasons or () if r in _REASON_WORDS]
         hot = gpu.temperature_c is not None and gpu.temperature_c >= HOT_C
         if reasons or hot:
@@ -43,17 +49,30 @@ def health(ctx: Context) -> list[Finding]:
                 parts.append("clocks held back by " + ", ".join(_REASON_WORDS[r] for r in reasons))
             if "sw_power_cap" in reasons and gpu.power_draw_w is not None and gpu.power_limit_w:
                 parts.append(f"drawing {gpu.power_draw_w:g} of {gpu.power_limit_w:g} W")
-            findings.append(Finding(
-                "health", "warn",
-                f"{gpu.label()}: " + ", ".join(parts) + ": it runs slower than the others and sets the pace",
-                "improve airflow (fan curve, case fans, spacing between cards), check the power limit "
-                f"(nvidia-smi -q -d POWER) and the power supply {see('hot-or-throttling-gpus')}",
-                (gpu.index,)))
+            findings.append(
+                Finding(
+                    "health",
+                    "warn",
+                    f"{gpu.label()}: "
+                    + ", ".join(parts)
+                    + ": it runs slower than the others and sets the pace",
+                    "improve airflow (fan curve, case fans, spacing between cards), check the power limit "
+                    f"(nvidia-smi -q -d POWER) and the power supply {see('hot-or-throttling-gpus')}",
+                    (gpu.index,),
+                )
+            )
     if findings:
         return findings
     temps = ", ".join(
         f"GPU {g.index} {g.temperature_c:g} °C" if g.temperature_c is not None else f"GPU {g.index} n/a"
         for g in gpus
     )
-    return [Finding("health", "pass", f"{temps}; no slowdown, no uncorrected ECC errors", "",
-                    tuple(g.index for g in gpus))]
+    return [
+        Finding(
+            "health",
+            "pass",
+            f"{temps}; no slowdown, no uncorrected ECC errors",
+            "",
+            tuple(g.index for g in gpus),
+        )
+    ]

@@ -15,15 +15,26 @@ def tensorflow(ctx: Context) -> list[Finding]:
     """TensorFlow installed, its version, whether it is a CUDA build, and the Keras version."""
     st = ctx.stack
     if st.tensorflow is None:
-        return [Finding("tensorflow", "fail", "TensorFlow is not installed in this Python environment",
-                        f"{PIP_CUDA} (or install gpudiag with its dependencies: pip install 'gpudiag[gpu]')")]
+        return [
+            Finding(
+                "tensorflow",
+                "fail",
+                "TensorFlow is not installed in this Python environment",
+                f"{PIP_CUDA} (or install gpudiag with its dependencies: pip install 'gpudiag[gpu]')",
+            )
+        ]
     keras = f"Keras {st.keras}" if st.keras else "Keras not installed"
     dist = "" if st.tensorflow_distribution in (None, "tensorflow") else f" ({st.tensorflow_distribution})"
     build = st.tf_build
     if build is None:
-        return [Finding("tensorflow", "warn",
-                        f"TensorFlow {st.tensorflow}{dist}, {keras}; build facts unknown: {st.tf_build_error}",
-                        f"reinstall TensorFlow: {PIP_CUDA}")]
+        return [
+            Finding(
+                "tensorflow",
+                "warn",
+                f"TensorFlow {st.tensorflow}{dist}, {keras}; build facts unknown: {st.tf_build_error}",
+                f"reinstall TensorFlow: {PIP_CUDA}",
+            )
+        ]
     if build.is_cuda_build:
         caps = ", ".join(build.compute_capabilities) or "unknown architectures"
         what = f"CUDA {build.cuda_version} build, cuDNN {build.cudnn_version}, kernels for {caps}"
@@ -32,19 +43,36 @@ def tensorflow(ctx: Context) -> list[Finding]:
     message = f"TensorFlow {st.tensorflow}{dist} ({what}), {keras}"
     has_gpus = bool(ctx.gpus)
     if not build.is_cuda_build and has_gpus:
-        return [Finding("tensorflow", "fail", f"{message}: it cannot use the GPUs",
-                        f"pip uninstall {st.tensorflow_distribution or 'tensorflow'} && {PIP_CUDA}")]
+        return [
+            Finding(
+                "tensorflow",
+                "fail",
+                f"{message}: it cannot use the GPUs",
+                f"pip uninstall {st.tensorflow_distribution or 'tensorflow'} && {PIP_CUDA}",
+            )
+        ]
     major = (knowledge.parse_version(st.keras) or (0,))[0]
     if st.keras is None or major < 3:
-        return [Finding("tensorflow", "warn", f"{message}: TensorFlow 2.16+ needs Keras 3",
-                        "pip install 'keras>=3.15,<4'")]
+        return [
+            Finding(
+                "tensorflow",
+                "warn",
+                f"{message}: TensorFlow 2.16+ needs Keras 3",
+                "pip install 'keras>=3.15,<4'",
+            )
+        ]
     missing = [w for w in CUDA_WHEELS if w not in st.cuda_wheels]
     if build.is_cuda_build and has_gpus and missing:
-        return [Finding("tensorflow", "warn",
-                        f"{message}; the CUDA libraries it loads are not pip-installed "
-                        f"({', '.join(missing)}): unless CUDA {build.cuda_version} and cuDNN "
-                        f"{build.cudnn_version} are installed system-wide, TensorFlow finds no GPU",
-                        f"{PIP_CUDA} {see('strategy-not-working')}")]
+        return [
+            Finding(
+                "tensorflow",
+                "warn",
+                f"{message}; the CUDA libraries it loads are not pip-installed "
+                f"({', '.join(missing)}): unless CUDA {build.cuda_version} and cuDNN "
+                f"{build.cudnn_version} are installed system-wide, TensorFlow finds no GPU",
+                f"{PIP_CUDA} {see('strategy-not-working')}",
+            )
+        ]
     return [Finding("tensorflow", "pass", message)]
 
 
@@ -64,17 +92,30 @@ def cuda_version(ctx: Context) -> list[Finding]:
         + (f" (driver >= {need_driver})" if need_driver else "")
         + f" {see('driver-and-cuda-versions')}"
     )
-    head = f"driver supports CUDA {inv.cuda_driver_version}, TensorFlow was built with CUDA {build.cuda_version}"
+    head = (
+        f"driver supports CUDA {inv.cuda_driver_version}, TensorFlow was built with CUDA {build.cuda_version}"
+    )
     if drv[:2] >= tf_cuda[:2]:
         return [Finding("cuda-version", "pass", head)]
     if drv[0] != tf_cuda[0]:
-        return [Finding("cuda-version", "fail", f"{head}: a CUDA {tf_cuda[0]} program cannot run on this "
-                        "driver", upgrade)]
+        return [
+            Finding(
+                "cuda-version",
+                "fail",
+                f"{head}: a CUDA {tf_cuda[0]} program cannot run on this driver",
+                upgrade,
+            )
+        ]
     # Minor-version compatibility: native kernels run, PTX from the newer toolkit cannot be compiled.
-    return [Finding("cuda-version", "warn",
-                    f"{head}: native kernels run under CUDA minor-version compatibility, but the driver "
-                    f"cannot JIT-compile TensorFlow's PTX, so any GPU without native kernels fails",
-                    upgrade)]
+    return [
+        Finding(
+            "cuda-version",
+            "warn",
+            f"{head}: native kernels run under CUDA minor-version compatibility, but the driver "
+            f"cannot JIT-compile TensorFlow's PTX, so any GPU without native kernels fails",
+            upgrade,
+        )
+    ]
 
 
 def nccl(ctx: Context) -> list[Finding]:
@@ -82,13 +123,24 @@ def nccl(ctx: Context) -> list[Finding]:
     selected = ctx.selected
     version = ctx.stack.nccl
     if len(selected) < 2:
-        return [Finding("nccl", "skip", f"NCCL {version or 'not pip-installed'}; fewer than 2 GPUs selected, "
-                        "so no all-reduce between GPUs")]
+        return [
+            Finding(
+                "nccl",
+                "skip",
+                f"NCCL {version or 'not pip-installed'}; fewer than 2 GPUs selected, "
+                "so no all-reduce between GPUs",
+            )
+        ]
     if version is None:
-        return [Finding("nccl", "warn",
-                        "NCCL is not pip-installed (nvidia-nccl-cu12): MirroredStrategy's default NCCL "
-                        "all-reduce needs it unless a system NCCL is on the library path",
-                        f"{PIP_CUDA}, or train with --cross-device-ops hierarchical {see('nccl-hangs')}")]
+        return [
+            Finding(
+                "nccl",
+                "warn",
+                "NCCL is not pip-installed (nvidia-nccl-cu12): MirroredStrategy's default NCCL "
+                "all-reduce needs it unless a system NCCL is on the library path",
+                f"{PIP_CUDA}, or train with --cross-device-ops hierarchical {see('nccl-hangs')}",
+            )
+        ]
     findings = []
     hits: dict[str, list[int]] = {}
     rows = {}
@@ -100,9 +152,14 @@ def nccl(ctx: Context) -> list[Finding]:
     for problem, indices in hits.items():
         row = rows[problem]
         names = ", ".join(g.label() for g in selected if g.index in indices)
-        findings.append(Finding(
-            "nccl", "fail", f"NCCL {version} on {names}: {problem}",
-            f"pip install 'nvidia-nccl-cu12>={row.fixed_in}' (source: {row.source}); until then "
-            f"--cross-device-ops hierarchical avoids NCCL {see('nccl-hangs')}",
-            tuple(indices)))
+        findings.append(
+            Finding(
+                "nccl",
+                "fail",
+                f"NCCL {version} on {names}: {problem}",
+                f"pip install 'nvidia-nccl-cu12>={row.fixed_in}' (source: {row.source}); until then "
+                f"--cross-device-ops hierarchical avoids NCCL {see('nccl-hangs')}",
+                tuple(indices),
+            )
+        )
     return findings or [Finding("nccl", "pass", f"NCCL {version}: no known problem with the selected GPUs")]

@@ -49,27 +49,40 @@ def p2p(ctx: Context) -> list[Finding]:
     ids = tuple(g.index for g in selected)
     findings = []
     if broken:
-        findings.append(Finding(
-            "p2p", "warn",
-            f"no peer-to-peer access between {', '.join(broken)}: all-reduce goes through host memory; "
-            + "; ".join(pairs),
-            f"{P2P_REMEDY} {see('nccl-hangs')}", ids))
+        findings.append(
+            Finding(
+                "p2p",
+                "warn",
+                f"no peer-to-peer access between {', '.join(broken)}: all-reduce goes through host memory; "
+                + "; ".join(pairs),
+                f"{P2P_REMEDY} {see('nccl-hangs')}",
+                ids,
+            )
+        )
     elif geforce:
-        findings.append(Finding(
-            "p2p", "warn",
-            f"{gpu_list(geforce)} are GeForce cards: peer access is reported but often broken on them, "
-            "and NCCL can hang; " + "; ".join(pairs),
-            f"{P2P_REMEDY} {see('nccl-hangs')}", tuple(g.index for g in geforce)))
+        findings.append(
+            Finding(
+                "p2p",
+                "warn",
+                f"{gpu_list(geforce)} are GeForce cards: peer access is reported but often broken on them, "
+                "and NCCL can hang; " + "; ".join(pairs),
+                f"{P2P_REMEDY} {see('nccl-hangs')}",
+                tuple(g.index for g in geforce),
+            )
+        )
     if unknown:
-        findings.append(Finding("p2p", "skip", f"no link recorded for GPU pair(s) {', '.join(unknown)}", "", ids))
+        findings.append(
+            Finding("p2p", "skip", f"no link recorded for GPU pair(s) {', '.join(unknown)}", "", ids)
+        )
     if not findings or all(f.status == "skip" for f in findings):
-        findings.insert(0, Finding("p2p", "pass", "peer access between all selected GPUs: " + _grouped(pairs), "",
-                                   ids))
+        findings.insert(
+            0, Finding("p2p", "pass", "peer access between all selected GPUs: " + _grouped(pairs), "", ids)
+        )
     return findings
 
 
 def _grouped(pairs: list[str]) -> str:
-    """"GPU 0-1 via NVLink; GPU 0-2 via NVLink" -> "2 pairs via NVLink" once there are many pairs."""
+    """ "GPU 0-1 via NVLink; GPU 0-2 via NVLink" -> "2 pairs via NVLink" once there are many pairs."""
     if len(pairs) <= 3:
         return "; ".join(pairs)
     counts = Counter(p.split(" via ", 1)[1] for p in pairs)
@@ -85,27 +98,46 @@ def pcie(ctx: Context) -> list[Finding]:
     for gpu in gpus:
         link = gpu.pcie
         assert link is not None
-        narrow = link.width_current is not None and link.width_max is not None and link.width_current < link.width_max
+        narrow = (
+            link.width_current is not None
+            and link.width_max is not None
+            and link.width_current < link.width_max
+        )
         slow = link.gen_current is not None and link.gen_max is not None and link.gen_current < link.gen_max
         now = f"gen {link.gen_current} x{link.width_current}"
         best = f"gen {link.gen_max} x{link.width_max}"
         if narrow:
-            findings.append(Finding(
-                "pcie", "warn",
-                f"{gpu.label()} runs at {now}, below its {best}: host transfers and all-reduce without P2P are "
-                "slower",
-                "reseat the card in a full x16 slot, check risers and the BIOS lane split (bifurcation), and "
-                f"that no M.2 drive shares the slot's lanes {see('pcie-links')}", (gpu.index,)))
+            findings.append(
+                Finding(
+                    "pcie",
+                    "warn",
+                    f"{gpu.label()} runs at {now}, below its {best}: host transfers and all-reduce "
+                    "without P2P are "
+                    "slower",
+                    "reseat the card in a full x16 slot, check risers and the BIOS lane split "
+                    "(bifurcation), and "
+                    f"that no M.2 drive shares the slot's lanes {see('pcie-links')}",
+                    (gpu.index,),
+                )
+            )
         elif slow and gpu.utilization_gpu_pct:
-            findings.append(Finding(
-                "pcie", "warn", f"{gpu.label()} runs at {now} under load, below its {best}",
-                f"set the slot to its full generation in the BIOS and check the riser {see('pcie-links')}",
-                (gpu.index,)))
+            findings.append(
+                Finding(
+                    "pcie",
+                    "warn",
+                    f"{gpu.label()} runs at {now} under load, below its {best}",
+                    "set the slot to its full generation in the BIOS and check the riser "
+                    f"{see('pcie-links')}",
+                    (gpu.index,),
+                )
+            )
         elif slow:
             # GPUs drop the link generation when idle to save power: normal, unless it stays under load.
             idle_notes.append(f"GPU {gpu.index} {now} while idle (max {best}; normal power saving)")
         else:
             fine.append(f"GPU {gpu.index} {now}")
     if not findings:
-        findings.append(Finding("pcie", "pass", "; ".join(fine + idle_notes), "", tuple(g.index for g in gpus)))
+        findings.append(
+            Finding("pcie", "pass", "; ".join(fine + idle_notes), "", tuple(g.index for g in gpus))
+        )
     return findings
