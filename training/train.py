@@ -110,7 +110,7 @@ class Trainer:
 
     # -- the step -------------------------------------------------------------------------------
 
-    def _make_train_step(self) -> Callable[[Any], tuple[tf.Tensor, tf.Tensor]]:
+    def _make_train_step(self) -> Callable[[Any], tf.Tensor]:
         model, optimizer, loss_fn = self.model, self.optimizer, self.loss_fn
         global_batch = self.global_batch_size
         mixed = self.config.mixed_precision
@@ -136,21 +136,19 @@ class Trainer:
             # apply_gradients stays outside it, where MirroredStrategy can run it
             loss_and_grads = tf.function(loss_and_grads, jit_compile=True)
 
-        def replica_step(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        def replica_step(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
             loss, correct, grads = loss_and_grads(x, y)
             optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
-            return loss, correct
+            return tf.stack([loss, correct])
 
         strategy = self.strategy
 
         @tf.function
-        def train_step(iterator: Any) -> tuple[tf.Tensor, tf.Tensor]:
+        def train_step(iterator: Any) -> tf.Tensor:
+            """One global step; returns [loss, correct predictions] as one tensor: one host fetch."""
             x, y = next(iterator)
-            loss, correct = strategy.run(replica_step, args=(x, y))
-            return (
-                strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
-                strategy.reduce(tf.distribute.ReduceOp.SUM, correct, axis=None),
-            )
+            per_replica = strategy.run(replica_step, args=(x, y))
+            return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
 
         return train_step
 
@@ -159,10 +157,10 @@ class Trainer:
 
         For the benchmark worker: fetching the loss waits for the devices to finish.
         """
-        loss = None
+        out = None
         for _ in range(steps):
-            loss, _correct = self.train_step(self.iterator)
-        return float(loss) if loss is not None else float("nan")
+            out = self.train_step(self.iterator)
+        return float(out[0]) if out is not None else float("nan")
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -196,14 +194,14 @@ class Trainer:
             meter.pause()
             for step in range(steps_per_epoch):
                 cbs.on_train_batch_begin(step)
-                loss, correct = self.train_step(self.iterator)
-                loss_value = float(loss)  # one host sync per step, as fit's logs need too
+                # one host sync per step, as fit's logs need too
+                loss_value, correct = self.train_step(self.iterator).numpy().tolist()
                 meter.step_done(time.perf_counter())
                 result.steps += 1
                 if not math.isfinite(loss_value):
                     raise TrainingDiverged(result.steps, loss_value)
                 loss_sum += loss_value
-                correct_sum += float(correct)
+                correct_sum += correct
                 seen += self.global_batch_size
                 logs = {"loss": loss_sum / (step + 1), "accuracy": correct_sum / seen}
                 cbs.on_train_batch_end(step, logs)
