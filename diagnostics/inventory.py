@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 SCHEMA_ID = "gpudiag-inventory/1"
-MIB_PER_GB = 1000**3 / 1024**2  # a card "sold as N GB" is N * 10^9 bytes
 
 Megabytes = int
 
@@ -65,8 +64,8 @@ class Gpu:
 
     @property
     def memory_total_gb(self) -> float:
-        """Memory in decimal GB, the unit cards are sold in."""
-        return self.memory_total_mib * 1024**2 / 1000**3
+        """Memory in the GB that cards are sold in, which are binary: an "8 GB" card has 8192 MiB."""
+        return self.memory_total_mib / 1024
 
     @property
     def compute_capability_tuple(self) -> tuple[int, int]:

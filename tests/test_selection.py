@@ -39,7 +39,7 @@ def test_a_card_sold_as_8gb_qualifies_for_8gb(mixed):
     sel = select_gpus(mixed, "multi", min_memory_gb=8)
     assert 0 in sel.selected_indices
     too_small = next(c for c in sel.choices if c.gpu.index == 1)
-    assert too_small.reasons == ("4.3 GB < 8 GB minimum: lower --min-gpu-memory",)
+    assert too_small.reasons == ("4.0 GB < 8 GB minimum: lower --min-gpu-memory",)
 
 
 def test_every_reason_is_recorded_including_too_few_multiprocessors(mixed):
