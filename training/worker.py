@@ -30,6 +30,7 @@ import contextlib
 import json
 import os
 import queue
+import re
 import subprocess
 import sys
 import threading
@@ -43,6 +44,8 @@ PROTOCOL = "gpudiag-worker/1"
 FAULT_ENV = "GPUDIAG_WORKER_FAULT"
 CRASH_EXIT_CODE = 70
 KINDS = ("train", "input", "allreduce")
+# TensorFlow's start-up log lines (absl INFO/WARNING), which would crowd the reason out of a crash report
+_TF_CHATTER = re.compile(r"^([IW]\d{4} |WARNING: All log messages before absl)|oneDNN custom operations")
 
 
 # -- fault injection (tests only) -----------------------------------------------------------------
@@ -503,6 +506,7 @@ class WorkerClient:
         with contextlib.suppress(OSError):
             self._log.flush()
             text = self.log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+            text = [t for t in text if t.strip() and not _TF_CHATTER.match(t)]
             if text:
                 return ": " + " | ".join(text[-lines:])[-800:]
         return ""

@@ -1,0 +1,254 @@
+"""pytest options, fixtures and hooks of the scaling sweep (`pytest bench --benchmark-only`).
+
+Options are checked in pytest_configure: bad input is one line from pytest's usage error (exit 4)
+before any worker starts or any file is written. The report is written when the session ends.
+Other benchmark modules in bench/ use none of this: the sweep's fixtures are requested only by
+test_sweep.py, and its option destinations all start with `sweep_`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Generator
+from typing import Any
+
+import pytest
+from sweep_harness import (
+    DEFAULT_ALLREDUCE_ITERS,
+    DEFAULT_REPORT_DIR,
+    DEFAULT_ROUNDS,
+    DEFAULT_STEPS,
+    DEFAULT_WARMUP_STEPS,
+    Case,
+    CaseFailed,
+    Sweep,
+    SweepOptions,
+    SweepUsageError,
+    parse_options,
+    plan_cases,
+)
+
+from training.devices import DevicePlan
+
+_OPTIONS = pytest.StashKey[tuple[SweepOptions, DevicePlan]]()
+_SWEEP = pytest.StashKey[Sweep]()
+_OTHER_TESTS_SECONDS = pytest.StashKey[list[float]]()
+_REPORT = pytest.StashKey[str]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    g = parser.getgroup("gpudiag sweep", "GPU-count x batch-size scaling sweep (bench/test_sweep.py)")
+    # values are taken as text and checked in pytest_configure, so every mistake is one line
+    g.addoption(
+        "--gpus",
+        nargs="+",
+        dest="sweep_gpus",
+        metavar="N",
+        help="GPU counts (default 1 2 4 ... up to the number selected)",
+    )
+    g.addoption(
+        "--batch-sizes",
+        nargs="+",
+        dest="sweep_batch_sizes",
+        metavar="B",
+        help="batch sizes per GPU (default 32 64 128)",
+    )
+    g.addoption(
+        "--scaling",
+        dest="sweep_scaling",
+        metavar="{weak,strong,both}",
+        help="weak keeps the batch per GPU, strong the global batch (default weak)",
+    )
+    g.addoption("--model", dest="sweep_model", help="model to train (default cnn)")
+    g.addoption("--steps", dest="sweep_steps", metavar="K", help=f"steps per round (default {DEFAULT_STEPS})")
+    g.addoption("--rounds", dest="sweep_rounds", help=f"measured rounds (default {DEFAULT_ROUNDS})")
+    g.addoption(
+        "--warmup-steps",
+        dest="sweep_warmup_steps",
+        help=f"warm-up steps before the rounds (default {DEFAULT_WARMUP_STEPS})",
+    )
+    g.addoption(
+        "--report-dir",
+        dest="sweep_report_dir",
+        metavar="DIR",
+        help=f"where the report goes (default {DEFAULT_REPORT_DIR}/)",
+    )
+    g.addoption("--device-mode", dest="sweep_device_mode", metavar="{single,multi,custom}")
+    g.addoption("--custom-gpus", nargs="+", dest="sweep_custom_gpus", metavar="ID")
+    g.addoption("--min-gpu-memory", dest="sweep_min_gpu_memory", metavar="GB")
+    g.addoption(
+        "--include-display-gpus", action="store_true", default=None, dest="sweep_include_display_gpus"
+    )
+    g.addoption(
+        "--cpu-replicas",
+        dest="sweep_cpu_replicas",
+        metavar="N",
+        help="no GPU: sweep over up to N CPU logical devices",
+    )
+    g.addoption(
+        "--allreduce-bytes",
+        nargs="+",
+        dest="sweep_allreduce_bytes",
+        metavar="SIZE",
+        help="all-reduce message sizes, e.g. 1K 1M 256M (default 1K to 256M in steps of 4)",
+    )
+    g.addoption(
+        "--allreduce-iters",
+        dest="sweep_allreduce_iters",
+        help=f"all-reduces per round (default {DEFAULT_ALLREDUCE_ITERS}, fewer for large messages)",
+    )
+    g.addoption(
+        "--worker-timeout",
+        dest="sweep_worker_timeout",
+        metavar="S",
+        help="seconds a worker may take to answer one request before it is killed (default 300)",
+    )
+    g.addoption(
+        "--worker-start-timeout",
+        dest="sweep_worker_start_timeout",
+        metavar="S",
+        help="seconds a worker may take to start TensorFlow (default 600)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "sweep(benchmark): a case of the scaling sweep (train, input, allreduce)"
+    )
+    try:
+        config.stash[_OPTIONS] = parse_options(lambda name: config.getoption(f"sweep_{name}"))
+    except SweepUsageError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    config.stash[_OTHER_TESTS_SECONDS] = []
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "sweep_case" not in metafunc.fixturenames:
+        return
+    marker = metafunc.definition.get_closest_marker("sweep")
+    assert marker is not None, "a test that takes sweep_case needs @pytest.mark.sweep(benchmark)"
+    options, _plan = metafunc.config.stash[_OPTIONS]
+    cases = [c for c in plan_cases(options) if c.benchmark == marker.args[0]]
+    metafunc.parametrize("sweep_case", cases, ids=[c.id for c in cases])
+
+
+def _case_of(item: pytest.Item) -> Case | None:
+    callspec = getattr(item, "callspec", None)
+    case = callspec.params.get("sweep_case") if callspec is not None else None
+    return case if isinstance(case, Case) else None  # an empty parameter set holds NOTSET
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the sweep's cases grouped by device count (one worker start per count), in plan order."""
+    positions = [i for i, item in enumerate(items) if _case_of(item) is not None]
+    if not positions:
+        return
+    order = {b: i for i, b in enumerate(("train", "input", "allreduce"))}
+
+    def key(item: pytest.Item) -> tuple[int, int]:
+        case = _case_of(item)
+        assert case is not None
+        return case.gpus, order[case.benchmark]
+
+    ours = sorted((items[i] for i in positions), key=key)  # stable: keeps size/batch order
+    for i, item in zip(positions, ours, strict=True):
+        items[i] = item
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, Any, Any]:
+    # time spent in other benchmark modules is not the sweep's: leave it out of the harness figure
+    started = time.perf_counter()
+    try:
+        return (yield)
+    finally:
+        if _case_of(item) is None:
+            item.config.stash[_OTHER_TESTS_SECONDS].append(time.perf_counter() - started)
+
+
+@pytest.fixture(scope="session")
+def sweep(pytestconfig: pytest.Config) -> Sweep:
+    if _SWEEP not in pytestconfig.stash:
+        options, plan = pytestconfig.stash[_OPTIONS]
+        pytestconfig.stash[_SWEEP] = Sweep(options, plan)
+    return pytestconfig.stash[_SWEEP]
+
+
+@pytest.fixture
+def run_case(benchmark: Any, sweep: Sweep, sweep_case: Case) -> Any:
+    """Runs the case; a recorded out-of-memory is a skip, a crash or hang a failure."""
+
+    def run() -> dict[str, Any] | None:
+        failed: CaseFailed | None = None
+        try:
+            row = sweep.run(benchmark, sweep_case)
+        except CaseFailed as exc:
+            failed = exc
+        if failed is not None:  # outside the except block: the failure is the message, no chain
+            if failed.expected:
+                pytest.skip(str(failed))
+            pytest.fail(str(failed), pytrace=False)
+        if row is not None:
+            benchmark.extra_info.update(_extra_info(sweep_case, row))
+        return row
+
+    return run
+
+
+def _extra_info(case: Case, row: dict[str, Any]) -> dict[str, Any]:
+    import statistics
+
+    seconds = statistics.median(row["round_seconds"])
+    info: dict[str, Any] = {"benchmark": case.benchmark, "devices": case.gpus}
+    if case.benchmark == "allreduce":
+        info.update({"bytes": row["bytes"], "algbw_gbps": row["bytes"] * row["iters"] / seconds / 1e9})
+    else:
+        info.update(
+            {
+                "batch_per_device": row["batch_per_gpu"],
+                "global_batch": row["global_batch"],
+                "samples_per_sec": row["global_batch"] * row["steps"] / seconds,
+            }
+        )
+    return info
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    config = session.config
+    if _SWEEP not in config.stash:
+        return
+    sweep = config.stash[_SWEEP]
+    sweep.close_worker()
+    if not sweep.has_data():
+        return
+    from reports.write import write_report
+
+    other_tests: list[float] = config.stash[_OTHER_TESTS_SECONDS]
+    other = math.fsum(other_tests)
+    results = sweep.results(complete=exitstatus != pytest.ExitCode.INTERRUPTED)
+
+    def harness_figure(res: dict[str, Any]) -> None:
+        # taken after the plots are drawn, so their cost counts against the harness
+        harness = sweep.harness()
+        harness["wall_seconds"] -= other
+        harness["other_tests_seconds"] = other
+        harness["fraction"] = harness["benchmark_seconds"] / harness["wall_seconds"]
+        res["harness"] = harness
+
+    try:
+        written = write_report(results, sweep.options.report_dir, before_text=harness_figure)
+    except OSError as exc:
+        config.stash[_REPORT] = f"scaling report NOT written to {sweep.options.report_dir}: {exc}"
+        return
+    harness = results["harness"]
+    config.stash[_REPORT] = (
+        f"scaling report: {next(p for p in written if p.name == 'scaling.md')} "
+        f"(harness: {harness['fraction']:.0%} of {harness['wall_seconds']:.1f} s "
+        "in measured or warm-up steps)"
+    )
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    if _REPORT in config.stash:
+        terminalreporter.write_line(config.stash[_REPORT])

@@ -1,0 +1,236 @@
+"""From raw sweep results to every figure of the report: throughput, speedup, scaling efficiency,
+all-reduce bandwidth, input-pipeline headroom, fraction of datasheet peak, GPU utilisation.
+
+Pure: a results dict in, a JSON-ready dict out (the "figures" of scaling.json).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from reports import stats
+from reports.results import format_bytes
+
+# A GPU whose mean utilisation is this many percentage points below the busiest one is flagged.
+IMBALANCE_POINTS = 15.0
+
+
+@dataclass(frozen=True)
+class Peaks:
+    """Datasheet peaks of the GPUs one configuration ran on (None where a model is unknown)."""
+
+    fp32_tflops: float | None
+    link_gbps_per_direction: float | None
+    models: tuple[str, ...]
+    sources: tuple[str, ...]
+
+
+def lookup_peaks(gpu_names: Iterable[str]) -> Peaks:
+    """Sum of FP32 peaks and the slowest GPU-to-GPU link, from diagnostics.knowledge."""
+    names = list(gpu_names)
+    if not names:
+        return Peaks(None, None, (), ())
+    try:
+        from diagnostics.knowledge import peak_for
+    except ImportError:  # reports work without the diagnostics package, just without peaks
+        return Peaks(None, None, (), ())
+    peaks = [peak_for(n) for n in names]
+    if any(p is None for p in peaks):
+        return Peaks(None, None, (), ())
+    known = [p for p in peaks if p is not None]
+    # datasheets quote link bandwidth as the total of both directions; busbw is per direction
+    return Peaks(
+        fp32_tflops=sum(p.fp32_tflops for p in known),
+        link_gbps_per_direction=min(p.link_gbps for p in known) / 2,
+        models=tuple(sorted({p.model for p in known})),
+        sources=tuple(sorted({p.source for p in known})),
+    )
+
+
+def device_unit(results: dict[str, Any]) -> str:
+    return "GPU" if results.get("device_kind") == "gpu" else "CPU device"
+
+
+def title(results: dict[str, Any]) -> str:
+    model = results.get("model", "?")
+    if results.get("device_kind") == "gpu":
+        names = results.get("environment", {}).get("selected_gpu_names") or []
+        counts = results.get("gpu_counts") or []
+        kinds = sorted(set(names)) or ["GPU"]
+        return f"Scaling report: {model} on up to {max(counts, default=0)} x {' + '.join(kinds)}"
+    why = results.get("fallback_reason")
+    tail = f" (no GPU: {why})" if why else " (no GPU used)"
+    return f"Scaling report: {model} on CPU logical devices{tail}"
+
+
+def _rates(row: dict[str, Any]) -> list[float]:
+    return [row["global_batch"] * row["steps"] / s for s in row["round_seconds"]]
+
+
+def train_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for row in sorted(results.get("train", []), key=lambda r: (r["gpus"], r["batch_per_gpu"])):
+        rate = stats.summarize(_rates(row))
+        flops = row.get("flops_per_sample")
+        achieved = flops * rate.median / 1e12 if flops else None
+        peaks = lookup_peaks(row.get("gpu_names") or []) if results.get("device_kind") == "gpu" else None
+        fraction = achieved / peaks.fp32_tflops if achieved and peaks and peaks.fp32_tflops else None
+        rows.append(
+            {
+                "gpus": row["gpus"],
+                "batch_per_gpu": row["batch_per_gpu"],
+                "global_batch": row["global_batch"],
+                "samples_per_sec": rate.to_dict(),
+                "samples_per_sec_per_gpu": rate.median / row["gpus"],
+                "step_seconds": row["global_batch"] / rate.median,
+                "achieved_tflops": achieved,
+                "peak_fp32_tflops": peaks.fp32_tflops if peaks else None,
+                "fraction_of_peak": fraction,
+                "utilization": utilization_summary(row.get("utilization")),
+            }
+        )
+    return rows
+
+
+def utilization_summary(samples: dict[str, list[float]] | None) -> dict[str, Any] | None:
+    """Mean utilisation per GPU from NVML samples; flags a GPU well below the busiest one."""
+    if not samples:
+        return None
+    means = {gpu: sum(v) / len(v) for gpu, v in samples.items() if v}
+    if not means:
+        return None
+    busiest = max(means.values())
+    idle = sorted(g for g, m in means.items() if busiest - m > IMBALANCE_POINTS)
+    return {"mean_pct": means, "imbalanced": bool(idle), "lagging_gpus": idle}
+
+
+def _find(rows: list[dict[str, Any]], gpus: int, batch: int) -> dict[str, Any] | None:
+    return next((r for r in rows if r["gpus"] == gpus and r["batch_per_gpu"] == batch), None)
+
+
+def series(results: dict[str, Any], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Weak series keep the batch per GPU; strong series keep the global batch (batch x N0)."""
+    counts = sorted(results.get("gpu_counts") or {r["gpus"] for r in rows})
+    if not counts:
+        return []
+    base = counts[0]
+    mode = results.get("scaling", "weak")
+    out = []
+    for batch in sorted(results.get("batch_sizes") or {r["batch_per_gpu"] for r in rows}):
+        plans = []
+        if mode in ("weak", "both"):
+            plans.append(("weak", f"{batch} per {device_unit(results)}", [(n, batch) for n in counts]))
+        if mode in ("strong", "both"):
+            total = batch * base
+            plans.append(
+                ("strong", f"global batch {total}", [(n, total // n) for n in counts if total % n == 0])
+            )
+        for scaling, label, configs in plans:
+            base_row = _find(rows, *configs[0]) if configs and configs[0][0] == base else None
+            points = []
+            for n, b in configs:
+                row = _find(rows, n, b)
+                rate = row["samples_per_sec"]["median"] if row else None
+                base_rate = base_row["samples_per_sec"]["median"] if base_row else None
+                points.append(
+                    {
+                        "gpus": n,
+                        "batch_per_gpu": b,
+                        "global_batch": n * b,
+                        "samples_per_sec": rate,
+                        "speedup": rate / base_rate if rate and base_rate else None,
+                        "efficiency": stats.scaling_efficiency(rate, n, base_rate, base)
+                        if rate and base_rate
+                        else None,
+                        "ideal_samples_per_sec": base_rate * n / base if base_rate else None,
+                    }
+                )
+            out.append(
+                {"scaling": scaling, "batch": batch, "label": label, "base_gpus": base, "points": points}
+            )
+    return out
+
+
+def allreduce_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for row in sorted(results.get("allreduce", []), key=lambda r: (r["gpus"], r["bytes"])):
+        n, nbytes, iters = row["gpus"], row["bytes"], row["iters"]
+        per_op = [s / iters for s in row["round_seconds"]]
+        alg = [stats.algbw(nbytes, t) / 1e9 for t in per_op]
+        bus = stats.summarize([stats.busbw(a, n) for a in alg])
+        peaks = lookup_peaks(row.get("gpu_names") or []) if results.get("device_kind") == "gpu" else None
+        link = peaks.link_gbps_per_direction if peaks else None
+        rows.append(
+            {
+                "gpus": n,
+                "bytes": nbytes,
+                "size": format_bytes(nbytes),
+                "iters": iters,
+                "time_us": stats.summarize([t * 1e6 for t in per_op]).to_dict(),
+                "algbw_gbps": stats.summarize(alg).median,
+                "busbw_gbps": bus.to_dict(),
+                "link_gbps_per_direction": link,
+                "fraction_of_link": bus.median / link if link else None,
+            }
+        )
+    return rows
+
+
+def input_rows(results: dict[str, Any], train: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for row in sorted(results.get("input", []), key=lambda r: (r["gpus"], r["batch_per_gpu"])):
+        rate = stats.summarize(_rates(row))
+        trained = _find(train, row["gpus"], row["batch_per_gpu"])
+        train_rate = trained["samples_per_sec"]["median"] if trained else None
+        rows.append(
+            {
+                "gpus": row["gpus"],
+                "batch_per_gpu": row["batch_per_gpu"],
+                "global_batch": row["global_batch"],
+                "pipeline_samples_per_sec": rate.to_dict(),
+                "train_samples_per_sec": train_rate,
+                "headroom": rate.median / train_rate if train_rate else None,
+            }
+        )
+    return rows
+
+
+def allreduce_seconds(allreduce: list[dict[str, Any]], gpus: int, nbytes: float) -> float | None:
+    """Time of one all-reduce of `nbytes` on `gpus`, log-interpolated between measured sizes."""
+    points = sorted(
+        (r["bytes"], r["time_us"]["median"] / 1e6) for r in allreduce if r["gpus"] == gpus and r["bytes"] > 0
+    )
+    if not points or nbytes <= 0:
+        return None
+    if nbytes <= points[0][0]:
+        return points[0][1]
+    for (b0, t0), (b1, t1) in itertools.pairwise(points):
+        if b0 <= nbytes <= b1:
+            w = (math.log(nbytes) - math.log(b0)) / (math.log(b1) - math.log(b0))
+            return math.exp(math.log(t0) + w * (math.log(t1) - math.log(t0)))
+    # beyond the largest size: the bandwidth of the largest message holds
+    b_last, t_last = points[-1]
+    return t_last * nbytes / b_last
+
+
+def analyse(results: dict[str, Any]) -> dict[str, Any]:
+    """Every derived figure, JSON-ready."""
+    from reports import recommend
+
+    train = train_rows(results)
+    figures: dict[str, Any] = {
+        "title": title(results),
+        "unit": device_unit(results),
+        "train": train,
+        "series": series(results, train),
+        "allreduce": allreduce_rows(results),
+        "input": input_rows(results, train),
+        "failures": list(results.get("failures", [])),
+        "harness": results.get("harness") or {},
+    }
+    figures["recommendations"] = [asdict(r) for r in recommend.recommend(results, figures)]
+    return figures

@@ -1,0 +1,350 @@
+"""scaling.md: the report a person reads, rendered from the figures (tables by tabulate)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tabulate import tabulate
+
+from reports.recommend import EFFICIENCY_TARGET, INPUT_HEADROOM_MIN
+from reports.results import format_bytes
+
+PLOT_TITLES = {
+    "throughput.png": "Throughput against device count, with the ideal (linear) line",
+    "efficiency.png": "Scaling efficiency per batch size",
+    "allreduce.png": "All-reduce bus bandwidth against message size",
+}
+
+
+def _num(value: float | None, fmt: str = ",.0f") -> str:
+    return "n/a" if value is None else format(value, fmt)
+
+
+def _pct(value: float | None, digits: int = 0) -> str:
+    return "n/a" if value is None else f"{value * 100:.{digits}f}%"
+
+
+def _ci(summary: dict[str, Any], fmt: str = ",.0f") -> str:
+    if summary.get("ci_low") is None:
+        return "n/a"
+    return f"[{format(summary['ci_low'], fmt)}, {format(summary['ci_high'], fmt)}]"
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> str:
+    return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
+
+
+def throughput_section(figures: dict[str, Any]) -> list[str]:
+    unit = figures["unit"]
+    by_config = {(r["gpus"], r["batch_per_gpu"]): r for r in figures["train"]}
+    out = []
+    for scaling in ("weak", "strong"):
+        chosen = [s for s in figures["series"] if s["scaling"] == scaling]
+        if not chosen:
+            continue
+        keeps = f"batch per {unit}" if scaling == "weak" else "global batch"
+        out += [f"### {scaling.capitalize()} scaling (keeps the {keeps})", ""]
+        rows = []
+        for s in chosen:
+            for p in s["points"]:
+                r = by_config.get((p["gpus"], p["batch_per_gpu"]))
+                if r is None:
+                    rows.append(
+                        [p["gpus"], p["batch_per_gpu"], p["global_batch"], "failed", "", "", "", "", "", ""]
+                    )
+                    continue
+                sps = r["samples_per_sec"]
+                rows.append(
+                    [
+                        p["gpus"],
+                        p["batch_per_gpu"],
+                        p["global_batch"],
+                        _num(sps["median"]),
+                        _ci(sps),
+                        _num(r["samples_per_sec_per_gpu"]),
+                        _num(p["speedup"], ".2f") + ("x" if p["speedup"] is not None else ""),
+                        _pct(p["efficiency"]),
+                        _pct(sps["cv"], 1),
+                        _pct(r["fraction_of_peak"], 1),
+                    ]
+                )
+        out += [
+            _table(
+                [
+                    f"{unit}s",
+                    f"batch per {unit}",
+                    "global batch",
+                    "samples/s (median)",
+                    "95% CI",
+                    f"per {unit}",
+                    "speedup",
+                    "efficiency",
+                    "CV",
+                    "of FP32 peak",
+                ],
+                rows,
+            ),
+            "",
+        ]
+    if not out:
+        return ["No training configuration completed.", ""]
+    base = next((s["base_gpus"] for s in figures["series"]), 1)
+    out.append(
+        f"Speedup is T(N) / T({base}); scaling efficiency is T(N) x {base} / (N x T({base})), "
+        f"T = samples/s. Efficiency below {EFFICIENCY_TARGET:.0%} is explained under Recommendations."
+    )
+    out.append("")
+    return out
+
+
+def peak_section(figures: dict[str, Any]) -> list[str]:
+    rows = [
+        [
+            r["gpus"],
+            r["batch_per_gpu"],
+            _num(r["achieved_tflops"], ".3f"),
+            _num(r["peak_fp32_tflops"], ".1f"),
+            _pct(r["fraction_of_peak"], 1),
+        ]
+        for r in figures["train"]
+        if r["achieved_tflops"] is not None
+    ]
+    if not rows:
+        return []
+    out = ["### Fraction of peak compute", ""]
+    if all(r["peak_fp32_tflops"] is None for r in figures["train"]):
+        out += [
+            "The datasheet peak of these devices is not known (CPU devices, or a GPU model missing "
+            "from diagnostics/knowledge.py), so only the achieved rate is shown.",
+            "",
+        ]
+    out += [
+        _table(
+            [
+                f"{figures['unit']}s",
+                f"batch per {figures['unit']}",
+                "achieved TFLOP/s",
+                "FP32 peak TFLOP/s (sum)",
+                "fraction",
+            ],
+            rows,
+        ),
+        "",
+        "Achieved = the model's training FLOPs per sample (6 x the Conv/Dense multiply-accumulates) "
+        "x samples/s. The peak is the datasheet FP32 (non-tensor) rate; TensorFlow uses TF32 tensor "
+        "cores for float32 convolutions and matmuls on Ampere and later, so the fraction can exceed "
+        "what FP32 alone would allow.",
+        "",
+    ]
+    return out
+
+
+def allreduce_section(figures: dict[str, Any]) -> list[str]:
+    rows = figures["allreduce"]
+    out = ["## All-reduce", ""]
+    if not rows:
+        return [*out, "Not measured (one device per configuration, or no sizes asked for).", ""]
+    table = [
+        [
+            r["gpus"],
+            r["size"],
+            _num(r["time_us"]["median"], ",.1f"),
+            _num(r["algbw_gbps"], ".3f"),
+            _num(r["busbw_gbps"]["median"], ".3f"),
+            _ci(r["busbw_gbps"], ".3f"),
+            _pct(r["fraction_of_link"], 1),
+        ]
+        for r in rows
+    ]
+    out += [
+        _table(
+            [
+                f"{figures['unit']}s",
+                "size",
+                "time (us)",
+                "algbw (GB/s)",
+                "busbw (GB/s)",
+                "busbw 95% CI",
+                "of link",
+            ],
+            table,
+        ),
+        "",
+        "A SUM all-reduce of a float32 message of that size per replica through the strategy's "
+        "cross-device ops, chained so each waits for the one before. algbw = bytes / time and "
+        "busbw = algbw x 2(N-1)/N, as nccl-tests defines them (GB = 10^9 bytes). The link "
+        "fraction compares busbw with half the datasheet GPU-to-GPU bandwidth (datasheets quote "
+        "both directions).",
+        "",
+    ]
+    return out
+
+
+def input_section(figures: dict[str, Any]) -> list[str]:
+    rows = figures["input"]
+    if not rows:
+        return []
+    unit = figures["unit"]
+    table = [
+        [
+            r["gpus"],
+            r["batch_per_gpu"],
+            r["global_batch"],
+            _num(r["pipeline_samples_per_sec"]["median"]),
+            _ci(r["pipeline_samples_per_sec"]),
+            _num(r["train_samples_per_sec"]),
+            _num(r["headroom"], ".2f") + ("x" if r["headroom"] is not None else ""),
+        ]
+        for r in rows
+    ]
+    return [
+        "## Input pipeline",
+        "",
+        _table(
+            [
+                f"{unit}s",
+                f"batch per {unit}",
+                "global batch",
+                "pipeline samples/s",
+                "95% CI",
+                "training samples/s",
+                "headroom",
+            ],
+            table,
+        ),
+        "",
+        "The trainer's own tf.data pipeline, distributed to the replicas, with no model. Headroom = "
+        f"pipeline rate / training rate; below {INPUT_HEADROOM_MIN}x the pipeline is a suspect.",
+        "",
+    ]
+
+
+def utilization_section(figures: dict[str, Any]) -> list[str]:
+    rows = [r for r in figures["train"] if r.get("utilization")]
+    if not rows:
+        return []
+    table = []
+    for r in rows:
+        u = r["utilization"]
+        means = ", ".join(f"{g}: {m:.0f}%" for g, m in sorted(u["mean_pct"].items()))
+        table.append([r["gpus"], r["batch_per_gpu"], means, "yes" if u["imbalanced"] else "no"])
+    return [
+        "## GPU utilisation (NVML, sampled during the measured rounds)",
+        "",
+        _table(["GPUs", "batch per GPU", "mean utilisation per GPU", "imbalanced"], table),
+        "",
+    ]
+
+
+def failures_section(figures: dict[str, Any]) -> list[str]:
+    if not figures["failures"]:
+        return []
+    table = [[f.get("summary", ""), f.get("message", "")[:200]] for f in figures["failures"]]
+    return ["## Failed configurations", "", _table(["what", "detail"], table), ""]
+
+
+def recommendations_section(figures: dict[str, Any]) -> list[str]:
+    recs = figures["recommendations"]
+    if not recs:
+        return []
+    return ["## Recommendations", "", *[f"- {r['text']}." for r in recs], ""]
+
+
+def environment_section(results: dict[str, Any]) -> list[str]:
+    env = results.get("environment", {})
+    rows = [
+        ["host", env.get("host")],
+        ["platform", env.get("platform")],
+        ["CPU", env.get("cpu")],
+        ["Python", env.get("python")],
+        ["NVIDIA driver", env.get("driver_version")],
+        ["CUDA (driver)", env.get("cuda_driver_version")],
+        ["TensorFlow", env.get("tensorflow")],
+        ["TensorFlow built with CUDA / cuDNN", env.get("tf_build")],
+        ["Keras", env.get("keras")],
+        ["NCCL", env.get("nccl")],
+        ["devices", "; ".join(env.get("devices") or [])],
+        ["cross-device ops", env.get("cross_device_ops")],
+    ]
+    out = [
+        "## Environment",
+        "",
+        _table(["", ""], [[k, "n/a" if v in (None, "") else v] for k, v in rows]),
+        "",
+    ]
+    gpus = env.get("gpus") or []
+    if gpus:
+        out += [
+            "GPU inventory (NVML):",
+            "",
+            _table(
+                ["NVML index", "name", "memory (GB)", "compute capability", "PCI bus", "display"],
+                [
+                    [
+                        g.get("index"),
+                        g.get("name"),
+                        f"{g.get('memory_total_mib', 0) * 1024**2 / 1e9:.1f}",
+                        g.get("compute_capability"),
+                        g.get("pci_bus_id"),
+                        g.get("display_active"),
+                    ]
+                    for g in gpus
+                ],
+            ),
+            "",
+        ]
+    return out
+
+
+def method_section(results: dict[str, Any], figures: dict[str, Any]) -> list[str]:
+    m = results.get("method", {})
+    lines = [
+        "## How these numbers were measured",
+        "",
+        "- Each configuration ran in a long-lived worker process per device count (TensorFlow starts "
+        "once per count). Building the model and tracing the step (the first step) are not timed.",
+        f"- Training: {m.get('warmup_steps')} warm-up steps (one warm-up round, excluded), then "
+        f"{m.get('rounds')} rounds of {m.get('steps_per_round')} steps. Each round is timed inside the "
+        "worker with time.perf_counter() and ends with a host sync on the loss; samples/s = global "
+        "batch x steps / round time.",
+        "- Input pipeline: the same warm-up and rounds, fetching batches without a model.",
+        f"- All-reduce: one warm-up round, then {m.get('rounds')} rounds of up to "
+        f"{m.get('allreduce_iters')} chained all-reduces (fewer for large messages: "
+        f"{format_bytes(m.get('allreduce_bytes_per_round', 0))} per round at most).",
+        "- Statistic: the median over rounds. 95% CI: the distribution-free interval of the median "
+        "from order statistics when there are at least 6 rounds, else Student's t interval of the mean. "
+        "CV = standard deviation / mean of the per-round rates.",
+        f"- Model {results.get('model')}; scaling mode {results.get('scaling')}; random seed "
+        f"{m.get('seed')}; synthetic data.",
+    ]
+    harness = figures.get("harness") or {}
+    if harness.get("fraction") is not None:
+        lines.append(
+            f"- Harness: {harness['fraction']:.0%} of the sweep's {harness['wall_seconds']:.1f} s wall "
+            f"time went to measured or warm-up steps ({harness['benchmark_seconds']:.1f} s); the rest "
+            f"to starting workers ({harness.get('worker_start_seconds', 0):.1f} s), building and "
+            f"tracing ({harness.get('prepare_seconds', 0):.1f} s), pytest and the report."
+        )
+    return [*lines, ""]
+
+
+def render(results: dict[str, Any], figures: dict[str, Any], plots: list[str]) -> str:
+    unit = figures["unit"]
+    lines = [f"# {figures['title']}", ""]
+    if not results.get("complete", True):
+        lines += ["**Incomplete run**: the sweep was interrupted; the figures cover what finished.", ""]
+    if results.get("device_kind") != "gpu":
+        lines += [
+            f"These {unit}s are logical devices carved from one CPU: they share its cores, so the "
+            "figures test the suite and the strategy, not GPU scaling.",
+            "",
+        ]
+    lines += ["## Training throughput", "", *throughput_section(figures), *peak_section(figures)]
+    lines += allreduce_section(figures) + input_section(figures) + utilization_section(figures)
+    lines += failures_section(figures) + recommendations_section(figures)
+    if plots:
+        lines += ["## Plots", ""]
+        for name in plots:
+            lines += [f"![{PLOT_TITLES.get(name, name)}]({name})", ""]
+    lines += environment_section(results) + method_section(results, figures)
+    return "\n".join(lines).rstrip() + "\n"

@@ -1,0 +1,105 @@
+"""Write the report (scaling.md, scaling.json, PNG plots) into a folder, atomically.
+
+Every file is written whole beside its target and renamed over it, so a reader never sees half a
+file and an interrupted write leaves the previous report as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from reports import analysis, markdown, plots
+from reports.results import REPORT_SCHEMA, validate
+
+REPORT_FILES = ("scaling.md", "scaling.json")
+RESULTS_FILE = "results.json"
+
+
+class ReportDirError(ValueError):
+    """The report folder cannot be written."""
+
+
+def check_report_dir(path: str | Path) -> None:
+    """Raise ReportDirError unless `path` is, or can be created as, a writable folder. Creates nothing."""
+    target = Path(path).absolute()
+    if target.exists():
+        if not target.is_dir():
+            raise ReportDirError(f"report directory {path} exists and is not a folder")
+        if not os.access(target, os.W_OK | os.X_OK):
+            raise ReportDirError(f"report directory {path} is not writable")
+        return
+    parent = target.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ReportDirError(f"report directory {path} cannot be created: {parent} is not writable")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        # mkstemp makes the file private (0600); a report is as readable as any file the user writes
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def build(results: dict[str, Any]) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """The figures and the plots, without writing anything."""
+    results = validate(results)
+    figures = analysis.analyse(results)
+    return figures, plots.render_all(figures)
+
+
+def write_report(
+    results: dict[str, Any],
+    out_dir: str | Path,
+    write_results: bool = True,
+    before_text: Callable[[dict[str, Any]], None] | None = None,
+) -> list[Path]:
+    """Render and write the report; returns the paths written.
+
+    `before_text(results)` runs after the plots are written and before the text files: the sweep
+    uses it to put the harness's own wall time, plots included, into the report.
+    """
+    out = Path(out_dir)
+    check_report_dir(out)
+    results = validate(results)
+    figures = analysis.analyse(results)
+    pngs = plots.render_all(figures)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, png in pngs.items():
+        atomic_write_bytes(out / name, png)
+        written.append(out / name)
+    for stale in set(markdown.PLOT_TITLES) - set(pngs):  # a plot an earlier run drew, not this one
+        (out / stale).unlink(missing_ok=True)
+    if before_text is not None:
+        before_text(results)
+        figures = analysis.analyse(results)
+    text_files = {
+        "scaling.json": json.dumps(
+            {"schema": REPORT_SCHEMA, "figures": figures, "plots": sorted(pngs), "results": results}, indent=2
+        )
+        + "\n",
+        "scaling.md": markdown.render(results, figures, sorted(pngs, key=list(markdown.PLOT_TITLES).index)),
+    }
+    if write_results:
+        text_files[RESULTS_FILE] = json.dumps(results, indent=2) + "\n"
+    for name, text in text_files.items():
+        atomic_write_bytes(out / name, text.encode("utf-8"))
+        written.append(out / name)
+    return written

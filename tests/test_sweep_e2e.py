@@ -1,0 +1,137 @@
+"""`pytest bench --benchmark-only` end to end on CPU logical devices: a tiny sweep writes a report
+that agrees with its JSON; workers that fail on purpose are recorded and the sweep goes on; bad
+options are one line from pytest's usage error, exit non-zero, and leave no report behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reports import analysis, markdown
+from reports.plots import PNG_SIGNATURE
+from training.worker import FAULT_ENV
+
+ROOT = Path(__file__).resolve().parent.parent
+DEVICES = ["--cpu-replicas", "2", "--gpus", "1", "2"]
+TINY = [*DEVICES, "--batch-sizes", "8", "16", "--model", "cnn", "--steps", "3", "--rounds", "2",
+        "--warmup-steps", "2", "--allreduce-bytes", "1K", "64K", "1M"]  # fmt: skip
+
+
+def sweep(
+    report_dir: Path, *args: str, fault: str = "", timeout: float = 240
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "", FAULT_ENV: fault}
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "bench/test_sweep.py", "--benchmark-only", "-p", "no:cacheprovider",
+         "-q", "--report-dir", str(report_dir), *args],
+        capture_output=True, text=True, cwd=ROOT, env=env, timeout=timeout,
+    )  # fmt: skip
+
+
+def is_png(path: Path) -> bool:
+    import matplotlib.image
+
+    data = path.read_bytes()
+    return data.startswith(PNG_SIGNATURE) and matplotlib.image.imread(str(path)).ndim == 3
+
+
+@pytest.fixture(scope="module")
+def tiny_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], Path]:
+    out = tmp_path_factory.mktemp("sweep") / "report"
+    return sweep(out, *TINY), out
+
+
+@pytest.mark.slow
+def test_tiny_sweep_writes_the_report(tiny_report):
+    proc, out = tiny_report
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    names = {p.name for p in out.iterdir()}
+    assert names == {"scaling.md", "scaling.json", "results.json", "throughput.png", "efficiency.png",
+                     "allreduce.png"}  # fmt: skip
+    for png in ("throughput.png", "efficiency.png", "allreduce.png"):
+        assert is_png(out / png), png
+    assert f"scaling report: {out / 'scaling.md'}" in proc.stdout
+
+
+@pytest.mark.slow
+def test_tiny_sweep_report_agrees_with_its_json(tiny_report):
+    _proc, out = tiny_report
+    saved: dict[str, Any] = json.loads((out / "scaling.json").read_text())
+    results, figures = saved["results"], saved["figures"]
+    assert results == json.loads((out / "results.json").read_text())
+    assert [(r["gpus"], r["batch_per_gpu"]) for r in results["train"]] == [(1, 8), (1, 16), (2, 8), (2, 16)]
+    assert all(
+        len(r["round_seconds"]) == 2 for r in results["train"] + results["input"] + results["allreduce"]
+    )
+    assert [(r["gpus"], r["bytes"]) for r in results["allreduce"]] == [(2, 1024), (2, 65536), (2, 2**20)]
+    assert results["device_kind"] == "cpu" and results["failures"] == []
+    assert figures == json.loads(json.dumps(analysis.analyse(results)))  # recomputed from the raw times
+    text = (out / "scaling.md").read_text()
+    assert text == markdown.render(results, figures, ["throughput.png", "efficiency.png", "allreduce.png"])
+    assert text.startswith("# Scaling report: cnn on CPU logical devices")
+    for row in figures["train"]:
+        assert f"{row['samples_per_sec']['median']:,.0f}" in text
+    harness = results["harness"]
+    assert 0 < harness["fraction"] <= 1 and harness["benchmark_seconds"] > 0
+    assert f"{harness['fraction']:.0%} of the sweep's" in text
+    env = results["environment"]
+    assert env["tensorflow"] and env["keras"] and env["cpu"]
+
+
+@pytest.mark.slow
+def test_failing_workers_are_recorded_and_the_sweep_goes_on(tmp_path):
+    """1 device: crash at batch 16. 2 devices: hang at 8 (killed after the timeout), OOM at 16."""
+    out = tmp_path / "report"
+    args = [*DEVICES, "--batch-sizes", "8", "16", "--steps", "2", "--rounds", "1", "--warmup-steps", "1",
+            "--allreduce-bytes", "1K", "--worker-timeout", "15"]  # fmt: skip
+    proc = sweep(out, *args, fault="crash:16@1,hang:8@2,oom:16@2")
+    assert proc.returncode == 1, proc.stdout[-3000:]  # a crash and a hang fail their tests; OOM skips
+    results = json.loads((out / "results.json").read_text())
+    summaries = sorted(f["summary"] for f in results["failures"])
+    assert summaries == [
+        "OOM at 16 per CPU device on 2 CPU devices",
+        "worker crashed at 16 per CPU device on 1 CPU device",
+        "worker hung (killed) at 8 per CPU device on 2 CPU devices",
+    ]
+    # everything else ran, in fresh workers after each failure
+    assert [(r["gpus"], r["batch_per_gpu"]) for r in results["train"]] == [(1, 8)]
+    assert len(results["input"]) == 4 and len(results["allreduce"]) == 1
+    text = (out / "scaling.md").read_text()
+    assert "## Failed configurations" in text and "out of memory at 16 per CPU device" in text
+    assert "2 failed, 6 passed, 1 skipped" in proc.stdout
+
+
+BAD_INPUT = [
+    (["--model", "nope"], "unknown --model 'nope'"),
+    (["--gpus", "0"], "--gpus: values must be >= 1, got 0"),
+    (["--batch-sizes", "16", "-8"], "--batch-sizes: values must be >= 1, got -8"),
+    (["--steps", "0"], "--steps: values must be >= 1, got 0"),
+    (["--cpu-replicas", "2", "--gpus", "1", "4"], "--gpus 4: more devices than selected (--cpu-replicas 2)"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_INPUT, ids=[a[0] for a, _ in BAD_INPUT])
+def test_bad_input_is_one_usage_line_and_no_report(tmp_path, args, message):
+    out = tmp_path / "report"
+    proc = sweep(out, *args, timeout=120)
+    assert proc.returncode == pytest.ExitCode.USAGE_ERROR
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+    assert lines == [f"ERROR: {message}" if message.startswith("--") else lines[0]]
+    assert message in lines[0]
+    assert not out.exists()
+
+
+def test_unwritable_report_dir_is_a_usage_error(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    proc = sweep(blocker / "report", "--cpu-replicas", "1", timeout=120)
+    assert proc.returncode == pytest.ExitCode.USAGE_ERROR
+    expected = f"report directory {blocker / 'report'} cannot be created: {blocker} is not writable"
+    assert (proc.stdout + proc.stderr).strip().splitlines() == [f"ERROR: --report-dir: {expected}"]
+    assert blocker.read_text() == "not a folder"

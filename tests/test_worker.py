@@ -1,0 +1,104 @@
+"""training.worker: the protocol, FLOPs, and workers that fail on purpose (OOM, crash, hang)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from training.worker import (
+    CRASH_EXIT_CODE,
+    FAULT_ENV,
+    Fault,
+    WorkerClient,
+    WorkerError,
+    fault_for,
+    parse_faults,
+)
+
+
+def test_parse_faults():
+    assert parse_faults("oom:16, crash:32@2,hang:8") == [
+        Fault("oom", 16),
+        Fault("crash", 32, 2),
+        Fault("hang", 8),
+    ]
+    assert parse_faults(None) == [] and parse_faults("") == []
+    with pytest.raises(ValueError, match="oom:x"):
+        parse_faults("oom:x")
+    with pytest.raises(ValueError, match="boom:1"):
+        parse_faults("boom:1")
+
+
+def test_fault_matches_batch_and_replicas():
+    faults = parse_faults("oom:16@2,crash:8")
+    assert fault_for(faults, 16, 2) == Fault("oom", 16, 2)
+    assert fault_for(faults, 16, 1) is None
+    assert fault_for(faults, 8, 4) == Fault("crash", 8)
+
+
+def test_flops_of_the_cnn_by_hand():
+    """32x32x3 input: conv 3x3x3->32 at 32x32, conv 3x3x32->64 at 16x16, dense 4096->128, 128->10."""
+    keras = pytest.importorskip("keras")
+    from training import models
+    from training.worker import model_flops_per_sample
+
+    macs = 32 * 32 * 32 * 27 + 16 * 16 * 64 * 288 + 4096 * 128 + 128 * 10
+    model = models.build("cnn", (32, 32, 3), 10)
+    assert isinstance(model, keras.Model)
+    assert model_flops_per_sample(model) == 6 * macs
+
+
+def _client(tmp_path: Path, *args: str, fault: str = "") -> WorkerClient:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "", FAULT_ENV: fault}
+    return WorkerClient(list(args), tmp_path / "worker.log", env=env, start_timeout=180)
+
+
+@pytest.mark.slow
+def test_worker_answers_survives_oom_and_is_killed_when_it_hangs(tmp_path):
+    """One worker: protocol answers, an injected OOM is an error answer (the worker lives on), a hang
+    is killed after the timeout and reported, never waited on forever."""
+    client = _client(tmp_path, "--cpu-replicas", "1", fault="oom:8,hang:16")
+    ready = client.start()
+    try:
+        assert ready["event"] == "ready" and ready["replicas"] == 1 and ready["device_kind"] == "cpu"
+        train = {"kind": "train", "model": "mlp", "batch_per_replica": 4}
+        prepared = client.request({"cmd": "prepare", **train}, timeout=120)
+        assert prepared["global_batch"] == 4 and prepared["flops_per_sample"] > 0
+        ran = client.request({"cmd": "run", **train, "steps": 3}, timeout=60)
+        assert ran["steps"] == 3 and ran["seconds"] > 0 and ran["loss"] > 0
+        with pytest.raises(WorkerError) as oom:
+            client.request({"cmd": "prepare", "kind": "train", "model": "mlp", "batch_per_replica": 8}, 60)
+        assert oom.value.kind == "oom" and "OOM" in str(oom.value)
+        fed = client.request({"cmd": "run", "kind": "input", "batch_per_replica": 8, "steps": 2}, 60)
+        assert fed["steps"] == 2  # still answering after the OOM
+        started = time.monotonic()
+        with pytest.raises(WorkerError) as hung:
+            client.request({"cmd": "prepare", "kind": "train", "model": "mlp", "batch_per_replica": 16}, 3)
+        assert hung.value.kind == "timeout" and time.monotonic() - started < 20
+        assert client.proc is not None and client.proc.poll() is not None  # killed
+    finally:
+        client.close()
+
+
+@pytest.mark.slow
+def test_worker_crash_is_reported_with_its_exit_code(tmp_path):
+    client = _client(tmp_path, "--cpu-replicas", "2", fault="crash:4@2")
+    client.start()
+    try:
+        ar = client.request({"cmd": "run", "kind": "allreduce", "bytes": 4096, "steps": 2}, timeout=120)
+        assert ar["steps"] == 2
+        with pytest.raises(WorkerError) as crashed:
+            client.request({"cmd": "prepare", "kind": "train", "model": "mlp", "batch_per_replica": 4}, 120)
+        assert crashed.value.kind == "crash" and f"code {CRASH_EXIT_CODE}" in str(crashed.value)
+    finally:
+        client.close()
+
+
+def test_worker_that_cannot_set_up_reports_why(tmp_path):
+    client = _client(tmp_path, "--cpu-replicas", "0")
+    with pytest.raises(WorkerError) as failed:
+        client.start()
+    assert failed.value.kind == "start" and "--cpu-replicas must be >= 1" in str(failed.value)
