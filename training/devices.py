@@ -8,8 +8,11 @@ than 8 multiprocessors, so "GPU 1" in TensorFlow need not be nvidia-smi's GPU 1.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -155,11 +158,21 @@ def setup_device_strategy(plan: DevicePlan | None = None, cross_device_ops: str 
     os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
     if plan.kind == "gpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(g.uuid or str(g.index) for g in plan.gpus)
-    import tensorflow as tf
+    with start_up_noise_filtered(cpu_only=plan.kind == "cpu"):
+        import tensorflow as tf
 
-    if runtime_initialized():
-        raise LateSetupError(LATE_SETUP_MESSAGE.format(detail="a TensorFlow operation already ran"))
+        if runtime_initialized():
+            raise LateSetupError(LATE_SETUP_MESSAGE.format(detail="a TensorFlow operation already ran"))
+        _configure_devices(tf, plan)
     warnings = list(plan.warnings)
+    ops, note = _cross_device_ops(tf, cross_device_ops, plan)
+    if note:
+        warnings.append(note)
+    strategy = tf.distribute.MirroredStrategy(devices=plan.device_names, cross_device_ops=ops)
+    return DeviceSetup(strategy, plan, cross_device_ops, warnings)
+
+
+def _configure_devices(tf: Any, plan: DevicePlan) -> None:
     try:
         if plan.kind == "gpu":
             gpus = tf.config.list_physical_devices("GPU")
@@ -182,11 +195,46 @@ def setup_device_strategy(plan: DevicePlan | None = None, cross_device_ops: str 
         if "initialized" in str(exc):
             raise LateSetupError(LATE_SETUP_MESSAGE.format(detail=str(exc).strip())) from None
         raise
-    ops, note = _cross_device_ops(tf, cross_device_ops, plan)
-    if note:
-        warnings.append(note)
-    strategy = tf.distribute.MirroredStrategy(devices=plan.device_names, cross_device_ops=ops)
-    return DeviceSetup(strategy, plan, cross_device_ops, warnings)
+
+
+# TensorFlow's C++ start-up lines that say nothing a user can act on. They are printed before
+# absl logging is initialised, so TF_CPP_MIN_LOG_LEVEL does not silence them.
+_START_UP_NOISE = (
+    "All log messages before absl::InitializeLog() is called",
+    "port.cc:",  # oneDNN custom operations are on
+    "cpu_feature_guard.cc:",
+    "To enable the following instructions:",
+)
+# ... and the ones that only say "no GPU here", noise when the plan is the CPU anyway.
+_NO_GPU_NOISE = ("cudart_stub.cc:", "cuda_platform.cc:", "failed call to cuInit", "cuda_executor.cc:")
+
+
+@contextlib.contextmanager
+def start_up_noise_filtered(cpu_only: bool) -> Iterator[None]:
+    """Hold back what TensorFlow writes to stderr while it starts, then pass on what matters.
+
+    Works on file descriptor 2, since the noise comes from C++. Unless TF_CPP_MIN_LOG_LEVEL=0
+    asks for everything, lines in the lists above are dropped and every other line is kept.
+    """
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0":
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            noise = _START_UP_NOISE + (_NO_GPU_NOISE if cpu_only else ())
+            for line in held.read().decode(errors="replace").splitlines(keepends=True):
+                if not any(marker in line for marker in noise):
+                    sys.stderr.write(line)
+            sys.stderr.flush()
 
 
 def _cross_device_ops(tf: Any, name: str, plan: DevicePlan) -> tuple[Any, str | None]:
