@@ -144,7 +144,10 @@ def test_config_file_env_and_flags_override_in_order(capsys, tmp_path, monkeypat
     ("make", "message"),
     [
         (lambda p: None, "no such file or folder"),
-        (lambda p: (p.with_suffix(".csv").write_text("1,2"), p.with_suffix(".csv"))[1], "expected a .npz file"),
+        (
+            lambda p: (p.with_suffix(".csv").write_text("1,2"), p.with_suffix(".csv"))[1],
+            "expected a .npz file",
+        ),
         (lambda p: np.savez(p, x=np.ones((4, 3))) or p, "missing array 'y'"),
         (lambda p: np.savez(p, x=np.ones((4, 3)), y=np.ones((5,))) or p, "x has 4 examples but y has 5"),
         (lambda p: np.savez(p, x=np.ones(4), y=np.ones(4)) or p, "x must be (examples, features...)"),
