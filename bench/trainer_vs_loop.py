@@ -71,9 +71,9 @@ def main() -> None:
     def hand_round(steps: int) -> float:
         for _ in range(WARMUP_STEPS):
             hand_step(iterator)
-        float(hand_step(iterator))
+        loss = hand_step(iterator)
+        float(loss)  # wait for the warm-up steps before starting the clock
         start = time.perf_counter()
-        loss = None
         for _ in range(steps - WARMUP_STEPS):
             loss = hand_step(iterator)
         float(loss)
