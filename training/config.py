@@ -47,6 +47,9 @@ class TrainConfig:
     require_gpu: bool = False
     dry_run: bool = False
     inventory: str | None = None
+    checkpoint_dir: str | None = None
+    save_freq: str = "epoch"  # "epoch", or a number of steps as text ("200")
+    auto_batch_size: bool = False
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     def merged(self, overrides: Mapping[str, Any], origin: str) -> TrainConfig:
@@ -63,6 +66,8 @@ class TrainConfig:
 
 def _coerce(key: str, value: Any, current: Any, origin: str) -> Any:
     """Type-check a value from a file or the environment against the setting's default."""
+    if key == "save_freq" and isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)  # `save_freq = 200` in TOML
     if key == "custom_gpus":
         if isinstance(value, str):
             value = value.replace(",", " ").split()
@@ -83,6 +88,21 @@ def _coerce(key: str, value: Any, current: Any, origin: str) -> Any:
 
 
 _OPTIONAL_TYPES: dict[str, type] = {"steps_per_epoch": int, "cpu_replicas": int}
+
+
+def parse_save_freq(text: str) -> int | None:
+    """--save-freq: None for "epoch" (a checkpoint at the end of each epoch), else every N steps."""
+    value = text.strip().lower()
+    if value == "epoch":
+        return None
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    raise ConfigError(f"--save-freq must be 'epoch' or a positive number of steps, got {text!r}")
+
+
+def resolve_steps_per_epoch(config: TrainConfig, num_examples: int) -> int:
+    """--steps-per-epoch, or one pass over the data in whole global batches."""
+    return config.steps_per_epoch or max(1, num_examples // config.global_batch_size)
 
 
 def _parse_text(text: str, expected: type, key: str, origin: str) -> Any:

@@ -163,8 +163,15 @@ def _load_image_folder(folder: Path) -> tuple[np.ndarray, np.ndarray, int]:
     return np.stack(images), np.asarray(labels, dtype=np.int32), len(classes)
 
 
-def make_dataset(examples: Examples, global_batch_size: int, seed: int) -> tf.data.Dataset:
-    """An endless, shuffled stream of global batches (epochs are counted in steps)."""
+def make_dataset(
+    examples: Examples, global_batch_size: int, seed: int, skip_batches: int = 0
+) -> tf.data.Dataset:
+    """An endless, shuffled stream of global batches (epochs are counted in steps).
+
+    `skip_batches` starts the stream where a run that trained that many steps left it, so a run
+    resumed from a checkpoint sees exactly the batches the uninterrupted run would have seen (the
+    shuffle is seeded, and batch k is elements [k*B, (k+1)*B) of the shuffled, repeated stream).
+    """
     import tensorflow as tf
 
     if len(examples) < global_batch_size:
@@ -174,7 +181,11 @@ def make_dataset(examples: Examples, global_batch_size: int, seed: int) -> tf.da
         )
     ds = tf.data.Dataset.from_tensor_slices((examples.x, examples.y))
     ds = ds.shuffle(len(examples), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.repeat().batch(global_batch_size, drop_remainder=True)
+    ds = ds.repeat()
+    if skip_batches:
+        # skipping elements before batching avoids assembling batches only to drop them
+        ds = ds.skip(skip_batches * global_batch_size)
+    ds = ds.batch(global_batch_size, drop_remainder=True)
     options = tf.data.Options()
     options.deterministic = True  # same seed, same batches: runs are comparable
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,118 @@
+"""Fault injection for the trainer, in one place: out-of-memory, NaN, slow steps and kills on purpose.
+
+Real out-of-memory, divergence and preemption cannot be produced safely or on time on a test
+machine, so the tests make them happen here instead, as DCGM tests its diagnostics. Set
+
+    GPUDIAG_FAULT="oom_above_batch=64,nan_at_step=7,sleep_per_step=0.2,kill_after_step=12,
+                   kill_during_checkpoint=2"
+
+- oom_above_batch=N: a training step whose per-replica batch is above N raises
+  tf.errors.ResourceExhaustedError, as a GPU that runs out of memory does.
+- nan_at_step=N: global step N (counted from 1 over the whole run) reports a NaN loss.
+- sleep_per_step=S: each step takes S seconds longer (so that a test can kill a run mid-epoch).
+- kill_after_step=N: SIGKILL this process right after global step N and any checkpoint it writes.
+- kill_during_checkpoint=N: SIGKILL this process halfway through writing its Nth checkpoint file.
+
+Unset (the normal case) this costs one environment lookup per run: `from_env()` returns None and
+the trainer skips every hook.
+
+The benchmark worker has its own, older switch (GPUDIAG_WORKER_FAULT in training/worker.py).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+FAULT_ENV = "GPUDIAG_FAULT"
+
+
+class FaultSpecError(ValueError):
+    """GPUDIAG_FAULT cannot be parsed (a user error: one line, exit 2)."""
+
+
+@dataclass
+class Faults:
+    oom_above_batch: int | None = None
+    nan_at_step: int | None = None
+    sleep_per_step: float | None = None
+    kill_after_step: int | None = None
+    kill_during_checkpoint: int | None = None
+    checkpoints_started: int = 0  # state, not configuration
+
+    # -- hooks called by the trainer; each one is a no-op unless its fault is set ------------------
+
+    def before_step(self, global_step: int, per_replica_batch: int) -> None:
+        if self.sleep_per_step:
+            time.sleep(self.sleep_per_step)
+        if self.oom_above_batch is not None and per_replica_batch > self.oom_above_batch:
+            import tensorflow as tf
+
+            raise tf.errors.ResourceExhaustedError(
+                None,
+                None,
+                f"OOM when allocating tensor for a per-replica batch of {per_replica_batch} "
+                f"(injected by {FAULT_ENV}: oom_above_batch={self.oom_above_batch})",
+            )
+
+    def loss_after_step(self, global_step: int, loss: float) -> float:
+        return float("nan") if global_step == self.nan_at_step else loss
+
+    def after_step(self, global_step: int) -> None:
+        """Called after the step and after any checkpoint written for it."""
+        if global_step == self.kill_after_step:
+            _kill_self()
+
+    def during_checkpoint_write(self, partial_file: Path) -> None:
+        """Called with the temporary file of a checkpoint before it is flushed and renamed."""
+        self.checkpoints_started += 1
+        if self.checkpoints_started == self.kill_during_checkpoint:
+            # what a kill mid-write leaves: a temporary file with half its bytes
+            size = partial_file.stat().st_size
+            with open(partial_file, "r+b") as handle:
+                handle.truncate(size // 2)
+            _kill_self()
+
+
+def _kill_self() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(60)  # SIGKILL is delivered at once; never run on past it
+
+
+_INT_FIELDS = {"oom_above_batch", "nan_at_step", "kill_after_step", "kill_during_checkpoint"}
+_FLOAT_FIELDS = {"sleep_per_step"}
+
+
+def parse(text: str) -> Faults:
+    """Parse "key=value,key=value"; unknown keys and bad values are a FaultSpecError."""
+    faults = Faults()
+    known = sorted(_INT_FIELDS | _FLOAT_FIELDS)
+    for item in text.replace(" ", "").split(","):
+        if not item:
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or key not in known:
+            raise FaultSpecError(
+                f"{FAULT_ENV}: cannot parse {item!r} (expected key=value with key one of {', '.join(known)})"
+            )
+        try:
+            number: float = int(value) if key in _INT_FIELDS else float(value)
+        except ValueError:
+            raise FaultSpecError(f"{FAULT_ENV}: {key} needs a number, got {value!r}") from None
+        if number < 0 or number != number:  # negative or NaN
+            raise FaultSpecError(f"{FAULT_ENV}: {key} must be >= 0, got {value!r}")
+        setattr(faults, key, number)
+    return faults
+
+
+def from_env(environ: dict[str, str] | None = None) -> Faults | None:
+    """The faults asked for in GPUDIAG_FAULT, or None when it is unset or empty (the normal case)."""
+    text = (os.environ if environ is None else environ).get(FAULT_ENV, "")
+    if not text.strip():
+        return None
+    faults = parse(text)
+    configured = any(getattr(faults, name) is not None for name in _INT_FIELDS | _FLOAT_FIELDS)
+    return faults if configured else None
