@@ -222,7 +222,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     sweep.close_worker()
     if not sweep.has_data():
         return
-    from reports.write import write_report
+    from reports.write import ReportDirError, write_report
 
     other_tests: list[float] = config.stash[_OTHER_TESTS_SECONDS]
     other = math.fsum(other_tests)
@@ -238,7 +238,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
     try:
         written = write_report(results, sweep.options.report_dir, before_text=harness_figure)
-    except OSError as exc:
+    except (OSError, ReportDirError) as exc:
         config.stash[_REPORT] = f"scaling report NOT written to {sweep.options.report_dir}: {exc}"
         return
     harness = results["harness"]

@@ -25,7 +25,7 @@ from reports.results import SCHEMA, failure_summary, format_bytes
 from reports.write import ReportDirError, check_report_dir
 from training import models
 from training.devices import DevicePlan, DeviceSetupError, plan_devices
-from training.worker import WorkerClient, WorkerError
+from training.worker import ALLREDUCE_UNROLL, WorkerClient, WorkerError
 
 DEFAULT_BATCH_SIZES = (32, 64, 128)
 DEFAULT_STEPS = 20
@@ -264,7 +264,10 @@ def plan_cases(options: SweepOptions) -> list[Case]:
 
 
 def allreduce_iters(options: SweepOptions, nbytes: int) -> int:
-    return max(1, min(options.allreduce_iters, ALLREDUCE_BYTES_PER_ROUND // nbytes))
+    """All-reduces per round: --allreduce-iters, fewer for large messages (a whole number of the
+    worker's traced calls of ALLREDUCE_UNROLL where there is more than one call)."""
+    iters = max(1, min(options.allreduce_iters, ALLREDUCE_BYTES_PER_ROUND // nbytes))
+    return iters - iters % ALLREDUCE_UNROLL if iters > ALLREDUCE_UNROLL else iters
 
 
 # -- environment ----------------------------------------------------------------------------------
@@ -396,6 +399,9 @@ class Sweep:
     benchmark_seconds: float = 0.0
     worker_start_seconds: float = 0.0
     prepare_seconds: float = 0.0
+    close_seconds: float = 0.0
+    case_seconds: float = 0.0  # inside Sweep.run, from asking for a worker to the last answer
+    first_case_at: float | None = None
     ready: dict[int, dict[str, Any]] = field(default_factory=dict)
     _client: WorkerClient | None = None
     _client_gpus: int | None = None
@@ -450,9 +456,11 @@ class Sweep:
         return client
 
     def close_worker(self) -> None:
+        started = time.perf_counter()
         if self._client is not None:
             self._client.close()
         self._client, self._client_gpus = None, None
+        self.close_seconds += time.perf_counter() - started
 
     def _record_failure(self, case: Case, exc: WorkerError) -> CaseFailed:
         # after OOM, a crash or a hang the worker is of no further use: TF keeps GPU memory
@@ -476,6 +484,15 @@ class Sweep:
 
     def run(self, benchmark: Any, case: Case) -> dict[str, Any] | None:
         """Run one case under pytest-benchmark; record its row or its failure (raises CaseFailed)."""
+        started = time.perf_counter()
+        if self.first_case_at is None:
+            self.first_case_at = time.time()
+        try:
+            return self._run(benchmark, case)
+        finally:
+            self.case_seconds += time.perf_counter() - started
+
+    def _run(self, benchmark: Any, case: Case) -> dict[str, Any] | None:
         o = self.options
         try:
             client = self.worker(case.gpus)
@@ -523,7 +540,8 @@ class Sweep:
             "gpu_names": ready.get("gpu_names"),
         }
         if case.benchmark == "allreduce":
-            row.update({"bytes": case.nbytes, "iters": steps})
+            # the worker runs whole traced calls of ALLREDUCE_UNROLL: it says how many it did
+            row.update({"bytes": case.nbytes, "iters": answers[-1].get("steps", steps)})
             self.allreduce.append(row)
         else:
             row.update(
@@ -584,6 +602,7 @@ class Sweep:
                 "warmup_rounds": 1 if o.warmup_steps else 0,
                 "allreduce_iters": o.allreduce_iters,
                 "allreduce_bytes_per_round": ALLREDUCE_BYTES_PER_ROUND,
+                "allreduce_unroll": ALLREDUCE_UNROLL,
                 "statistic": "median over rounds",
                 "timer": "time.perf_counter() inside the worker, around each round, ending on a host sync",
                 "seed": 42,
@@ -603,6 +622,9 @@ class Sweep:
             "benchmark_seconds": self.benchmark_seconds,
             "worker_start_seconds": self.worker_start_seconds,
             "prepare_seconds": self.prepare_seconds,
+            "close_seconds": self.close_seconds,
+            "case_seconds": self.case_seconds,
+            "startup_seconds": (self.first_case_at - self.started_at) if self.first_case_at else None,
             "fraction": self.benchmark_seconds / wall if wall > 0 else None,
             "wall_measured_from": "process start" if process_started_at() else "conftest import",
         }

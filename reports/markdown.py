@@ -310,7 +310,9 @@ def method_section(results: dict[str, Any], figures: dict[str, Any]) -> list[str
         "- Input pipeline: the same warm-up and rounds, fetching batches without a model.",
         f"- All-reduce: one warm-up round, then {m.get('rounds')} rounds of up to "
         f"{m.get('allreduce_iters')} chained all-reduces (fewer for large messages: "
-        f"{format_bytes(m.get('allreduce_bytes_per_round', 0))} per round at most).",
+        f"{format_bytes(m.get('allreduce_bytes_per_round', 0))} per round at most), "
+        f"{m.get('allreduce_unroll', 1)} to each call of a traced function, each taking the result of "
+        "the one before as its input.",
         "- Statistic: the median over rounds. 95% CI: the distribution-free interval of the median "
         "from order statistics when there are at least 6 rounds, else Student's t interval of the mean. "
         "CV = standard deviation / mean of the per-round rates.",
