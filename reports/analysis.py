@@ -63,7 +63,7 @@ def title(results: dict[str, Any]) -> str:
         kinds = sorted(set(names)) or ["GPU"]
         return f"Scaling report: {model} on up to {max(counts, default=0)} x {' + '.join(kinds)}"
     why = results.get("fallback_reason")
-    tail = f" (no GPU: {why})" if why else " (no GPU used)"
+    tail = f" (no GPU: {why})" if why else " (--cpu-replicas: no GPU used)"
     return f"Scaling report: {model} on CPU logical devices{tail}"
 
 

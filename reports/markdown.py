@@ -324,8 +324,9 @@ def method_section(results: dict[str, Any], figures: dict[str, Any]) -> list[str
         lines.append(
             f"- Harness: {harness['fraction']:.0%} of the sweep's {harness['wall_seconds']:.1f} s wall "
             f"time went to measured or warm-up steps ({harness['benchmark_seconds']:.1f} s); the rest "
-            f"to starting workers ({harness.get('worker_start_seconds', 0):.1f} s), building and "
-            f"tracing ({harness.get('prepare_seconds', 0):.1f} s), pytest and the report."
+            f"to starting workers ({harness.get('worker_start_seconds', 0):.1f} s) and stopping them "
+            f"({harness.get('close_seconds', 0):.1f} s), building models and tracing steps "
+            f"({harness.get('prepare_seconds', 0):.1f} s), pytest, the IPC and the report."
         )
     return [*lines, ""]
 
