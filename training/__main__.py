@@ -253,10 +253,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _main(argv)
     except KeyboardInterrupt:
-        print("\ninterrupted (SIGINT) before training started: nothing to save", file=sys.stderr)
+        print("\nstopped by SIGINT outside the training loop: nothing more was saved", file=sys.stderr)
         return 128 + signal.SIGINT
     except _Terminated:
-        print("terminated (SIGTERM) before training started: nothing to save", file=sys.stderr)
+        print("stopped by SIGTERM outside the training loop: nothing more was saved", file=sys.stderr)
         return 128 + signal.SIGTERM
     except Exception as exc:  # the promise is no traceback; GPUDIAG_DEBUG=1 shows it for a bug report
         if os.environ.get(DEBUG_ENV):
@@ -492,7 +492,7 @@ def _train_inner(config: TrainConfig, plan: DevicePlan, examples: Any, quiet: bo
         if exc.checkpoint:
             print(f"resume with: {resume_command(argv)}", file=sys.stderr)
         elif config.checkpoint_dir:
-            print(f"no checkpoint yet; start again with: {resume_command(argv)}", file=sys.stderr)
+            print(f"no checkpoint yet: start again with: {resume_command(argv)}", file=sys.stderr)
         else:
             print("nothing was saved: add --checkpoint-dir DIR to make a run resumable", file=sys.stderr)
         return exc.exit_code

@@ -53,15 +53,14 @@ class TrainingDiverged(RuntimeError):
         last_checkpoint: str | None = None,
         what: str = "loss",
     ) -> None:
-        kept = (
-            f"; the last good checkpoint, {last_checkpoint}, is kept"
-            if last_checkpoint
-            else " (no checkpoint: nothing to resume from)"
-        )
-        super().__init__(
-            f"{what} became {loss} at step {step}: training stopped{kept} "
-            "(lower --learning-rate and run again to resume)"
-        )
+        if last_checkpoint:
+            advice = (
+                f"; the last good checkpoint, {last_checkpoint}, is kept: lower --learning-rate "
+                "and run the same command again to resume from it"
+            )
+        else:
+            advice = " (no checkpoint was kept; lower --learning-rate and run again)"
+        super().__init__(f"{what} became {loss} at step {step}: training stopped{advice}")
         self.step, self.loss, self.last_checkpoint = step, loss, last_checkpoint
 
 
@@ -74,9 +73,10 @@ class TrainingInterrupted(Exception):
         name = signal.Signals(signum).name
         if at_once:
             detail = f"stopped at once by a second {name} during global step {global_step + 1}"
+            saved = f"; the last checkpoint is {checkpoint}" if checkpoint else ""
         else:
             detail = f"stopped by {name} after global step {global_step}"
-        saved = f"; checkpoint {checkpoint} written" if checkpoint else ""
+            saved = f"; checkpoint {checkpoint} written" if checkpoint else ""
         super().__init__(detail + saved)
 
     @property
@@ -95,6 +95,7 @@ class _GracefulStop:
     def __init__(self) -> None:
         self.signum: int | None = None
         self.global_step = 0
+        self.last_checkpoint: str | None = None  # for the message if a second signal cuts it short
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> _GracefulStop:
@@ -110,7 +111,7 @@ class _GracefulStop:
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.signum is not None:
-            raise TrainingInterrupted(signum, self.global_step, None, at_once=True)
+            raise TrainingInterrupted(signum, self.global_step, self.last_checkpoint, at_once=True)
         self.signum = signum
         # os.write, not print: the handler may run while the main thread is inside a print
         os.write(
@@ -358,6 +359,8 @@ class Trainer:
         )
         faults = self.faults
         stop = _GracefulStop() if handle_signals else None
+        if stop is not None:
+            stop.global_step, stop.last_checkpoint = start.global_step, start.checkpoint
         per_replica = self.per_replica_batch_size
 
         def save(epoch_done: int, step_in_epoch: int, sums: tuple[float, float, int]) -> None:
@@ -380,6 +383,8 @@ class Trainer:
                 stopped_early=result.stopped_early,
             )
             result.last_checkpoint = checkpoints.save(manifest, names, arrays).name
+            if stop is not None:
+                stop.last_checkpoint = result.last_checkpoint
             meter.pause()  # the write is not training time
 
         def after_step() -> None:
@@ -492,6 +497,8 @@ def save_model_atomically(model: keras.Model, path: str) -> None:
     os.close(fd)
     try:
         model.save(tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())  # on disk before the rename makes it the model
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
