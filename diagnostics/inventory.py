@@ -7,12 +7,12 @@ so a recorded snapshot of another machine replays exactly like the live one.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from diagnostics.atomic import write_text as atomic_write_text
 
 SCHEMA_ID = "gpudiag-inventory/1"
 
@@ -152,21 +152,6 @@ def load_inventory(path: str | Path) -> Inventory:
     except json.JSONDecodeError as exc:
         raise InventoryError(f"{where}: not JSON ({exc.msg} at line {exc.lineno})") from None
     return _parse_inventory(data, where)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write through a temporary file in the same folder, then rename: a kill leaves no half file."""
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or ".")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # -- parsing ---------------------------------------------------------------------------------

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from diagnostics.atomic import write_bytes
 from reports import analysis, markdown, plots
 from reports.results import REPORT_SCHEMA, validate
 
@@ -38,23 +38,6 @@ def check_report_dir(path: str | Path) -> None:
         parent = parent.parent
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise ReportDirError(f"report directory {path} cannot be created: {parent} is not writable")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        # mkstemp makes the file private (0600); a report is as readable as any file the user writes
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def build(results: dict[str, Any]) -> tuple[dict[str, Any], dict[str, bytes]]:
@@ -83,7 +66,7 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for name, png in pngs.items():
-        atomic_write_bytes(out / name, png)
+        write_bytes(out / name, png)
         written.append(out / name)
     for stale in set(markdown.PLOT_TITLES) - set(pngs):  # a plot an earlier run drew, not this one
         (out / stale).unlink(missing_ok=True)
@@ -100,6 +83,6 @@ def write_report(
     if write_results:
         text_files[RESULTS_FILE] = json.dumps(results, indent=2) + "\n"
     for name, text in text_files.items():
-        atomic_write_bytes(out / name, text.encode("utf-8"))
+        write_bytes(out / name, text.encode("utf-8"))
         written.append(out / name)
     return written

@@ -7,12 +7,10 @@ The three runs start together (a module fixture) so that their TensorFlow starts
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, child_env
+from support import start_training
 
 from training.checkpoint import CheckpointStore
 
@@ -36,17 +34,7 @@ def runs(tmp_path_factory) -> dict[str, tuple[int, str, str, Path]]:
             "oom_above_batch=100",
         ),
     }
-    procs = {
-        name: subprocess.Popen(
-            [sys.executable, "-m", "training", *args],
-            cwd=ROOT,
-            env=child_env(GPUDIAG_FAULT=fault),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for name, (args, fault) in plans.items()
-    }
+    procs = {name: start_training(args, fault) for name, (args, fault) in plans.items()}
     done = {}
     for name, proc in procs.items():
         out, err = proc.communicate(timeout=400)

@@ -10,13 +10,12 @@ import json
 import shlex
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, child_env
+from support import start_training
 
 from training.checkpoint import CheckpointStore
 
@@ -36,15 +35,7 @@ def train_args(directory: Path, save_freq: str = "epoch") -> list[str]:
     ]  # fmt: skip
 
 
-def start(args: list[str], fault: str = "") -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "training", *args],
-        cwd=ROOT,
-        env=child_env(GPUDIAG_FAULT=fault),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+start = start_training
 
 
 def finish(proc: subprocess.Popen[str], timeout: float = 240) -> tuple[int, str, str]:

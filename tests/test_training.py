@@ -12,7 +12,7 @@ import zipfile
 
 import numpy as np
 import pytest
-from conftest import ROOT, child_env, run_module
+from support import ROOT, child_env, run_module
 
 SUMMARY_KEYS = {
     "model",

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import run_module
+from support import run_module
 
 from training.__main__ import main
 

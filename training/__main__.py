@@ -225,6 +225,8 @@ def print_summary(summary: dict[str, Any], out: Any = None) -> None:
     from tabulate import tabulate
 
     def fmt(v: Any) -> str:
+        if v is None:
+            return "n/a"
         return f"{v:,.4g}" if isinstance(v, float) else str(v)
 
     keys = [
@@ -244,6 +246,11 @@ def print_summary(summary: dict[str, Any], out: Any = None) -> None:
         "wall_seconds",
     ]
     rows = [(k, fmt(summary[k])) for k in keys]
+    if summary["samples_per_sec"] is None:
+        rows[keys.index("samples_per_sec")] = (
+            "samples_per_sec",
+            f"n/a: every step was a warm-up step (--warmup-steps {summary['warmup_steps']})",
+        )
     rows.insert(3, ("devices", "\n".join(summary["devices"])))
     print(tabulate(rows, tablefmt="simple"), file=out)
 

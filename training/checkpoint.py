@@ -23,7 +23,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import time
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
@@ -33,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from diagnostics.inventory import atomic_write_text
+from diagnostics.atomic import replacing, write_text
 from training.config import TrainConfig
 from training.faults import Faults
 
@@ -247,27 +246,18 @@ class CheckpointStore:
         manifest_path = self.directory / f"{stem}.json"
         # a manifest left from an earlier attempt at this step must not vouch for the new npz
         manifest_path.unlink(missing_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{stem}.", suffix=".npz.tmp", dir=self.directory)
-        tmp = Path(tmp_name)
-        try:
-            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide checkpoints from the group
-            with os.fdopen(fd, "wb") as handle:
+        with replacing(npz_path, suffix=".npz.tmp") as tmp:
+            with open(tmp, "wb") as handle:
                 payload: dict[str, Any] = {f"v{i}": np.asarray(a) for i, a in enumerate(arrays)}
                 np.savez(handle, **payload)
                 handle.flush()
                 if self.faults is not None:
                     self.faults.during_checkpoint_write(tmp)
-                os.fsync(handle.fileno())
             digest, size = _sha256(tmp)
-            os.replace(tmp, npz_path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
         manifest.sha256, manifest.size_bytes = digest, size
         manifest.variables = [(n, [int(d) for d in np.shape(a)]) for n, a in zip(names, arrays, strict=True)]
         manifest.created = time.time()
-        atomic_write_text(manifest_path, manifest.to_json())
-        _fsync_dir(self.directory)
+        write_text(manifest_path, manifest.to_json())
         self.prune()
         return Checkpoint(manifest_path, manifest)
 
@@ -286,12 +276,6 @@ class CheckpointStore:
                 path.unlink(missing_ok=True)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _sha256(path: Path) -> tuple[str, int]:
     digest, size = hashlib.sha256(), 0
     with open(path, "rb") as handle:
@@ -299,20 +283,6 @@ def _sha256(path: Path) -> tuple[str, int]:
             digest.update(chunk)
             size += len(chunk)
     return digest.hexdigest(), size
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the renames durable (a power cut after rename could otherwise lose them)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def fingerprint(config: TrainConfig, num_examples: int, steps_per_epoch: int) -> dict[str, Any]:

@@ -24,6 +24,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from diagnostics.atomic import replacing
 from training import data as data_mod
 from training import faults as faults_mod
 from training import models
@@ -489,21 +490,8 @@ def make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimize
 
 def save_model_atomically(model: keras.Model, path: str) -> None:
     """model.save() to a temporary .keras file beside the target, then rename over it."""
-    import os
-    import tempfile
-
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".partial-", suffix=".keras", dir=folder)
-    os.close(fd)
-    try:
+    with replacing(path, suffix=".keras") as tmp:
         model.save(tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())  # on disk before the rename makes it the model
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _to_stderr(message: str) -> None:
