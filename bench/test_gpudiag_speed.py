@@ -58,4 +58,8 @@ def test_gpudiag_check_vs_import_tensorflow(benchmark):
             "command": " ".join(check_cmd),
         }
     )
+    print(
+        f"\ngpudiag check {check_median:.3f} s, import tensorflow {tf_median:.3f} s: ratio {ratio:.3f} "
+        f"(target < {MAX_RATIO}; medians of {ROUNDS})"
+    )
     assert ratio < MAX_RATIO, f"gpudiag check {check_median:.3f} s vs import tensorflow {tf_median:.3f} s"
