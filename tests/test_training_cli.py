@@ -180,3 +180,17 @@ def test_the_real_command_prints_no_traceback_for_bad_input():
     result = run_module("training", "--global-batch-size", "-5")
     assert result.returncode == 2
     assert result.stderr.strip() == "error: --global-batch-size must be a positive integer, got -5"
+
+
+def test_dry_run_on_the_2x4090_workstation(capsys, fixture_path):
+    """GPU 0 drives the display: multi uses GPU 1 alone, unless --include-display-gpus."""
+    path = str(fixture_path("example-workstation-2x4090.json"))
+    code, out, err = run(capsys, "--dry-run", "--inventory", path)
+    assert code == 0, err
+    assert "1 replica(s) on GPUs" in out and "/gpu:0 = NVML GPU 1 NVIDIA GeForce RTX 4090 (24.0 GB" in out
+    assert (
+        "GPU 0 (NVIDIA GeForce RTX 4090), 24.0 GB: excluded: display GPU: use --include-display-gpus" in out
+    )
+    code, out, err = run(capsys, "--dry-run", "--inventory", path, "--include-display-gpus")
+    assert code == 0, err
+    assert "2 replica(s) on GPUs" in out and "global batch 128 = 64 per replica x 2" in out

@@ -227,7 +227,9 @@ def print_summary(summary: dict[str, Any], out: Any = None) -> None:
     def fmt(v: Any) -> str:
         if v is None:
             return "n/a"
-        return f"{v:,.4g}" if isinstance(v, float) else str(v)
+        if isinstance(v, float):
+            return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}"
+        return str(v)
 
     keys = [
         "model",
