@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,11 +50,10 @@ class TrainConfig:
     checkpoint_dir: str | None = None
     save_freq: str = "epoch"  # "epoch", or a number of steps as text ("200")
     auto_batch_size: bool = False
-    extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     def merged(self, overrides: Mapping[str, Any], origin: str) -> TrainConfig:
         """A copy with `overrides` applied; unknown keys and wrong types are a ConfigError."""
-        known = {f.name: f for f in fields(self) if f.name != "extra"}
+        known = {f.name: f for f in fields(self)}
         changes: dict[str, Any] = {}
         for raw_key, value in overrides.items():
             key = raw_key.replace("-", "_")
@@ -138,7 +137,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 
 def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     environ = os.environ if environ is None else environ
-    names = {f.name for f in fields(TrainConfig)} - {"extra"}
+    names = {f.name for f in fields(TrainConfig)}
     out = {}
     for name, value in environ.items():
         if name.startswith(ENV_PREFIX):
