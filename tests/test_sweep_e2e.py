@@ -15,7 +15,7 @@ import pytest
 
 from reports import analysis, markdown
 from reports.plots import PNG_SIGNATURE
-from training.worker import FAULT_ENV
+from training.faults import WORKER_FAULT_ENV as FAULT_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
 DEVICES = ["--cpu-replicas", "2", "--gpus", "1", "2"]

@@ -8,15 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from training.worker import (
-    CRASH_EXIT_CODE,
-    FAULT_ENV,
-    Fault,
-    WorkerClient,
-    WorkerError,
-    fault_for,
-    parse_faults,
-)
+from training.faults import CRASH_EXIT_CODE
+from training.faults import WORKER_FAULT_ENV as FAULT_ENV
+from training.faults import WorkerFault as Fault
+from training.faults import parse_worker_faults as parse_faults
+from training.faults import worker_fault_for as fault_for
+from training.worker import WorkerClient, WorkerError
 
 
 def test_parse_faults():

@@ -16,7 +16,9 @@ machine, so the tests make them happen here instead, as DCGM tests its diagnosti
 Unset (the normal case) this costs one environment lookup per run: `from_env()` returns None and
 the trainer skips every hook.
 
-The benchmark worker has its own, older switch (GPUDIAG_WORKER_FAULT in training/worker.py).
+The benchmark worker (training/worker.py) takes its faults from GPUDIAG_WORKER_FAULT, at the end
+of this module: they fail a whole benchmark configuration (out of memory, a crash, a hang) rather
+than one step of a run.
 """
 
 from __future__ import annotations
@@ -24,10 +26,14 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 FAULT_ENV = "GPUDIAG_FAULT"
+WORKER_FAULT_ENV = "GPUDIAG_WORKER_FAULT"
+CRASH_EXIT_CODE = 70  # an injected worker crash exits with this
 
 
 class FaultSpecError(ValueError):
@@ -116,3 +122,56 @@ def from_env(environ: dict[str, str] | None = None) -> Faults | None:
     faults = parse(text)
     configured = any(getattr(faults, name) is not None for name in _INT_FIELDS | _FLOAT_FIELDS)
     return faults if configured else None
+
+
+# -- the benchmark worker's faults ------------------------------------------------------------------
+#
+# GPUDIAG_WORKER_FAULT="oom:16,crash:32@2,hang:48" makes the worker fail on purpose when it is asked
+# to prepare or run training at that batch per replica (on that many replicas, if @N is given), so
+# the sweep's handling of out-of-memory, crashed and hung workers is testable on a CPU.
+
+
+@dataclass(frozen=True)
+class WorkerFault:
+    kind: str  # oom | crash | hang
+    batch_per_replica: int
+    replicas: int | None = None
+
+
+def parse_worker_faults(text: str | None) -> list[WorkerFault]:
+    faults = []
+    for item in (text or "").replace(" ", "").split(","):
+        if not item:
+            continue
+        kind, _, rest = item.partition(":")
+        batch, _, replicas = rest.partition("@")
+        if (
+            kind not in ("oom", "crash", "hang")
+            or not batch.isdigit()
+            or (replicas and not replicas.isdigit())
+        ):
+            raise ValueError(
+                f"{WORKER_FAULT_ENV}: cannot parse {item!r} (expected oom|crash|hang:BATCH[@REPLICAS])"
+            )
+        faults.append(WorkerFault(kind, int(batch), int(replicas) if replicas else None))
+    return faults
+
+
+def worker_fault_for(
+    faults: Sequence[WorkerFault], batch_per_replica: int, replicas: int
+) -> WorkerFault | None:
+    return next(
+        (f for f in faults if f.batch_per_replica == batch_per_replica and f.replicas in (None, replicas)),
+        None,
+    )
+
+
+def inject_worker_fault(fault: WorkerFault, tf: Any) -> None:
+    if fault.kind == "oom":
+        raise tf.errors.ResourceExhaustedError(
+            None, None, f"OOM when allocating tensor (injected by {WORKER_FAULT_ENV})"
+        )
+    if fault.kind == "crash":
+        os._exit(CRASH_EXIT_CODE)  # no cleanup, no answer: what a segfault looks like to the parent
+    while True:  # hang: never answer
+        time.sleep(3600)

@@ -40,64 +40,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from training.faults import (
+    WORKER_FAULT_ENV,
+    WorkerFault,
+    inject_worker_fault,
+    parse_worker_faults,
+    worker_fault_for,
+)
+
 PROTOCOL = "gpudiag-worker/1"
-FAULT_ENV = "GPUDIAG_WORKER_FAULT"
-CRASH_EXIT_CODE = 70
 KINDS = ("train", "input", "allreduce")
 # All-reduces traced into one function call: amortises the strategy's per-call dispatch (about
 # 0.8 ms on a 2-core CPU) over several, while keeping the tracing cost of each size small.
 ALLREDUCE_UNROLL = 4
 # TensorFlow's start-up log lines (absl INFO/WARNING), which would crowd the reason out of a crash report
 _TF_CHATTER = re.compile(r"^([IW]\d{4} |WARNING: All log messages before absl)|oneDNN custom operations")
-
-
-# -- fault injection (tests only) -----------------------------------------------------------------
-#
-# GPUDIAG_WORKER_FAULT="oom:16,crash:32@2,hang:48" makes the worker fail on purpose when it is asked
-# to prepare or run training at that batch per replica (on that many replicas, if @N is given), so
-# the sweep's handling of out-of-memory, crashed and hung workers is testable on a CPU.
-
-
-@dataclass(frozen=True)
-class Fault:
-    kind: str  # oom | crash | hang
-    batch_per_replica: int
-    replicas: int | None = None
-
-
-def parse_faults(text: str | None) -> list[Fault]:
-    faults = []
-    for item in (text or "").replace(" ", "").split(","):
-        if not item:
-            continue
-        kind, _, rest = item.partition(":")
-        batch, _, replicas = rest.partition("@")
-        if (
-            kind not in ("oom", "crash", "hang")
-            or not batch.isdigit()
-            or (replicas and not replicas.isdigit())
-        ):
-            raise ValueError(f"{FAULT_ENV}: cannot parse {item!r} (expected oom|crash|hang:BATCH[@REPLICAS])")
-        faults.append(Fault(kind, int(batch), int(replicas) if replicas else None))
-    return faults
-
-
-def fault_for(faults: Sequence[Fault], batch_per_replica: int, replicas: int) -> Fault | None:
-    return next(
-        (f for f in faults if f.batch_per_replica == batch_per_replica and f.replicas in (None, replicas)),
-        None,
-    )
-
-
-def _inject(fault: Fault, tf: Any) -> None:
-    if fault.kind == "oom":
-        raise tf.errors.ResourceExhaustedError(
-            None, None, f"OOM when allocating tensor (injected by {FAULT_ENV})"
-        )
-    if fault.kind == "crash":
-        os._exit(CRASH_EXIT_CODE)  # no cleanup, no answer: what a segfault looks like to the parent
-    while True:  # hang: never answer
-        time.sleep(3600)
 
 
 # -- FLOPs ----------------------------------------------------------------------------------------
@@ -154,7 +111,7 @@ def _prod(values: Sequence[Any]) -> float:
 class Worker:
     """The measured work for one DeviceSetup; caches one Trainer per (model, batch per replica)."""
 
-    def __init__(self, setup: Any, faults: Sequence[Fault] = (), seed: int = 42) -> None:
+    def __init__(self, setup: Any, faults: Sequence[WorkerFault] = (), seed: int = 42) -> None:
         import tensorflow as tf
 
         self.tf, self.setup, self.strategy = tf, setup, setup.strategy
@@ -170,9 +127,9 @@ class Worker:
         if cmd not in ("prepare", "run") or kind not in KINDS:
             return {"ok": False, "error": "error", "message": f"unknown request {request!r}"}
         if kind == "train":
-            fault = fault_for(self.faults, int(request["batch_per_replica"]), self.replicas)
+            fault = worker_fault_for(self.faults, int(request["batch_per_replica"]), self.replicas)
             if fault:
-                _inject(fault, self.tf)
+                inject_worker_fault(fault, self.tf)
         started = time.perf_counter()
         answer = getattr(self, f"_{cmd}_{kind}")(request)
         answer.setdefault("seconds", time.perf_counter() - started)
@@ -342,7 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = build_worker_parser().parse_args(argv)
     try:
-        faults = parse_faults(os.environ.get(FAULT_ENV))
+        faults = parse_worker_faults(os.environ.get(WORKER_FAULT_ENV))
         setup = _setup(args)
         import keras
         import tensorflow as tf
