@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from diagnostics.atomic import write_text as atomic_write_text
+from diagnostics.jsonfile import read_json
 
 SCHEMA_ID = "gpudiag-inventory/1"
 
@@ -138,20 +139,8 @@ class Inventory:
 
 def load_inventory(path: str | Path) -> Inventory:
     """Read a snapshot file; any problem is one InventoryError naming the file (and the field)."""
-    where = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InventoryError(f"{where}: no such file") from None
-    except IsADirectoryError:
-        raise InventoryError(f"{where}: is a directory, not an inventory file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InventoryError(f"{where}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InventoryError(f"{where}: not JSON ({exc.msg} at line {exc.lineno})") from None
-    return _parse_inventory(data, where)
+    data = read_json(path, InventoryError, "an inventory file")
+    return _parse_inventory(data, str(path))
 
 
 # -- parsing ---------------------------------------------------------------------------------

@@ -16,9 +16,10 @@ failures:  {"benchmark", "gpus", "batch_per_gpu" | "bytes", "error", "message", 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
+
+from diagnostics.jsonfile import read_json
 
 SCHEMA = "gpudiag-sweep/1"
 REPORT_SCHEMA = "gpudiag-scaling-report/1"
@@ -66,20 +67,8 @@ def validate(data: Any, source: str = "<results>") -> dict[str, Any]:
 
 
 def load(path: str | Path) -> dict[str, Any]:
-    where = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ResultsError(f"{where}: no such file") from None
-    except IsADirectoryError:
-        raise ResultsError(f"{where}: is a directory, not a results file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ResultsError(f"{where}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ResultsError(f"{where}: not JSON ({exc.msg} at line {exc.lineno})") from None
-    return validate(data, where)
+    data = read_json(path, ResultsError, "a results file")
+    return validate(data, str(path))
 
 
 def failure_summary(

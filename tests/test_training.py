@@ -120,15 +120,19 @@ def test_one_two_and_four_replicas_end_with_the_same_weights(tmp_path):
             assert rel < 1e-4, f"{n} replicas differ from 1 by {rel:.2e}"
 
 
-def test_setup_after_a_tensorflow_op_gives_the_clear_error():
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "tests/helpers/late_setup.py")],
+def _run_helper(script: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "helpers" / script)],
         cwd=ROOT,
         env=child_env(),
         capture_output=True,
         text=True,
         timeout=300,
     )
+
+
+def test_setup_after_a_tensorflow_op_gives_the_clear_error():
+    result = _run_helper("late_setup.py")
     assert result.returncode == 3, result.stderr[-2000:]
     assert "runtime was already initialised" in result.stdout
     assert "Call setup_device_strategy() before any TensorFlow operation" in result.stdout
@@ -137,13 +141,6 @@ def test_setup_after_a_tensorflow_op_gives_the_clear_error():
 
 def test_keras_fit_with_steps_per_execution_still_fails_under_two_replicas():
     """Pins the Keras 3.15 bug the trainer avoids: if this starts passing, revisit train.py."""
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "tests/helpers/fit_steps_per_execution.py")],
-        cwd=ROOT,
-        env=child_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = _run_helper("fit_steps_per_execution.py")
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().startswith("FAILS:"), result.stdout
