@@ -15,10 +15,11 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from diagnostics.checks import Context, Finding, SelectionArgs, describe, make_context, registry, run_checks
+from common import files
+from diagnostics.checks import Context, Finding, describe, make_context, registry, run_checks
 from diagnostics.checks import summarize as summarize_findings
-from diagnostics.inventory import InventoryError, atomic_write_text
-from diagnostics.selection import DEFAULT_MIN_MEMORY_GB, MODES, SelectionError
+from diagnostics.inventory import InventoryError
+from diagnostics.selection import SelectionError, SelectionOptions, add_selection_options
 
 PROG = "gpudiag"
 
@@ -42,28 +43,8 @@ def _positive(text: str) -> float:
     return value
 
 
-def _gb(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of GB: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
-def _gpu_id(text: str) -> int:
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"GPU ids are nvidia-smi indices (0, 1, ...), got {text!r}")
-    return int(text)
-
-
 def _selection_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("GPU selection (the trainer's flags)")
-    g.add_argument("--device-mode", choices=MODES, default="multi")
-    g.add_argument("--custom-gpus", type=_gpu_id, nargs="+", default=[], metavar="ID")
-    g.add_argument("--min-gpu-memory", type=_gb, default=DEFAULT_MIN_MEMORY_GB, metavar="GB")
-    g.add_argument("--include-display-gpus", action="store_true")
+    add_selection_options(p.add_argument_group("GPU selection (the trainer's flags)").add_argument)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,8 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _args(ns: argparse.Namespace) -> SelectionArgs:
-    return SelectionArgs(ns.device_mode, tuple(ns.custom_gpus), ns.min_gpu_memory, ns.include_display_gpus)
+def _args(ns: argparse.Namespace) -> SelectionOptions:
+    return SelectionOptions.from_namespace(ns).validate()
 
 
 # -- rendering ---------------------------------------------------------------------------------------
@@ -209,7 +190,7 @@ def cmd_snapshot(ns: argparse.Namespace) -> int:
     text = read_inventory().to_json()
     if ns.output:
         try:
-            atomic_write_text(ns.output, text)
+            files.write_text(ns.output, text)
         except OSError as exc:
             raise UsageError(f"cannot write {ns.output}: {exc.strerror or exc}") from None
         print(f"{PROG}: inventory written to {ns.output}", file=sys.stderr)
@@ -221,14 +202,13 @@ def cmd_snapshot(ns: argparse.Namespace) -> int:
 def cmd_monitor(ns: argparse.Namespace) -> int:
     from diagnostics import monitor
     from diagnostics.nvml import read_inventory
-    from diagnostics.selection import select_gpus
 
     def read() -> Any:
         return read_inventory(include_links=False, include_processes=False)
 
     first = read()
     args = _args(ns)
-    selection = select_gpus(first, args.mode, list(args.custom_ids), args.min_memory_gb, args.include_display)
+    selection = args.select(first)
     rows: list[monitor.Sample] = []
     print(monitor.HEADER, flush=True)
     try:
@@ -242,7 +222,7 @@ def cmd_monitor(ns: argparse.Namespace) -> int:
         buffer = io.StringIO()
         monitor.write_csv(buffer, rows)
         try:
-            atomic_write_text(ns.csv, buffer.getvalue())
+            files.write_text(ns.csv, buffer.getvalue())
         except OSError as exc:
             raise UsageError(f"cannot write {ns.csv}: {exc.strerror or exc}") from None
     verdict = monitor.imbalance(rows, selection.selected_indices)

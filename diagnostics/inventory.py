@@ -12,15 +12,15 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from diagnostics.atomic import write_text as atomic_write_text
-from diagnostics.jsonfile import read_json
+from common import files
+from common.errors import UserError
 
 SCHEMA_ID = "gpudiag-inventory/1"
 
 Megabytes = int
 
 
-class InventoryError(ValueError):
+class InventoryError(UserError):
     """An inventory file that cannot be used: says which file and which field."""
 
 
@@ -134,12 +134,12 @@ class Inventory:
         return _parse_inventory(data, source)
 
     def write(self, path: str | Path) -> None:
-        atomic_write_text(path, self.to_json())
+        files.write_text(path, self.to_json())
 
 
 def load_inventory(path: str | Path) -> Inventory:
     """Read a snapshot file; any problem is one InventoryError naming the file (and the field)."""
-    data = read_json(path, InventoryError, "an inventory file")
+    data = files.read_json(path, InventoryError, "an inventory file")
     return _parse_inventory(data, str(path))
 
 

@@ -1,28 +1,27 @@
-"""The --deep checks, which must run TensorFlow: `strategy`, `gpu-smoke` and `replica-consistency`.
+"""Starting the --deep checks, which must run TensorFlow: `strategy`, `gpu-smoke` and
+`replica-consistency`.
 
-The parent (`run_probe`, used by gpudiag check --deep) never imports TensorFlow: it starts
-`python -m diagnostics.probe ...` with the trainer's selection flags and a timeout, and reads one
-JSON line per event from the child's stdout. The child sets up its devices with the trainer's own
-`training.devices.plan_devices` / `setup_device_strategy`, so it tests exactly what training uses.
-A child that hangs (a PTX JIT compile, an NCCL all-reduce) is killed and reported as such.
+This side (`run_probe`, used by gpudiag check --deep) never imports TensorFlow, nor the trainer: it
+starts the trainer's entry point `python -m training.probe` by name, hands it the GPUs gpudiag
+selected (or a number of CPU logical devices), and reads one JSON line per event from the child
+(`common.child`). The child sets up those devices with the trainer's own `setup_device_strategy`,
+so it tests exactly what training uses. A child that hangs (a PTX JIT compile, an NCCL
+all-reduce) is killed with its process group at the timeout and reported as such.
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
-from collections.abc import Sequence
+import shlex
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from common import child
+from diagnostics.inventory import Gpu
+from diagnostics.selection import device_args
+
+PROBE_MODULE = "training.probe"
 DEEP_CHECKS = ("strategy", "gpu-smoke", "replica-consistency")
-MARK = "GPUDIAG-PROBE "  # prefix of the child's protocol lines; TensorFlow may print to stdout too
 # A self-test hook: makes the child corrupt one replica's gradient, to prove replica-consistency
 # catches a broken all-reduce. Not for users.
 INJECT_ENV = "GPUDIAG_PROBE_INJECT"
@@ -42,65 +41,25 @@ class ProbeResult:
     returncode: int | None = None
     stderr_tail: str = ""
     seconds: float = 0.0
+    rerun: str = ""  # the child's command line, for a user to run by hand
 
 
-def probe_command(
-    mode: str,
-    custom_ids: Sequence[int],
-    min_memory_gb: float,
-    include_display: bool,
-    cpu_replicas: int | None,
-) -> list[str]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "diagnostics.probe",
-        "--device-mode",
-        mode,
-        "--min-gpu-memory",
-        f"{min_memory_gb:g}",
-    ]
-    if custom_ids:
-        cmd += ["--custom-gpus", *(str(i) for i in custom_ids)]
-    if include_display:
-        cmd.append("--include-display-gpus")
-    if cpu_replicas:
-        cmd += ["--cpu-replicas", str(cpu_replicas)]
-    return cmd
+def probe_command(gpus: Sequence[Gpu] = (), cpu_replicas: int | None = None) -> list[str]:
+    """The child's command line: the resolved devices, never the selection flags to select again."""
+    return child.module_command(PROBE_MODULE, *device_args(gpus, cpu_replicas))
 
 
-def run_probe(command: Sequence[str], timeout_s: float, env: dict[str, str] | None = None) -> ProbeResult:
+def run_probe(command: Sequence[str], timeout_s: float, env: Mapping[str, str] | None = None) -> ProbeResult:
     """Run the child, kill its whole process group at the timeout, and parse what it said."""
-    child_env = dict(os.environ if env is None else env)
-    child_env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    child_env["PYTHONUNBUFFERED"] = "1"
-    start = time.monotonic()
-    proc = subprocess.Popen(
-        list(command),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=child_env,
-        start_new_session=True,  # so a kill reaches anything the child started too
+    outcome = child.run(command, timeout_s, child.child_environment(env))
+    result = ProbeResult(
+        timed_out=outcome.kind == child.TIMEOUT,
+        returncode=outcome.returncode,
+        stderr_tail="\n".join(outcome.stderr_lines),
+        seconds=outcome.seconds,
+        rerun=shlex.join(["python", *command[1:]]),
     )
-    result = ProbeResult()
-    try:
-        out, err = proc.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        result.timed_out = True
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-    result.seconds = time.monotonic() - start
-    result.returncode = proc.returncode
-    result.stderr_tail = "\n".join((err or "").strip().splitlines()[-5:])
-    for line in (out or "").splitlines():
-        if not line.startswith(MARK):
-            continue
-        try:
-            event = json.loads(line[len(MARK) :])
-        except json.JSONDecodeError:
-            continue
+    for event in outcome.messages:
         if event.get("event") == "start":
             result.started.append(event["check"])
             result.current, result.detail = event["check"], event.get("detail", "")
@@ -109,235 +68,3 @@ def run_probe(command: Sequence[str], timeout_s: float, env: dict[str, str] | No
             if result.current == event["check"] and event.get("final", True):
                 result.current = None
     return result
-
-
-# -- child side (imports TensorFlow inside functions) -------------------------------------------------
-
-
-def _emit(event: str, check: str, **fields: Any) -> None:
-    print(MARK + json.dumps({"event": event, "check": check, **fields}), flush=True)
-
-
-def _finding(check: str, status: str, message: str, remedy: str = "", gpus: Sequence[int] = ()) -> None:
-    _emit("finding", check, status=status, message=message, remedy=remedy, gpus=list(gpus))
-
-
-def _child(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m diagnostics.probe")
-    parser.add_argument("--device-mode", default="multi")
-    parser.add_argument("--custom-gpus", type=int, nargs="*", default=[])
-    parser.add_argument("--min-gpu-memory", type=float, default=8.0)
-    parser.add_argument("--include-display-gpus", action="store_true")
-    parser.add_argument("--cpu-replicas", type=int, default=None)
-    args = parser.parse_args(argv)
-
-    _emit("start", "strategy", detail="setting up the trainer's devices and MirroredStrategy")
-    from training.devices import DeviceSetupError, plan_devices, runtime_initialized, setup_device_strategy
-
-    plan = plan_devices(
-        args.device_mode, args.custom_gpus, args.min_gpu_memory, args.include_display_gpus, args.cpu_replicas
-    )
-    gpus = [g.index for g in plan.gpus]
-    if runtime_initialized():
-        _finding(
-            "strategy",
-            "fail",
-            "TensorFlow's runtime was initialised before the trainer's setup ran",
-            "call setup_device_strategy() before any TensorFlow operation",
-            gpus,
-        )
-        return 0
-    try:
-        setup = setup_device_strategy(plan)
-    except DeviceSetupError as exc:
-        _finding(
-            "strategy",
-            "fail",
-            f"the trainer's device setup failed: {exc}",
-            "run `gpudiag check` (without --deep) and fix what it reports",
-            gpus,
-        )
-        return 0
-    import tensorflow as tf
-
-    # TF32 would make the GPU-vs-CPU and 1-vs-N comparisons inexact on Ampere and newer.
-    tf.config.experimental.enable_tensor_float_32_execution(False)
-    _check_strategy(tf, setup, gpus)
-    _check_smoke(tf, setup, gpus)
-    _check_consistency(tf, setup, gpus)
-    return 0
-
-
-def _where(setup: Any) -> str:
-    return "; ".join(setup.plan.describe())
-
-
-def _check_strategy(tf: Any, setup: Any, gpus: list[int]) -> None:
-    import keras
-    import numpy as np
-
-    strategy, plan = setup.strategy, setup.plan
-    problems = []
-    if setup.num_replicas != plan.num_replicas:
-        problems.append(f"{setup.num_replicas} replicas for {plan.num_replicas} planned devices")
-    with strategy.scope():
-        model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
-        optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
-        optimizer.build(model.trainable_variables)
-    variables = [("model", v) for v in model.weights] + [("optimizer", v) for v in optimizer.variables]
-    for owner, var in variables:
-        copies = strategy.experimental_local_results(getattr(var, "value", var))
-        if len(copies) != setup.num_replicas:
-            problems.append(f"{owner} variable {var.name} has {len(copies)} copies, not {setup.num_replicas}")
-    global_batch = 4 * setup.num_replicas
-    ds = tf.data.Dataset.from_tensor_slices(np.zeros((global_batch * 2, 8), "float32")).batch(global_batch)
-    first = next(iter(strategy.experimental_distribute_dataset(ds)))
-    parts = strategy.experimental_local_results(first)
-    sizes = [int(p.shape[0]) for p in parts]
-    if len(parts) != setup.num_replicas or set(sizes) != {4}:
-        problems.append(
-            f"a global batch of {global_batch} was split into {sizes}, not {setup.num_replicas} x 4"
-        )
-    summary = (
-        f"MirroredStrategy with {setup.num_replicas} replica(s) ({_where(setup)}), "
-        f"{len(variables)} model and optimizer variables mirrored, dataset distributed"
-    )
-    if problems:
-        _finding("strategy", "fail", "; ".join(problems), "see TROUBLESHOOTING.md#strategy-not-working", gpus)
-    else:
-        _finding("strategy", "pass", f"trainer's setup ran before any TensorFlow op; {summary}", "", gpus)
-
-
-def _check_smoke(tf: Any, setup: Any, gpus: list[int]) -> None:
-    import numpy as np
-
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((256, 256)).astype("float32")
-    b = rng.standard_normal((256, 256)).astype("float32")
-    expected = a.astype("float64") @ b.astype("float64")
-    bad, timings = [], []
-    for name, line in zip(setup.plan.device_names, setup.plan.describe(), strict=True):
-        _emit("start", "gpu-smoke", detail=line, final=False)
-        t0 = time.monotonic()
-        with tf.device(name):
-            got = tf.linalg.matmul(tf.constant(a), tf.constant(b)).numpy()
-        timings.append(f"{name} {time.monotonic() - t0:.2f} s")
-        error = float(np.max(np.abs(got - expected)) / np.max(np.abs(expected)))
-        if not error < RELATIVE_TOLERANCE:
-            bad.append(f"{line}: relative error {error:.1e}")
-    if bad:
-        _finding(
-            "gpu-smoke",
-            "fail",
-            "matrix product differs from the CPU's on " + "; ".join(bad),
-            "check the card's health (ECC, clocks) and driver; see "
-            "TROUBLESHOOTING.md#wrong-results-across-replicas",
-            gpus,
-        )
-    else:
-        _finding(
-            "gpu-smoke",
-            "pass",
-            "256x256 matrix product matches the CPU's on every device ("
-            + ", ".join(timings)
-            + ", first call includes kernel loading)",
-            "",
-            gpus,
-        )
-
-
-def _one_step(
-    tf: Any, keras: Any, strategy: Any, weights: list[Any], x: Any, y: Any, inject: bool
-) -> list[Any]:
-    """One SGD step on the global batch (x, y) under `strategy` (None: no strategy, one device)."""
-    global_batch = int(x.shape[0])
-
-    def build() -> tuple[Any, Any]:
-        model = keras.Sequential(
-            [keras.Input((x.shape[1],)), keras.layers.Dense(16, activation="tanh"), keras.layers.Dense(1)]
-        )
-        model.set_weights(weights)
-        return model, keras.optimizers.SGD(0.1)
-
-    if strategy is None:
-        model, optimizer = build()
-        with tf.GradientTape() as tape:
-            loss = tf.reduce_mean(tf.square(model(x) - y))
-        optimizer.apply_gradients(
-            zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables, strict=True)
-        )
-        return list(model.get_weights())
-
-    with strategy.scope():
-        model, optimizer = build()
-    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(global_batch)
-    batch = next(iter(strategy.experimental_distribute_dataset(ds)))
-
-    @tf.function
-    def step(xb: Any, yb: Any) -> None:
-        with tf.GradientTape() as tape:
-            per_example = tf.square(model(xb) - yb)[:, 0]
-            loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
-        grads = tape.gradient(loss, model.trainable_variables)
-        if inject:
-            ctx = tf.distribute.get_replica_context()
-            # replica 0 adds garbage: what a broken P2P path or all-reduce does to one GPU's share
-            grads = [g + tf.cast(tf.equal(ctx.replica_id_in_sync_group, 0), g.dtype) for g in grads]
-        optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
-
-    strategy.run(step, args=batch)
-    copies = [strategy.experimental_local_results(getattr(v, "value", v)) for v in model.trainable_variables]
-    return [[c.numpy() for c in per_var] for per_var in copies]
-
-
-def _check_consistency(tf: Any, setup: Any, gpus: list[int]) -> None:
-    import keras
-    import numpy as np
-
-    _emit("start", "replica-consistency", detail=f"one step on 1 and on {setup.num_replicas} replicas")
-    n = setup.num_replicas
-    rng = np.random.default_rng(1)
-    x = rng.standard_normal((32 * n, 8)).astype("float32")
-    y = rng.standard_normal((32 * n, 1)).astype("float32")
-    weights = [
-        rng.standard_normal((8, 16)).astype("float32") * 0.5,
-        np.zeros(16, "float32"),
-        rng.standard_normal((16, 1)).astype("float32") * 0.5,
-        np.zeros(1, "float32"),
-    ]
-    with tf.device(setup.plan.device_names[0]):
-        reference = _one_step(tf, keras, None, weights, x, y, inject=False)
-    replicas = _one_step(
-        tf, keras, setup.strategy, weights, x, y, inject=os.environ.get(INJECT_ENV) == "corrupt"
-    )
-    worst = 0.0
-    for ref, copies in zip(reference, replicas, strict=True):
-        for copy in copies:
-            worst = max(worst, float(np.max(np.abs(copy - ref)) / max(float(np.max(np.abs(ref))), 1e-12)))
-    moved = max(float(np.max(np.abs(r - w))) for r, w in zip(reference, weights, strict=True))
-    where = _where(setup)
-    if moved == 0.0:
-        _finding("replica-consistency", "fail", "the training step did not change the weights", "", gpus)
-    elif worst > RELATIVE_TOLERANCE:
-        _finding(
-            "replica-consistency",
-            "fail",
-            f"one step on {n} replicas gives different weights than on one device (relative difference "
-            f"{worst:.1e} > {RELATIVE_TOLERANCE:g}) on {where}: the all-reduce or the GPU-to-GPU path "
-            "corrupts results",
-            "export NCCL_P2P_DISABLE=1 or train with --cross-device-ops hierarchical, then rerun "
-            "`gpudiag check --deep`; see TROUBLESHOOTING.md#wrong-results-across-replicas",
-            gpus,
-        )
-    else:
-        _finding(
-            "replica-consistency",
-            "pass",
-            f"one step on {n} replica(s) matches one device (relative difference {worst:.1e}) on {where}",
-            "",
-            gpus,
-        )
-
-
-if __name__ == "__main__":
-    sys.exit(_child())

@@ -1,5 +1,10 @@
 """Which GPUs a run uses: the one selection rule shared by the trainer, `gpudiag` and the benchmarks.
 
+`SelectionOptions` is the four selection flags as one value, declared once by
+`add_selection_options` (for argparse and pytest alike), validated once, and turned back into
+arguments by `to_args`. Child processes are never handed these flags to select again: they get the
+resolved devices (`device_args`).
+
 `select_gpus` never raises for a machine that simply has no suitable GPU: the result says so, with
 every GPU's reasons, and each reason names the flag that would change it. It raises SelectionError
 only for arguments that cannot mean anything (unknown or duplicate ids, a negative minimum).
@@ -7,10 +12,13 @@ only for arguments that cannot mean anything (unknown or duplicate ids, a negati
 
 from __future__ import annotations
 
+import argparse
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
+from common.errors import UserError
 from diagnostics.inventory import Gpu, Inventory
 
 MODES = ("single", "multi", "custom")
@@ -22,7 +30,7 @@ TF_MIN_MULTIPROCESSORS = 8
 _NOMINAL_SLACK_GB = 0.5
 
 
-class SelectionError(ValueError):
+class SelectionError(UserError):
     """Selection arguments that cannot be satisfied as given (a user error: exit 2)."""
 
 
@@ -59,6 +67,129 @@ class Selection:
         return lines
 
 
+@dataclass(frozen=True)
+class SelectionOptions:
+    """`--device-mode`, `--custom-gpus`, `--min-gpu-memory`, `--include-display-gpus` as one value."""
+
+    mode: str = "multi"
+    custom_ids: tuple[int, ...] = ()
+    min_memory_gb: float = DEFAULT_MIN_MEMORY_GB
+    include_display: bool = False
+
+    def validate(self) -> SelectionOptions:
+        """The checks that need no inventory; raises SelectionError, returns self."""
+        if self.mode not in MODES:
+            raise SelectionError(f"unknown --device-mode {self.mode!r}: choose one of {', '.join(MODES)}")
+        if not math.isfinite(self.min_memory_gb) or self.min_memory_gb < 0:
+            raise SelectionError(f"--min-gpu-memory must be a number >= 0, got {self.min_memory_gb:g}")
+        if self.custom_ids and self.mode != "custom":
+            raise SelectionError("--custom-gpus needs --device-mode custom")
+        if self.mode == "custom" and not self.custom_ids:
+            raise SelectionError("--device-mode custom needs --custom-gpus ID [ID ...]")
+        seen: set[int] = set()
+        for i in self.custom_ids:
+            if i < 0:
+                raise SelectionError(f"--custom-gpus: GPU ids are >= 0, got {i}")
+            if i in seen:
+                raise SelectionError(f"--custom-gpus: GPU {i} is listed twice")
+            seen.add(i)
+        return self
+
+    def select(self, inventory: Inventory) -> Selection:
+        return select_gpus(inventory, self.mode, self.custom_ids, self.min_memory_gb, self.include_display)
+
+    def to_args(self) -> list[str]:
+        """The flags that give these options again (defaults left out)."""
+        args = [] if self.mode == "multi" else ["--device-mode", self.mode]
+        if self.custom_ids:
+            args += ["--custom-gpus", *map(str, self.custom_ids)]
+        if self.min_memory_gb != DEFAULT_MIN_MEMORY_GB:
+            args += ["--min-gpu-memory", f"{self.min_memory_gb:g}"]
+        if self.include_display:
+            args.append("--include-display-gpus")
+        return args
+
+    @classmethod
+    def from_values(cls, get: Callable[[str], Any]) -> SelectionOptions:
+        """From parsed option values: `get(dest)` for each of SELECTION_DESTS, None where not given."""
+        mode, custom, min_gb, display = (get(dest) for dest in SELECTION_DESTS)
+        return cls(
+            mode if mode is not None else "multi",
+            tuple(custom or ()),
+            DEFAULT_MIN_MEMORY_GB if min_gb is None else float(min_gb),
+            bool(display),
+        )
+
+    @classmethod
+    def from_namespace(cls, namespace: argparse.Namespace, prefix: str = "") -> SelectionOptions:
+        return cls.from_values(lambda dest: getattr(namespace, prefix + dest, None))
+
+
+# The option destinations add_selection_options declares, in SelectionOptions' field order.
+SELECTION_DESTS = ("device_mode", "custom_gpus", "min_gpu_memory", "include_display_gpus")
+
+
+def gpu_id(text: str) -> int:
+    """A --custom-gpus value (negative ids parse, and SelectionOptions.validate says why not)."""
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+
+
+def gigabytes(text: str) -> float:
+    """A --min-gpu-memory value (negative sizes parse, and SelectionOptions.validate says why not)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def add_selection_options(add: Callable[..., Any], prefix: str = "") -> None:
+    """Declare the selection flags with `add`: an argparse parser's or group's `add_argument`, or
+    pytest's `addoption` (whose option names share one namespace: `prefix` goes before each dest).
+
+    Every default is None, so a caller can tell a flag given from one left out (the trainer's config
+    file and environment come in between); SelectionOptions.from_values fills in the defaults.
+    """
+    mode, custom, min_gb, display = (prefix + dest for dest in SELECTION_DESTS)
+    add(
+        "--device-mode",
+        dest=mode,
+        choices=MODES,
+        help="multi (default): every eligible GPU; single: the one with the most memory; "
+        "custom: exactly --custom-gpus",
+    )
+    add("--custom-gpus", dest=custom, type=gpu_id, nargs="+", metavar="ID", help="nvidia-smi GPU indices")
+    add(
+        "--min-gpu-memory",
+        dest=min_gb,
+        type=gigabytes,
+        metavar="GB",
+        help=f"leave out smaller GPUs (default {DEFAULT_MIN_MEMORY_GB:g}; a card sold as N GB has N)",
+    )
+    add(
+        "--include-display-gpus",
+        dest=display,
+        action="store_true",
+        default=None,
+        help="also use GPUs that drive a display",
+    )
+
+
+def device_args(gpus: Sequence[Gpu] = (), cpu_replicas: int | None = None) -> list[str]:
+    """A resolved device set as a child process's arguments (training.devices.plan_from_args reads
+    them): the GPUs to make visible, by UUID where known, or a number of CPU logical devices."""
+    if cpu_replicas is not None:
+        return ["--cpu-replicas", str(cpu_replicas)]
+    if not gpus:
+        return ["--cpu-replicas", "1"]
+    return ["--visible-gpus", *(g.uuid or str(g.index) for g in gpus)]
+
+
 def memory_reason(gpu: Gpu, min_memory_gb: float) -> str | None:
     """Why a GPU is too small for --min-gpu-memory, or None if it qualifies."""
     if gpu.memory_total_gb + _NOMINAL_SLACK_GB >= min_memory_gb:
@@ -82,25 +213,6 @@ def exclusion_reasons(gpu: Gpu, min_memory_gb: float, include_display: bool) -> 
     return reasons
 
 
-def validate_selection_args(mode: str, custom_ids: Sequence[int] | None, min_memory_gb: float) -> None:
-    """The checks that need no inventory; raises SelectionError."""
-    if mode not in MODES:
-        raise SelectionError(f"unknown --device-mode {mode!r}: choose one of {', '.join(MODES)}")
-    if not math.isfinite(min_memory_gb) or min_memory_gb < 0:
-        raise SelectionError(f"--min-gpu-memory must be a number >= 0, got {min_memory_gb:g}")
-    if custom_ids and mode != "custom":
-        raise SelectionError("--custom-gpus needs --device-mode custom")
-    if mode == "custom" and not custom_ids:
-        raise SelectionError("--device-mode custom needs --custom-gpus ID [ID ...]")
-    seen: set[int] = set()
-    for i in custom_ids or ():
-        if i < 0:
-            raise SelectionError(f"--custom-gpus: GPU ids are >= 0, got {i}")
-        if i in seen:
-            raise SelectionError(f"--custom-gpus: GPU {i} is listed twice")
-        seen.add(i)
-
-
 def select_gpus(
     inventory: Inventory,
     mode: str = "multi",
@@ -108,7 +220,7 @@ def select_gpus(
     min_memory_gb: float = DEFAULT_MIN_MEMORY_GB,
     include_display: bool = False,
 ) -> Selection:
-    validate_selection_args(mode, custom_ids, min_memory_gb)
+    SelectionOptions(mode, tuple(custom_ids or ()), min_memory_gb, include_display).validate()
     if mode == "custom":
         return _select_custom(inventory, list(custom_ids or ()), min_memory_gb, include_display)
 

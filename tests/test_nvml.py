@@ -170,14 +170,15 @@ def test_checks_run_on_the_adapter_output(install):
     """The adapter's Inventory feeds the checks: the fake x8 link and throttling show up."""
     from diag_support import OFFICIAL_STACK
 
-    from diagnostics.checks import SelectionArgs, make_context, run_checks
+    from diagnostics.checks import make_context, run_checks
+    from diagnostics.selection import SelectionOptions
 
     install(
         fake_pynvml(
             [{"i": 0, "name": "NVIDIA GeForce RTX 4090"}, {"i": 1, "name": "NVIDIA GeForce RTX 4090"}]
         )
     )
-    ctx = make_context(SelectionArgs(), env={}, stack=OFFICIAL_STACK)
+    ctx = make_context(SelectionOptions(), env={}, stack=OFFICIAL_STACK)
     found = {(f.check, f.status) for f in run_checks(ctx)}
     assert ("pcie", "warn") in found and ("health", "warn") in found and ("memory", "warn") in found
     assert nvml.NO_DRIVER not in str(found)

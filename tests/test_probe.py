@@ -11,8 +11,9 @@ import pytest
 from diag_support import OFFICIAL_STACK
 
 from diagnostics import cli, probe
-from diagnostics.checks import Context, SelectionArgs
+from diagnostics.checks import Context
 from diagnostics.checks import deep as deep_checks
+from diagnostics.selection import SelectionOptions
 
 
 @pytest.mark.slow
@@ -30,7 +31,7 @@ def test_check_deep_on_cpu_logical_devices(capsys):
 @pytest.mark.slow
 def test_replica_consistency_catches_a_corrupted_replica():
     result = probe.run_probe(
-        probe.probe_command("multi", (), 8.0, False, 2),
+        probe.probe_command(cpu_replicas=2),
         240,
         {**__import__("os").environ, probe.INJECT_ENV: "corrupt"},
     )
@@ -39,16 +40,14 @@ def test_replica_consistency_catches_a_corrupted_replica():
 
 
 def hanging_child(stage: str) -> list[str]:
-    line = probe.MARK + json.dumps(
-        {"event": "start", "check": stage, "detail": "/gpu:0 = NVML GPU 1 RTX 5090"}
-    )
+    line = json.dumps({"event": "start", "check": stage, "detail": "/gpu:0 = NVML GPU 1 RTX 5090"})
     return [sys.executable, "-c", f"import time; print({line!r}, flush=True); time.sleep(60)"]
 
 
 def test_hung_gpu_smoke_is_reported_not_waited_on(monkeypatch):
     """A PTX JIT that hangs: the child is killed at the timeout and gpu-smoke fails saying so."""
     monkeypatch.setattr(probe, "probe_command", lambda *a: hanging_child("gpu-smoke"))
-    ctx = Context(stack=OFFICIAL_STACK, args=SelectionArgs(), deep_timeout_s=1.5)
+    ctx = Context(stack=OFFICIAL_STACK, args=SelectionOptions(), deep_timeout_s=1.5)
     smoke = deep_checks.gpu_smoke(ctx)
     assert [f.status for f in smoke] == ["fail"]
     assert "PTX JIT" in smoke[0].message and "RTX 5090" in smoke[0].message and "1.5 s" in smoke[0].message
@@ -62,7 +61,7 @@ def test_crashing_child_is_a_failure_with_its_last_words(monkeypatch):
         "probe_command",
         lambda *a: [sys.executable, "-c", "import sys; sys.exit('ImportError: no tensorflow')"],
     )
-    ctx = Context(stack=OFFICIAL_STACK, args=SelectionArgs(), deep_timeout_s=30)
+    ctx = Context(stack=OFFICIAL_STACK, args=SelectionOptions(), deep_timeout_s=30)
     f = deep_checks.strategy(ctx)[0]
     assert f.status == "fail" and "no tensorflow" in f.message
 

@@ -13,7 +13,7 @@ from training.faults import WORKER_FAULT_ENV as FAULT_ENV
 from training.faults import WorkerFault as Fault
 from training.faults import parse_worker_faults as parse_faults
 from training.faults import worker_fault_for as fault_for
-from training.worker import WorkerClient, WorkerError
+from training.worker_client import WorkerClient, WorkerError
 
 
 def test_parse_faults():
@@ -40,7 +40,7 @@ def test_flops_of_the_cnn_by_hand():
     """32x32x3 input: conv 3x3x3->32 at 32x32, conv 3x3x32->64 at 16x16, dense 4096->128, 128->10."""
     keras = pytest.importorskip("keras")
     from training import models
-    from training.worker import model_flops_per_sample
+    from training.models import model_flops_per_sample
 
     macs = 32 * 32 * 32 * 27 + 16 * 16 * 64 * 288 + 4096 * 128 + 128 * 10
     model = models.build("cnn", (32, 32, 3), 10)

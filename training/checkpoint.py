@@ -32,7 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from diagnostics.atomic import replacing, write_text
+from common.errors import UserError
+from common.files import replacing, write_text
 from training.config import TrainConfig
 from training.faults import Faults
 
@@ -41,7 +42,7 @@ KEEP = 3
 _NAME = re.compile(r"^ckpt-(\d{8,})\.json$")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint directory that cannot be used for this run (a user error: one line, exit 2)."""
 
 

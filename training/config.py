@@ -11,6 +11,8 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from common.errors import UserError
+
 GLOBAL_BATCH_SIZE = 128
 DEFAULT_EPOCHS = 2
 DEFAULT_LEARNING_RATE = 0.01
@@ -18,7 +20,7 @@ DEFAULT_SEED = 42
 ENV_PREFIX = "TRAINING_"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A setting that cannot be used (a user error: one line, exit 2)."""
 
 

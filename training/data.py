@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from common.errors import UserError
+
 if TYPE_CHECKING:
     import tensorflow as tf
 
@@ -24,7 +26,7 @@ IMAGE_SIZE = (64, 64)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif"}
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """Data that cannot be used as given (a user error: one line, exit 2)."""
 
 

@@ -8,23 +8,19 @@ than 8 multiprocessors, so "GPU 1" in TensorFlow need not be nvidia-smi's GPU 1.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from diagnostics.inventory import Gpu, Inventory, load_inventory
 from diagnostics.nvml import NvmlUnavailable, read_inventory
-from diagnostics.selection import (
-    DEFAULT_MIN_MEMORY_GB,
-    Selection,
-    SelectionError,
-    select_gpus,
-    validate_selection_args,
-)
+from diagnostics.selection import Selection, SelectionError, SelectionOptions, device_args
+from common.errors import UserError
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -33,7 +29,15 @@ CROSS_DEVICE_OPS = ("auto", "nccl", "hierarchical", "reduce-to-one")
 
 
 class DeviceSetupError(RuntimeError):
-    """The devices cannot be set up as asked (no GPU with --require-gpu, a late call, ...)."""
+    """The devices cannot be set up as asked (TensorFlow sees other GPUs than planned, a late call)."""
+
+
+class DeviceFlagError(UserError, DeviceSetupError):
+    """Device flags that cannot run together (bad input: exit 2)."""
+
+
+class NoGpuError(DeviceSetupError):
+    """--require-gpu on a machine where no GPU is usable (training failed: exit 1)."""
 
 
 class LateSetupError(DeviceSetupError):
@@ -78,6 +82,18 @@ class DevicePlan:
             ]
         return [f"{d} = CPU logical device {i}" for i, d in enumerate(self.device_names)]
 
+    def first(self, count: int) -> DevicePlan:
+        """The same plan on its first `count` devices (the sweep's smaller device counts)."""
+        if not 1 <= count <= self.num_replicas:
+            raise DeviceFlagError(f"{count} devices asked for, {self.num_replicas} planned")
+        if self.kind == "gpu":
+            return replace(self, gpus=self.gpus[:count])
+        return replace(self, cpu_replicas=count)
+
+    def child_args(self) -> list[str]:
+        """This plan's devices as a child process's arguments: it uses them, it does not select."""
+        return device_args(self.gpus, None if self.kind == "gpu" else self.cpu_replicas)
+
 
 @dataclass
 class DeviceSetup:
@@ -92,20 +108,18 @@ class DeviceSetup:
 
 
 def plan_devices(
-    mode: str = "multi",
-    custom_ids: Sequence[int] | None = None,
-    min_memory_gb: float = DEFAULT_MIN_MEMORY_GB,
-    include_display: bool = False,
+    selection: SelectionOptions | None = None,
     cpu_replicas: int | None = None,
     require_gpu: bool = False,
     inventory: Inventory | str | None = None,
 ) -> DevicePlan:
-    """Decide the devices. Raises SelectionError for bad flags, DeviceSetupError for --require-gpu."""
+    """Decide the devices. Raises SelectionError or DeviceFlagError for bad flags, NoGpuError for
+    --require-gpu where no GPU is usable."""
+    options = (selection or SelectionOptions()).validate()
     if cpu_replicas is not None and cpu_replicas < 1:
-        raise DeviceSetupError(f"--cpu-replicas must be >= 1, got {cpu_replicas}")
+        raise DeviceFlagError(f"--cpu-replicas must be >= 1, got {cpu_replicas}")
     if cpu_replicas is not None and require_gpu:
-        raise DeviceSetupError("--cpu-replicas and --require-gpu contradict each other: drop one")
-    validate_selection_args(mode, custom_ids, min_memory_gb)
+        raise DeviceFlagError("--cpu-replicas and --require-gpu contradict each other: drop one")
     if isinstance(inventory, str):
         inventory = load_inventory(inventory)
     no_driver: str | None = None
@@ -114,25 +128,46 @@ def plan_devices(
             inventory = read_inventory(include_links=False)
         except NvmlUnavailable as exc:
             no_driver = str(exc)
-    if mode == "custom" and inventory is None and cpu_replicas is None:
+    if options.mode == "custom" and inventory is None and cpu_replicas is None:
         raise SelectionError(f"--custom-gpus: cannot check GPU ids ({no_driver})")
-    selection = None
-    if inventory is not None:
-        selection = select_gpus(inventory, mode, custom_ids, min_memory_gb, include_display)
+    chosen = options.select(inventory) if inventory is not None else None
     if cpu_replicas is not None:
-        return DevicePlan("cpu", (), cpu_replicas, selection, inventory)
-    if selection is not None and selection.selected:
-        return DevicePlan("gpu", selection.selected, 1, selection, inventory, tuple(selection.warnings))
+        return DevicePlan("cpu", (), cpu_replicas, chosen, inventory)
+    if chosen is not None and chosen.selected:
+        return DevicePlan("gpu", chosen.selected, 1, chosen, inventory, tuple(chosen.warnings))
     if no_driver:
         reason = no_driver
     elif inventory is not None and not inventory.gpus:
         reason = "NVML found no NVIDIA GPU"
     else:
-        assert selection is not None
-        reason = "no GPU is eligible: " + " | ".join(selection.explain())
+        assert chosen is not None
+        reason = "no GPU is eligible: " + " | ".join(chosen.explain())
     if require_gpu:
-        raise DeviceSetupError(f"--require-gpu: {reason}")
-    return DevicePlan("cpu", (), 1, selection, inventory, (f"training on the CPU: {reason}",), reason)
+        raise NoGpuError(f"--require-gpu: {reason}")
+    return DevicePlan("cpu", (), 1, chosen, inventory, (f"training on the CPU: {reason}",), reason)
+
+
+def add_device_args(parser: argparse.ArgumentParser) -> None:
+    """The arguments of a child process handed a resolved plan (DevicePlan.child_args)."""
+    devices = parser.add_mutually_exclusive_group(required=True)
+    devices.add_argument("--visible-gpus", nargs="+", metavar="UUID", help="exactly these GPUs, in order")
+    devices.add_argument("--cpu-replicas", type=int, metavar="N", help="N CPU logical devices")
+
+
+def plan_from_args(args: argparse.Namespace) -> DevicePlan:
+    """The plan a parent resolved, from add_device_args' arguments; nothing is selected again.
+
+    GPUs are looked up in the live inventory by UUID (or index) only to describe them.
+    """
+    if args.cpu_replicas is not None:
+        return plan_devices(cpu_replicas=args.cpu_replicas)
+    inventory = read_inventory(include_links=False)
+    by_id = {g.uuid: g for g in inventory.gpus if g.uuid} | {str(g.index): g for g in inventory.gpus}
+    missing = [i for i in args.visible_gpus if i not in by_id]
+    if missing:
+        raise DeviceSetupError(f"no GPU {', '.join(missing)} on this machine")
+    gpus = tuple(by_id[i] for i in args.visible_gpus)
+    return DevicePlan("gpu", gpus, 1, None, inventory)
 
 
 def runtime_initialized() -> bool:

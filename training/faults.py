@@ -31,12 +31,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from common.errors import UserError
+
 FAULT_ENV = "GPUDIAG_FAULT"
 WORKER_FAULT_ENV = "GPUDIAG_WORKER_FAULT"
 CRASH_EXIT_CODE = 70  # an injected worker crash exits with this
 
 
-class FaultSpecError(ValueError):
+class FaultSpecError(UserError):
     """GPUDIAG_FAULT cannot be parsed (a user error: one line, exit 2)."""
 
 

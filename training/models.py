@@ -1,12 +1,15 @@
-"""The model registry: `build(name, input_shape, num_classes)` returns an uncompiled Keras model.
+"""The model registry: `build(name, input_shape, num_classes)` returns an uncompiled Keras model;
+`model_flops_per_sample` estimates what one training example costs (for the scaling report).
 
 Models are built inside `strategy.scope()` by the caller so that their variables are mirrored.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
+
+from common.errors import UserError
 
 if TYPE_CHECKING:
     import keras
@@ -16,7 +19,7 @@ ModelFactory = Callable[[tuple[int, ...], int], "keras.Model"]
 _REGISTRY: dict[str, ModelFactory] = {}
 
 
-class ModelError(ValueError):
+class ModelError(UserError):
     """An unknown model name, or a model that cannot take this data (a user error: exit 2)."""
 
 
@@ -91,3 +94,49 @@ def resnet50(input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
     )
     outputs = keras.layers.Dense(num_classes, dtype="float32")(body.output)
     return keras.Model(body.input, outputs, name="resnet50")
+
+
+def model_flops_per_sample(model: Any) -> float:
+    """Training FLOPs per example: 6 x the multiply-accumulates of the Conv and Dense layers.
+
+    A multiply-accumulate is 2 FLOPs and the backward pass costs about twice the forward one
+    (gradients for the inputs and for the weights), hence 2 x 3. Pooling, normalisation,
+    activations and the optimizer are left out: they are a few per cent for conv nets, which is
+    why this is the usual estimate (e.g. Kaplan et al. 2020, "6N per token").
+    """
+    import keras
+
+    macs = 0.0
+    for layer in _leaf_layers(model):
+        try:
+            in_shape = tuple(layer.input.shape)
+            out_shape = tuple(layer.output.shape)
+        except (AttributeError, ValueError):
+            continue
+        if isinstance(layer, keras.layers.DepthwiseConv2D):
+            kh, kw = layer.kernel_size
+            macs += num_elements(out_shape[1:]) * kh * kw
+        elif isinstance(layer, keras.layers.Conv2D | keras.layers.Conv1D | keras.layers.Conv3D):
+            in_channels = in_shape[-1] // getattr(layer, "groups", 1)
+            macs += num_elements(out_shape[1:]) * num_elements(layer.kernel_size) * in_channels
+        elif isinstance(layer, keras.layers.Dense):
+            macs += num_elements(out_shape[1:]) * in_shape[-1]
+    return 6.0 * macs
+
+
+def _leaf_layers(model: Any) -> list[Any]:
+    found = []
+    for layer in model.layers:
+        if hasattr(layer, "layers") and layer.layers:
+            found.extend(_leaf_layers(layer))
+        else:
+            found.append(layer)
+    return found
+
+
+def num_elements(shape: Sequence[Any]) -> float:
+    """The product of a shape's dimensions (1 for a scalar's empty shape)."""
+    out = 1.0
+    for v in shape:
+        out *= int(v)
+    return out

@@ -1,5 +1,6 @@
 """The benchmark worker: a long-lived process with one fixed device set that runs measured work on
-request, and `WorkerClient`, the parent's side of the protocol (which never imports TensorFlow).
+request. Its parent's side is `training.worker_client.WorkerClient` (no TensorFlow there); the
+process plumbing (channel, timeouts, kills) is `common.child`.
 
 Why a process per device set: TensorFlow fixes its devices when its runtime starts, a second
 MirroredStrategy over a different device set in the same process fails, and TensorFlow never gives
@@ -26,20 +27,15 @@ chained all-reduces of a float32 message of `bytes` per replica). "prepare" buil
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import queue
-import re
-import subprocess
 import sys
-import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
+from common.child import Channel, first_line, is_out_of_memory, open_channel
+from training.devices import add_device_args, plan_from_args
 from training.faults import (
     WORKER_FAULT_ENV,
     WorkerFault,
@@ -47,63 +43,8 @@ from training.faults import (
     parse_worker_faults,
     worker_fault_for,
 )
-
-PROTOCOL = "gpudiag-worker/1"
-KINDS = ("train", "input", "allreduce")
-# All-reduces traced into one function call: amortises the strategy's per-call dispatch (about
-# 0.8 ms on a 2-core CPU) over several, while keeping the tracing cost of each size small.
-ALLREDUCE_UNROLL = 4
-# TensorFlow's start-up log lines (absl INFO/WARNING), which would crowd the reason out of a crash report
-_TF_CHATTER = re.compile(r"^([IW]\d{4} |WARNING: All log messages before absl)|oneDNN custom operations")
-
-
-# -- FLOPs ----------------------------------------------------------------------------------------
-
-
-def model_flops_per_sample(model: Any) -> float:
-    """Training FLOPs per example: 6 x the multiply-accumulates of the Conv and Dense layers.
-
-    A multiply-accumulate is 2 FLOPs and the backward pass costs about twice the forward one
-    (gradients for the inputs and for the weights), hence 2 x 3. Pooling, normalisation,
-    activations and the optimizer are left out: they are a few per cent for conv nets, which is
-    why this is the usual estimate (e.g. Kaplan et al. 2020, "6N per token").
-    """
-    import keras
-
-    macs = 0.0
-    for layer in _leaf_layers(model):
-        try:
-            in_shape = tuple(layer.input.shape)
-            out_shape = tuple(layer.output.shape)
-        except (AttributeError, ValueError):
-            continue
-        if isinstance(layer, keras.layers.DepthwiseConv2D):
-            kh, kw = layer.kernel_size
-            macs += _prod(out_shape[1:]) * kh * kw
-        elif isinstance(layer, keras.layers.Conv2D | keras.layers.Conv1D | keras.layers.Conv3D):
-            in_channels = in_shape[-1] // getattr(layer, "groups", 1)
-            macs += _prod(out_shape[1:]) * _prod(layer.kernel_size) * in_channels
-        elif isinstance(layer, keras.layers.Dense):
-            macs += _prod(out_shape[1:]) * in_shape[-1]
-    return 6.0 * macs
-
-
-def _leaf_layers(model: Any) -> list[Any]:
-    found = []
-    for layer in model.layers:
-        if hasattr(layer, "layers") and layer.layers:
-            found.extend(_leaf_layers(layer))
-        else:
-            found.append(layer)
-    return found
-
-
-def _prod(values: Sequence[Any]) -> float:
-    out = 1.0
-    for v in values:
-        out *= int(v)
-    return out
-
+from training.models import model_flops_per_sample, num_elements
+from training.worker_client import ALLREDUCE_UNROLL, KINDS, PROTOCOL
 
 # -- the worker process ---------------------------------------------------------------------------
 
@@ -162,9 +103,10 @@ class Worker:
         built = time.perf_counter()
         trainer.run_steps(1)  # traces the step function: compile time, not benchmark time
         done = time.perf_counter()
-        params = sum(int(_prod(v.shape)) for v in trainer.model.trainable_variables)
+        params = sum(int(num_elements(v.shape)) for v in trainer.model.trainable_variables)
         gradient_bytes = sum(
-            int(_prod(v.shape)) * self.tf.as_dtype(v.dtype).size for v in trainer.model.trainable_variables
+            int(num_elements(v.shape)) * self.tf.as_dtype(v.dtype).size
+            for v in trainer.model.trainable_variables
         )
         return {
             "seconds": done - started,
@@ -274,41 +216,28 @@ class Worker:
 
 def build_worker_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m training.worker", description=__doc__.split("\n")[0])
-    p.add_argument("--cpu-replicas", type=int, help="N CPU logical devices")
-    p.add_argument("--gpus", type=int, help="use the first N selected GPUs")
-    p.add_argument("--device-mode", default="multi")
-    p.add_argument("--custom-gpus", type=int, nargs="+")
-    p.add_argument("--min-gpu-memory", type=float, default=8.0)
-    p.add_argument("--include-display-gpus", action="store_true")
+    add_device_args(p)  # the parent's resolved devices: the worker selects nothing itself
     p.add_argument("--cross-device-ops", default="auto")
     p.add_argument("--seed", type=int, default=42)
     return p
 
 
-def _answer(channel: IO[str], message: dict[str, Any]) -> None:
-    channel.write(json.dumps(message) + "\n")
-    channel.flush()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    # The protocol gets a private copy of the real stdout; fd 1 (where TensorFlow's C++ and
-    # Keras' progress output go) becomes stderr.
-    channel = os.fdopen(os.dup(1), "w", encoding="utf-8")
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
+    channel = open_channel()  # before TensorFlow: its output must not reach the protocol
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = build_worker_parser().parse_args(argv)
     try:
+        from training.devices import setup_device_strategy
+
         faults = parse_worker_faults(os.environ.get(WORKER_FAULT_ENV))
-        setup = _setup(args)
+        setup = setup_device_strategy(plan_from_args(args), args.cross_device_ops)
         import keras
         import tensorflow as tf
     except Exception as exc:  # the parent reports it; the worker is of no use without devices
-        _answer(channel, {"event": "error", "message": f"{type(exc).__name__}: {exc}"})
+        channel.send({"event": "error", "message": f"{type(exc).__name__}: {exc}"})
         return 1
     plan = setup.plan
-    _answer(
-        channel,
+    channel.send(
         {
             "event": "ready",
             "protocol": PROTOCOL,
@@ -322,184 +251,32 @@ def main(argv: Sequence[str] | None = None) -> int:
             "tensorflow": tf.__version__,
             "keras": keras.__version__,
             "warnings": list(setup.warnings),
-        },
+        }
     )
-    worker = Worker(setup, faults, args.seed)
+    serve(Worker(setup, faults, args.seed), channel)
+    return 0
+
+
+def serve(worker: Worker, channel: Channel) -> None:
+    """Answer requests from stdin until "quit" or end of input; one bad request ends nothing."""
     for line in sys.stdin:
         if not line.strip():
             continue
         try:
             request = json.loads(line)
         except json.JSONDecodeError as exc:
-            _answer(channel, {"ok": False, "error": "error", "message": f"not JSON: {exc}"})
+            channel.send({"ok": False, "error": "error", "message": f"not JSON: {exc}"})
             continue
         if request.get("cmd") == "quit":
-            _answer(channel, {"ok": True})
+            channel.send({"ok": True})
             break
         try:
             answer = worker.handle(request)
-        except tf.errors.ResourceExhaustedError as exc:
-            answer = {"ok": False, "error": "oom", "message": _first_line(exc)}
         except Exception as exc:  # one bad configuration must not end the sweep's worker
-            answer = {"ok": False, "error": "error", "message": f"{type(exc).__name__}: {_first_line(exc)}"}
-        _answer(channel, answer)
-    return 0
-
-
-def _first_line(exc: BaseException) -> str:
-    text = getattr(exc, "message", None) or str(exc)
-    return (str(text).strip().splitlines() or [type(exc).__name__])[0][:500]
-
-
-def _setup(args: argparse.Namespace) -> Any:
-    from dataclasses import replace
-
-    from training.devices import plan_devices, setup_device_strategy
-
-    plan = plan_devices(
-        args.device_mode,
-        args.custom_gpus,
-        args.min_gpu_memory,
-        args.include_display_gpus,
-        args.cpu_replicas,
-    )
-    if args.gpus is not None and plan.kind == "gpu":
-        if args.gpus > len(plan.gpus):
-            raise ValueError(f"{args.gpus} GPUs asked for, {len(plan.gpus)} selected")
-        plan = replace(plan, gpus=plan.gpus[: args.gpus])
-    return setup_device_strategy(plan, args.cross_device_ops)
-
-
-# -- the parent's side ----------------------------------------------------------------------------
-
-
-class WorkerError(RuntimeError):
-    """A request that did not succeed. kind: oom | error | crash | timeout | start."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-
-
-@dataclass
-class WorkerClient:
-    """Starts `python -m training.worker ARGS` and talks to it; every read has a timeout.
-
-    A worker that dies is reported as kind "crash" (with the tail of its stderr), one that does not
-    answer in time is killed and reported as "timeout"; neither is waited on forever.
-    """
-
-    args: Sequence[str]
-    log_path: Path
-    env: dict[str, str] | None = None
-    start_timeout: float = 600.0
-    proc: subprocess.Popen[str] | None = None
-    ready: dict[str, Any] | None = None
-    start_seconds: float = 0.0
-
-    def start(self) -> dict[str, Any]:
-        env = dict(os.environ if self.env is None else self.env)
-        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        root = str(Path(__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
-        started = time.perf_counter()
-        self._log = open(self.log_path, "w", encoding="utf-8")  # noqa: SIM115 (lives as long as the worker)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "training.worker", *self.args],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._log,
-            text=True,
-            env=env,
-            bufsize=1,
-        )
-        self._lines: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=self._read, args=(self.proc.stdout,), daemon=True).start()
-        message = self._receive(self.start_timeout, "start")
-        self.start_seconds = time.perf_counter() - started
-        if message.get("event") != "ready":
-            self.close()
-            raise WorkerError("start", str(message.get("message", message)))
-        self.ready = message
-        return message
-
-    def _read(self, stream: IO[str] | None) -> None:
-        assert stream is not None
-        for line in stream:
-            self._lines.put(line)
-        self._lines.put(None)
-
-    def _receive(self, timeout: float, what: str) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            try:
-                line = self._lines.get(timeout=max(left, 0.0))
-            except queue.Empty:
-                self.kill()
-                raise WorkerError(
-                    "timeout", f"worker did not answer {what} within {timeout:g} s: killed it"
-                ) from None
-            if line is None:
-                code = self.proc.wait() if self.proc else None
-                raise WorkerError("crash", f"worker exited with code {code} during {what}{self._tail()}")
-            try:
-                return dict(json.loads(line))
-            except (json.JSONDecodeError, TypeError, ValueError):
-                continue  # stray output on the protocol channel: not an answer
-
-    def request(self, payload: dict[str, Any], timeout: float) -> dict[str, Any]:
-        if self.proc is None or self.proc.poll() is not None or self.proc.stdin is None:
-            raise WorkerError("crash", "worker is not running")
-        what = f"{payload.get('cmd')} {payload.get('kind', '')}".strip()
-        try:
-            self.proc.stdin.write(json.dumps(payload) + "\n")
-            self.proc.stdin.flush()
-        except (BrokenPipeError, OSError):
-            code = self.proc.wait(timeout=10)
-            raise WorkerError(
-                "crash", f"worker exited with code {code} before {what}{self._tail()}"
-            ) from None
-        answer = self._receive(timeout, what)
-        if not answer.get("ok"):
-            raise WorkerError(str(answer.get("error", "error")), str(answer.get("message", answer)))
-        return answer
-
-    def _tail(self, lines: int = 5) -> str:
-        with contextlib.suppress(OSError):
-            self._log.flush()
-            text = self.log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()
-            text = [t for t in text if t.strip() and not _TF_CHATTER.match(t)]
-            if text:
-                return ": " + " | ".join(text[-lines:])[-800:]
-        return ""
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout=10)
-
-    def close(self, timeout: float = 0.2) -> None:
-        """Ask the worker to quit; kill it if it has not exited within `timeout`.
-
-        The worker keeps nothing worth a clean exit, and TensorFlow's interpreter shutdown takes
-        seconds (measured: about 6 s on 2 CPU cores), which the sweep would pay per device count.
-        """
-        if self.proc is None:
-            return
-        if self.proc.poll() is None and self.proc.stdin is not None:
-            with contextlib.suppress(BrokenPipeError, OSError):
-                self.proc.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
-                self.proc.stdin.flush()
-                self.proc.stdin.close()
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        with contextlib.suppress(OSError):
-            self._log.close()
-        self.proc = None
+            kind = "oom" if is_out_of_memory(exc) else "error"
+            message = first_line(exc) if kind == "oom" else f"{type(exc).__name__}: {first_line(exc)}"
+            answer = {"ok": False, "error": kind, "message": message}
+        channel.send(answer)
 
 
 if __name__ == "__main__":

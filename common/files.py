@@ -1,15 +1,21 @@
-"""Atomic file output for the whole suite: write a temporary file beside the target, flush it to
-disk, rename it over the target, then flush the folder. A kill at any moment leaves either the
-old file or the new one, never half of one.
+"""The suite's one way in and out of files: atomic writes for everything it saves (snapshots,
+summaries, reports, models, checkpoints) and JSON reading with one-line errors for everything it is
+handed (snapshots, benchmark results).
+
+An atomic write goes to a temporary file beside the target, is flushed to disk, renamed over the
+target, then the folder is flushed: a kill at any moment leaves either the old file or the new
+one, never half of one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 @contextlib.contextmanager
@@ -61,3 +67,20 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def read_json(path: str | Path, error: type[Exception], kind: str) -> Any:
+    """Parse `path`; missing, a folder, unreadable or not JSON raises `error("<path>: ...")`."""
+    where = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error(f"{where}: no such file") from None
+    except IsADirectoryError:
+        raise error(f"{where}: is a directory, not {kind}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise error(f"{where}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise error(f"{where}: not JSON ({exc.msg} at line {exc.lineno})") from None
