@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from diagnostics.checks import Context, Finding, SelectionArgs, make_context
+from diagnostics.checks import Context, Finding, make_context, run_check
+from diagnostics.selection import SelectionOptions
 from diagnostics.stack import Stack, TfBuild
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -35,7 +36,7 @@ def ctx_for(
     **selection: object,
 ) -> Context:
     """A Context from tests/fixtures/<fixture> (None: a live machine without a driver)."""
-    args = SelectionArgs(**selection)  # type: ignore[arg-type]
+    args = SelectionOptions(**selection)  # type: ignore[arg-type]
     if fixture is None:
         from diagnostics.nvml import NvmlUnavailable
 
@@ -44,6 +45,14 @@ def ctx_for(
 
         return make_context(args, env=env or {}, stack=stack, read_live=no_driver)  # type: ignore[arg-type]
     return make_context(args, str(FIXTURES / fixture), env=env or {}, stack=stack)
+
+
+def run_one(check_id: str, ctx: Context) -> list[Finding]:
+    """One check's findings as `gpudiag check` reports them, its id stamped by the registry; unlike
+    run_checks, an exception in the check fails the test instead of becoming a "fail" finding."""
+    findings = run_check(ctx, check_id)
+    assert all(f.check == check_id for f in findings), findings
+    return findings
 
 
 def statuses(findings: list[Finding]) -> list[str]:

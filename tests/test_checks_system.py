@@ -7,10 +7,9 @@ import re
 from pathlib import Path
 
 import pytest
-from diag_support import OFFICIAL_STACK, ctx_for, statuses, worst
+from diag_support import OFFICIAL_STACK, ctx_for, run_one, statuses, worst
 
-from diagnostics.checks import SECTIONS, Finding, registry, run_checks, software, summarize, topology
-from diagnostics.checks import driver as driver_checks
+from diagnostics.checks import SECTIONS, Finding, registry, run_checks, summarize
 from diagnostics.checks import health as health_checks
 from diagnostics.stack import Stack, TfBuild
 
@@ -27,99 +26,99 @@ ALL = [
 
 
 def test_driver_missing_fails_with_clear_message():
-    findings = driver_checks.driver(ctx_for(None))
+    findings = run_one("driver", ctx_for(None))
     assert statuses(findings) == ["fail"]
     assert "no NVIDIA driver found" in findings[0].message and "nvidia-smi" in findings[0].remedy
 
 
 def test_driver_too_old_for_blackwell_fails_naming_cards():
-    findings = driver_checks.driver(ctx_for("inv-5090-old-driver.json"))
+    findings = run_one("driver", ctx_for("inv-5090-old-driver.json"))
     assert statuses(findings) == ["fail"]
     assert "RTX 5090" in findings[0].message and "570" in findings[0].remedy
 
 
 def test_driver_ok_passes_with_versions():
-    f = driver_checks.driver(ctx_for("inv-dgx-8xh100.json"))[0]
+    f = run_one("driver", ctx_for("inv-dgx-8xh100.json"))[0]
     assert f.status == "pass" and "570.124.06" in f.message and "12.8" in f.message
 
 
 def test_tensorflow_missing_fails():
     stack = Stack(python="3.11")
-    assert statuses(software.tensorflow(ctx_for("inv-dgx-8xh100.json", stack=stack))) == ["fail"]
+    assert statuses(run_one("tensorflow", ctx_for("inv-dgx-8xh100.json", stack=stack))) == ["fail"]
 
 
 def test_tensorflow_cpu_build_with_gpus_fails():
     stack = dataclasses.replace(
         OFFICIAL_STACK, tensorflow_distribution="tensorflow-cpu", tf_build=TfBuild(False)
     )
-    f = software.tensorflow(ctx_for("inv-dgx-8xh100.json", stack=stack))[0]
+    f = run_one("tensorflow", ctx_for("inv-dgx-8xh100.json", stack=stack))[0]
     assert f.status == "fail" and "CPU-only" in f.message and "and-cuda" in f.remedy
 
 
 def test_tensorflow_without_pip_cuda_libraries_warns():
     stack = dataclasses.replace(OFFICIAL_STACK, cuda_wheels={})
-    assert statuses(software.tensorflow(ctx_for("inv-dgx-8xh100.json", stack=stack))) == ["warn"]
+    assert statuses(run_one("tensorflow", ctx_for("inv-dgx-8xh100.json", stack=stack))) == ["warn"]
 
 
 def test_tensorflow_official_stack_passes_with_versions():
-    f = software.tensorflow(ctx_for("inv-dgx-8xh100.json"))[0]
+    f = run_one("tensorflow", ctx_for("inv-dgx-8xh100.json"))[0]
     assert (
         f.status == "pass" and "2.21.0" in f.message and "Keras 3.15.1" in f.message and "12.5.1" in f.message
     )
 
 
 def test_cuda_version_newer_driver_passes():
-    assert statuses(software.cuda_version(ctx_for("inv-dgx-8xh100.json"))) == ["pass"]
+    assert statuses(run_one("cuda-version", ctx_for("inv-dgx-8xh100.json"))) == ["pass"]
 
 
 def test_cuda_version_older_minor_warns_with_driver_to_install():
-    f = software.cuda_version(ctx_for("inv-5090-old-driver.json"))[0]
+    f = run_one("cuda-version", ctx_for("inv-5090-old-driver.json"))[0]
     assert f.status == "warn" and "555.42.02" in f.remedy
 
 
 def test_cuda_version_older_major_fails():
     stack = dataclasses.replace(OFFICIAL_STACK, tf_build=TfBuild(True, "13.0", "9", ("sm_90",)))
-    assert statuses(software.cuda_version(ctx_for("inv-dgx-8xh100.json", stack=stack))) == ["fail"]
+    assert statuses(run_one("cuda-version", ctx_for("inv-dgx-8xh100.json", stack=stack))) == ["fail"]
 
 
 def test_nccl_2_25_1_on_rtx5090_fails():
     stack = dataclasses.replace(OFFICIAL_STACK, nccl="2.25.1")
-    findings = software.nccl(ctx_for("inv-workstation-2x5090-display.json", stack=stack))
+    findings = run_one("nccl", ctx_for("inv-workstation-2x5090-display.json", stack=stack))
     assert statuses(findings) == ["fail"]
     assert findings[0].gpus == (1, 2) and "2.26.2" in findings[0].remedy
 
 
 def test_nccl_2_25_1_on_ada_passes():
     stack = dataclasses.replace(OFFICIAL_STACK, nccl="2.25.1")
-    assert statuses(software.nccl(ctx_for("inv-geforce-p2p-reported.json", stack=stack))) == ["pass"]
+    assert statuses(run_one("nccl", ctx_for("inv-geforce-p2p-reported.json", stack=stack))) == ["pass"]
 
 
 def test_p2p_missing_on_consumer_cards_warns_with_nccl_remedy():
-    f = topology.p2p(ctx_for("inv-workstation-2x5090-display.json"))[0]
+    f = run_one("p2p", ctx_for("inv-workstation-2x5090-display.json"))[0]
     assert f.status == "warn" and "NCCL_P2P_DISABLE=1" in f.remedy and "--cross-device-ops" in f.remedy
 
 
 def test_p2p_reported_on_geforce_still_warns():
-    f = topology.p2p(ctx_for("inv-geforce-p2p-reported.json"))[0]
+    f = run_one("p2p", ctx_for("inv-geforce-p2p-reported.json"))[0]
     assert f.status == "warn" and "GeForce" in f.message
 
 
 def test_p2p_nvlink_server_passes():
-    f = topology.p2p(ctx_for("inv-dgx-8xh100.json"))[0]
+    f = run_one("p2p", ctx_for("inv-dgx-8xh100.json"))[0]
     assert f.status == "pass" and "28 pair(s) via 18 NVLink(s)" in f.message
 
 
 def test_pcie_narrow_link_warns():
-    findings = topology.pcie(ctx_for("inv-hot-throttling.json"))
+    findings = run_one("pcie", ctx_for("inv-hot-throttling.json"))
     assert statuses(findings) == ["warn"] and "x8" in findings[0].message and findings[0].gpus == (1,)
 
 
 def test_pcie_full_links_pass():
-    assert statuses(topology.pcie(ctx_for("inv-dgx-8xh100.json"))) == ["pass"]
+    assert statuses(run_one("pcie", ctx_for("inv-dgx-8xh100.json"))) == ["pass"]
 
 
 def test_health_hot_throttling_card_with_ecc_errors():
-    findings = health_checks.health(ctx_for("inv-hot-throttling.json"))
+    findings = run_one("health", ctx_for("inv-hot-throttling.json"))
     assert sorted(statuses(findings)) == ["fail", "warn"]
     assert all(f.gpus == (1,) for f in findings)
     text = " ".join(f.message for f in findings)
@@ -127,7 +126,7 @@ def test_health_hot_throttling_card_with_ecc_errors():
 
 
 def test_health_cool_server_passes():
-    assert statuses(health_checks.health(ctx_for("inv-dgx-8xh100.json"))) == ["pass"]
+    assert statuses(run_one("health", ctx_for("inv-dgx-8xh100.json"))) == ["pass"]
 
 
 @pytest.mark.parametrize("fixture", ALL)
@@ -173,3 +172,32 @@ def test_every_remedy_section_exists_in_troubleshooting():
 def test_check_docstrings_are_one_line_titles():
     for _, check in registry(deep=True):
         assert check.__doc__ and check.__doc__.strip().splitlines()[0].endswith(".")
+
+
+def test_run_checks_stamps_ids_and_keeps_ids_a_check_sets_itself(monkeypatch):
+    """Checks return findings without their id; run_checks fills it in, except where a check filed a
+    finding under an id on purpose (the deep checks do), and the JSON form carries the id."""
+    from diagnostics.checks import base
+
+    def two(ctx):
+        return [base.warn("hot", "cool it", gpus=[1]), Finding("gpu-smoke", "skip", "elsewhere")]
+
+    assert base.warn("hot", "cool it").check == ""
+    monkeypatch.setattr(health_checks, "health", two)
+    findings = run_checks(ctx_for("inv-dgx-8xh100.json"), only=["health"])
+    assert [(f.check, f.status, f.gpus) for f in findings] == [
+        ("health", "warn", (1,)),
+        ("gpu-smoke", "skip", ()),
+    ]
+    assert findings[0].to_dict() == {
+        "check": "health",
+        "status": "warn",
+        "gpus": [1],
+        "message": "hot",
+        "remedy": "cool it",
+    }
+
+
+def test_finding_still_validates_its_status():
+    with pytest.raises(ValueError):
+        Finding("", "ok", "not a status")

@@ -1,152 +1,52 @@
-"""The readiness checks: `Finding` and `Context` (what every check receives), the ordered registry,
-and `run_checks`. Each check is a plain function (Context) -> list[Finding] in a module per family;
-its docstring's first line says what it checks, as `gpudiag check --list-checks` shows it.
+"""The readiness checks: the ordered registry, `run_checks` (which stamps each finding with its
+check's id) and `summarize`. Each check is a plain function (Context) -> list[Finding] in a module per
+family, built on diagnostics.checks.base; its docstring's first line says what it checks, as
+`gpudiag check --list-checks` shows it.
+
+The names callers use (`Context`, `Finding`, `make_context`, `see`, ...) are re-exported from base.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+import dataclasses
+from collections.abc import Iterable, Sequence
 
-from diagnostics.inventory import Gpu, Inventory, load_inventory
-from diagnostics.selection import DEFAULT_MIN_MEMORY_GB, Selection, select_gpus
-from diagnostics.stack import Stack, read_stack
-
-STATUSES = ("pass", "warn", "fail", "skip")
-GUIDE = "TROUBLESHOOTING.md"
-# Sections of TROUBLESHOOTING.md a remedy may point to (a test keeps these in step with the file).
-SECTIONS = (
-    "no-driver-or-no-gpu",
-    "driver-and-cuda-versions",
-    "rtx-5090-and-blackwell",
-    "uneven-gpu-usage",
-    "out-of-memory",
-    "strategy-not-working",
-    "nccl-hangs",
-    "gpu-numbering",
-    "hot-or-throttling-gpus",
-    "pcie-links",
-    "wrong-results-across-replicas",
+from diagnostics.checks import deep as deep_checks
+from diagnostics.checks import driver, gpus, health, software, topology
+from diagnostics.checks.base import (
+    GUIDE,
+    SECTIONS,
+    STATUSES,
+    Check,
+    Context,
+    Finding,
+    gpu_list,
+    make_context,
+    see,
 )
 
-
-def see(section: str) -> str:
-    """A pointer to a section of the guide, appended to remedies."""
-    if section not in SECTIONS:
-        raise ValueError(f"unknown troubleshooting section {section!r}")
-    return f"(see {GUIDE}#{section})"
-
-
-@dataclass(frozen=True)
-class Finding:
-    check: str
-    status: str
-    message: str
-    remedy: str = ""
-    gpus: tuple[int, ...] = ()
-
-    def __post_init__(self) -> None:
-        if self.status not in STATUSES:
-            raise ValueError(f"status must be one of {STATUSES}, got {self.status!r}")
-        if not isinstance(self.remedy, str) or not isinstance(self.gpus, tuple):
-            raise TypeError("Finding.remedy is text and Finding.gpus a tuple of GPU indices")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "check": self.check,
-            "status": self.status,
-            "gpus": list(self.gpus),
-            "message": self.message,
-            "remedy": self.remedy,
-        }
-
-
-@dataclass(frozen=True)
-class SelectionArgs:
-    """The trainer's selection flags, kept as given so the --deep child can repeat them."""
-
-    mode: str = "multi"
-    custom_ids: tuple[int, ...] = ()
-    min_memory_gb: float = DEFAULT_MIN_MEMORY_GB
-    include_display: bool = False
-
-
-@dataclass(frozen=True)
-class Context:
-    """Everything a check may look at; checks never query the machine themselves."""
-
-    stack: Stack
-    inventory: Inventory | None = None
-    nvml_error: str | None = None  # why the live inventory could not be read
-    selection: Selection | None = None
-    args: SelectionArgs = field(default_factory=SelectionArgs)
-    env: Mapping[str, str] = field(default_factory=dict)
-    inventory_path: str | None = None
-    deep_timeout_s: float = 180.0
-    cache: dict[str, Any] = field(default_factory=dict, compare=False)  # the --deep child's results
-
-    @property
-    def gpus(self) -> tuple[Gpu, ...]:
-        return self.inventory.gpus if self.inventory is not None else ()
-
-    @property
-    def selected(self) -> tuple[Gpu, ...]:
-        return self.selection.selected if self.selection is not None else ()
-
-    @property
-    def in_scope(self) -> tuple[Gpu, ...]:
-        """The GPUs a run would use, or every GPU when nothing is selected (still worth reporting)."""
-        return self.selected or self.gpus
-
-
-def make_context(
-    args: SelectionArgs,
-    inventory_path: str | None = None,
-    env: Mapping[str, str] | None = None,
-    stack: Stack | None = None,
-    read_live: Callable[[], Inventory] | None = None,
-) -> Context:
-    """Load the inventory (file or live NVML) and select GPUs exactly as the trainer does.
-
-    Raises InventoryError for an unusable file and SelectionError for flags that cannot mean anything.
-    """
-    inventory: Inventory | None = None
-    nvml_error = None
-    if inventory_path is not None:
-        inventory = load_inventory(inventory_path)
-    else:
-        from diagnostics.nvml import NvmlUnavailable, read_inventory
-
-        try:
-            inventory = (read_live or read_inventory)()
-        except NvmlUnavailable as exc:
-            nvml_error = str(exc)
-    selection = None
-    if inventory is not None:
-        selection = select_gpus(
-            inventory, args.mode, list(args.custom_ids), args.min_memory_gb, args.include_display
-        )
-    return Context(
-        stack=stack or read_stack(),
-        inventory=inventory,
-        nvml_error=nvml_error,
-        selection=selection,
-        args=args,
-        env=dict(os.environ if env is None else env),
-        inventory_path=inventory_path,
-    )
-
-
-Check = Callable[[Context], list[Finding]]
+__all__ = [
+    "GUIDE",
+    "SECTIONS",
+    "STATUSES",
+    "Check",
+    "Context",
+    "Finding",
+    "describe",
+    "gpu_list",
+    "make_context",
+    "registry",
+    "run_check",
+    "run_checks",
+    "see",
+    "stamp",
+    "summarize",
+]
 
 
 def registry(deep: bool = False) -> list[tuple[str, Check]]:
     """(id, function) in the order the table shows them."""
-    from diagnostics.checks import deep as deep_checks
-    from diagnostics.checks import driver, gpus, health, software, topology
-
+    # Functions are looked up at each call, not bound at import, so a test can monkeypatch one.
     checks: list[tuple[str, Check]] = [
         ("driver", driver.driver),
         ("tensorflow", software.tensorflow),
@@ -175,13 +75,27 @@ def describe(check: Check) -> str:
     return (check.__doc__ or "").strip().splitlines()[0] if check.__doc__ else ""
 
 
+def stamp(check_id: str, findings: Iterable[Finding]) -> list[Finding]:
+    """The findings with `check_id` filled in where the check left the id empty; a finding a check
+    files under another id on purpose keeps it."""
+    return [f if f.check else dataclasses.replace(f, check=check_id) for f in findings]
+
+
+def run_check(ctx: Context, check_id: str, deep: bool = True) -> list[Finding]:
+    """One check by id, its findings stamped; unlike run_checks, an exception in it propagates."""
+    for known, check in registry(deep):
+        if known == check_id:
+            return stamp(check_id, check(ctx))
+    raise KeyError(f"no check {check_id!r}")
+
+
 def run_checks(ctx: Context, deep: bool = False, only: Sequence[str] | None = None) -> list[Finding]:
     findings: list[Finding] = []
     for check_id, check in registry(deep):
         if only and check_id not in only:
             continue
         try:
-            findings.extend(check(ctx))
+            findings.extend(stamp(check_id, check(ctx)))
         except Exception as exc:  # a bug in one check must not hide the others' results
             findings.append(
                 Finding(
@@ -197,7 +111,3 @@ def run_checks(ctx: Context, deep: bool = False, only: Sequence[str] | None = No
 
 def summarize(findings: Sequence[Finding]) -> dict[str, int]:
     return {status: sum(f.status == status for f in findings) for status in STATUSES}
-
-
-def gpu_list(gpus: Sequence[Gpu]) -> str:
-    return ", ".join(g.label() for g in gpus)

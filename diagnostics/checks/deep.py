@@ -1,12 +1,12 @@
 """The --deep checks: `strategy`, `gpu-smoke` and `replica-consistency`. They run TensorFlow in one
-child process (diagnostics.probe) with a timeout; these functions only start it once, then turn
-what it reported, or the fact that it hung or crashed, into findings.
+child process (diagnostics.probe starts `python -m training.probe`) with a timeout; these functions
+only start it once, then turn what it reported, or the fact that it hung or crashed, into findings.
 """
 
 from __future__ import annotations
 
 from diagnostics import probe
-from diagnostics.checks import Context, Finding, see
+from diagnostics.checks.base import Context, Finding, see
 
 CPU_REPLICAS = 2  # without a selected GPU, MirroredStrategy runs over two logical CPU devices
 
@@ -37,14 +37,14 @@ def _results(ctx: Context) -> probe.ProbeResult | str:
         result = "not run on a recorded inventory: --deep tests the live machine"
     else:
         cpu = None if ctx.selected else CPU_REPLICAS
-        command = probe.probe_command(
-            ctx.args.mode, ctx.args.custom_ids, ctx.args.min_memory_gb, ctx.args.include_display, cpu
-        )
+        command = probe.probe_command(ctx.selected, cpu)
         result = probe.run_probe(command, ctx.deep_timeout_s, dict(ctx.env))
     ctx.cache["probe"] = result
     return result
 
 
+# The three deep checks share one child's result, so their findings are built here for whichever id
+# is asked for, and carry that id themselves (the one the child reported them under).
 def _findings(ctx: Context, check: str) -> list[Finding]:
     result = _results(ctx)
     if isinstance(result, str):
@@ -83,7 +83,7 @@ def _findings(ctx: Context, check: str) -> list[Finding]:
                 check,
                 "fail",
                 f"the TensorFlow probe crashed: {last}",
-                f"run `python -m diagnostics.probe` to see the full error {see('strategy-not-working')}",
+                f"run `{result.rerun}` to see the full error {see('strategy-not-working')}",
                 gpus,
             )
         ]

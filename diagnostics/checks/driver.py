@@ -5,7 +5,7 @@ is new enough for every GPU's architecture.
 from __future__ import annotations
 
 from diagnostics import knowledge
-from diagnostics.checks import Context, Finding, see
+from diagnostics.checks.base import Context, Finding, fail, passed, see
 
 _INSTALL = (
     "install the NVIDIA driver (570 or newer for RTX 50-series / Blackwell) and check that `nvidia-smi` "
@@ -17,20 +17,11 @@ _INSTALL = (
 def driver(ctx: Context) -> list[Finding]:
     """NVIDIA driver loaded, its version and the CUDA version it supports."""
     if ctx.inventory is None:
-        return [
-            Finding(
-                "driver",
-                "fail",
-                ctx.nvml_error or "no NVIDIA driver found",
-                f"{_INSTALL} {see('no-driver-or-no-gpu')}",
-            )
-        ]
+        return [fail(ctx.nvml_error or "no NVIDIA driver found", f"{_INSTALL} {see('no-driver-or-no-gpu')}")]
     inv = ctx.inventory
     if inv.driver_version is None:
         return [
-            Finding(
-                "driver",
-                "fail",
+            fail(
                 f"no NVIDIA driver in this inventory ({inv.source})",
                 f"{_INSTALL} {see('no-driver-or-no-gpu')}",
             )
@@ -39,9 +30,7 @@ def driver(ctx: Context) -> list[Finding]:
     head = f"driver {inv.driver_version}, CUDA {inv.cuda_driver_version or 'unknown'}{where}"
     if not inv.gpus:
         return [
-            Finding(
-                "driver",
-                "fail",
+            fail(
                 f"{head}, but NVML found no NVIDIA GPU",
                 "check that the GPUs are seated and powered, and that `nvidia-smi` lists them "
                 f"{see('no-driver-or-no-gpu')}",
@@ -60,12 +49,10 @@ def driver(ctx: Context) -> list[Finding]:
             for g, a in too_old
         )
         return [
-            Finding(
-                "driver",
-                "fail",
+            fail(
                 f"{head}: too old for {names}",
                 f"install NVIDIA driver {need} or newer {see('driver-and-cuda-versions')}",
-                tuple(g.index for g, _ in too_old),
+                gpus=tuple(g.index for g, _ in too_old),
             )
         ]
-    return [Finding("driver", "pass", f"{head}, {len(inv.gpus)} GPU(s)")]
+    return [passed(f"{head}, {len(inv.gpus)} GPU(s)")]

@@ -10,7 +10,7 @@ import re
 from collections import Counter
 
 from diagnostics import knowledge
-from diagnostics.checks import Context, Finding, gpu_list, see
+from diagnostics.checks.base import Context, Finding, fail, gpu_list, passed, see, skip, warn
 from diagnostics.inventory import Gpu
 from diagnostics.selection import TF_MIN_MULTIPROCESSORS, memory_reason
 
@@ -52,9 +52,9 @@ def compute_capability(ctx: Context) -> list[Finding]:
     build = ctx.stack.tf_build
     gpus = ctx.in_scope
     if not gpus:
-        return [Finding("compute-capability", "skip", "no GPU to check")]
+        return [skip("no GPU to check")]
     if build is None or not build.is_cuda_build or not build.compute_capabilities:
-        return [Finding("compute-capability", "skip", "TensorFlow's CUDA build facts are not available")]
+        return [skip("TensorFlow's CUDA build facts are not available")]
     caps = ", ".join(build.compute_capabilities)
     driver_cuda_ok = knowledge.version_at_least(
         ctx.inventory.cuda_driver_version if ctx.inventory else None,
@@ -71,15 +71,13 @@ def compute_capability(ctx: Context) -> list[Finding]:
             continue
         if kind == "none":
             findings.append(
-                Finding(
-                    "compute-capability",
-                    "fail",
+                fail(
                     f"{gpu.label()} has compute capability {gpu.compute_capability} ({arch_name}); "
                     "TensorFlow "
                     f"{ctx.stack.tensorflow} has no kernels or PTX it can use (built for {caps})",
                     "use a TensorFlow version built for this GPU, or leave it out with --device-mode custom "
                     f"{see('driver-and-cuda-versions')}",
-                    (gpu.index,),
+                    gpus=(gpu.index,),
                 )
             )
             continue
@@ -106,24 +104,18 @@ def compute_capability(ctx: Context) -> list[Finding]:
         )
         if not driver_ok or driver_cuda_ok is False:
             findings.append(
-                Finding(
-                    "compute-capability",
-                    "fail",
+                fail(
                     f"{why}; this driver cannot JIT it (too old for the GPU or for TensorFlow's CUDA)",
                     f"{remedy} {see(section)}",
-                    (gpu.index,),
+                    gpus=(gpu.index,),
                 )
             )
         else:
-            findings.append(
-                Finding("compute-capability", "warn", why, f"{remedy} {see(section)}", (gpu.index,))
-            )
+            findings.append(warn(why, f"{remedy} {see(section)}", gpus=(gpu.index,)))
     if native:
         findings.insert(
             0,
-            Finding(
-                "compute-capability",
-                "pass",
+            passed(
                 "; ".join(native),
                 gpus=tuple(
                     g.index
@@ -138,36 +130,32 @@ def compute_capability(ctx: Context) -> list[Finding]:
 def display(ctx: Context) -> list[Finding]:
     """GPUs that drive a display: excluded by default, or included with --include-display-gpus."""
     if not ctx.gpus:
-        return [Finding("display", "skip", "no GPU to check")]
+        return [skip("no GPU to check")]
     shown = [g for g in ctx.gpus if g.display_active]
     if not shown:
         if all(g.display_active is None for g in ctx.gpus):
-            return [Finding("display", "skip", "the driver does not report which GPU drives a display")]
-        return [Finding("display", "pass", "no GPU drives a display")]
+            return [skip("the driver does not report which GPU drives a display")]
+        return [passed("no GPU drives a display")]
     selected = {g.index for g in ctx.selected}
     used = [g for g in shown if g.index in selected]
     idle = [g for g in shown if g.index not in selected]
     findings = []
     if idle:
         findings.append(
-            Finding(
-                "display",
-                "pass",
+            passed(
                 f"{gpu_list(idle)} drives a display and is left out (--include-display-gpus would use it)",
                 gpus=tuple(g.index for g in idle),
             )
         )
     if used:
         findings.append(
-            Finding(
-                "display",
-                "warn",
+            warn(
                 f"{gpu_list(used)} drives a display and is selected: the desktop takes its memory and time, "
                 "so it runs slower than the others and sets the pace, and the display watchdog "
                 "can kill long kernels",
                 "leave it out (drop --include-display-gpus / --custom-gpus it), or plug the monitor into "
                 f"another card or the integrated graphics {see('uneven-gpu-usage')}",
-                tuple(g.index for g in used),
+                gpus=tuple(g.index for g in used),
             )
         )
     return findings
@@ -186,18 +174,16 @@ def _in_use(gpu: Gpu) -> str:
 def memory(ctx: Context) -> list[Finding]:
     """Selected GPUs below the memory minimum, and memory other processes already hold."""
     if not ctx.selected:
-        return [Finding("memory", "skip", "no GPU selected")]
+        return [skip("no GPU selected")]
     findings = []
     for gpu in ctx.selected:
         small = memory_reason(gpu, ctx.args.min_memory_gb)
         if small:
             findings.append(
-                Finding(
-                    "memory",
-                    "warn",
+                warn(
                     f"{gpu.label()} is selected but has {small.split(':')[0]}",
                     f"lower the global batch size, or choose GPUs with more memory {see('out-of-memory')}",
-                    (gpu.index,),
+                    gpus=(gpu.index,),
                 )
             )
         others = _in_use(gpu)
@@ -205,27 +191,23 @@ def memory(ctx: Context) -> list[Finding]:
         total = gpu.memory_total_mib or 1
         if others:
             findings.append(
-                Finding(
-                    "memory",
-                    "warn",
+                warn(
                     f"{gpu.label()}: {(used or 0) / 1024:.1f} of {total / 1024:.1f} GiB already in "
                     f"use by {others}",
                     "stop those processes (nvidia-smi shows them; kill PID), or pick other GPUs with "
                     f"--device-mode custom --custom-gpus {see('out-of-memory')}",
-                    (gpu.index,),
+                    gpus=(gpu.index,),
                 )
             )
         elif used is not None and used > 0.1 * total and not gpu.display_active:
             # Processes in other containers are invisible to NVML here; their memory is not.
             findings.append(
-                Finding(
-                    "memory",
-                    "warn",
+                warn(
                     f"{gpu.label()}: {used / 1024:.1f} of {total / 1024:.1f} GiB in use by "
                     "processes NVML cannot "
                     "name (another container or user?)",
                     f"find and stop them (nvidia-smi on the host), or pick other GPUs {see('out-of-memory')}",
-                    (gpu.index,),
+                    gpus=(gpu.index,),
                 )
             )
     if findings:
@@ -236,12 +218,7 @@ def memory(ctx: Context) -> list[Finding]:
         for g in ctx.selected
     )
     return [
-        Finding(
-            "memory",
-            "pass",
-            f"{free}; minimum {ctx.args.min_memory_gb:g} GB",
-            gpus=tuple(g.index for g in ctx.selected),
-        )
+        passed(f"{free}; minimum {ctx.args.min_memory_gb:g} GB", gpus=tuple(g.index for g in ctx.selected))
     ]
 
 
@@ -259,16 +236,14 @@ def selection(ctx: Context) -> list[Finding]:
     """Which GPUs the trainer would use; nothing selected, or mixed models, is reported."""
     sel = ctx.selection
     if sel is None or not ctx.gpus:
-        return [Finding("selection", "skip", "no GPU to select: the trainer would fall back to the CPU")]
+        return [skip("no GPU to select: the trainer would fall back to the CPU")]
     if not sel.selected:
         reasons = [r for c in sel.choices for r in c.reasons]
         return [
-            Finding(
-                "selection",
-                "fail",
+            fail(
                 "no GPU selected (the trainer would fall back to the CPU): " + " | ".join(sel.explain()),
                 "; ".join(_flags(reasons)) + f" {see('strategy-not-working')}",
-                tuple(g.index for g in ctx.gpus),
+                gpus=tuple(g.index for g in ctx.gpus),
             )
         ]
     findings = []
@@ -277,25 +252,21 @@ def selection(ctx: Context) -> list[Finding]:
     if len(models) > 1:
         mix = ", ".join(f"{n} x {name}" for name, n in models.items())
         findings.append(
-            Finding(
-                "selection",
-                "warn",
+            warn(
                 f"different GPU models selected ({mix}): synchronous training waits for the "
                 "slowest at every step",
                 "select one model with --device-mode custom --custom-gpus ID ..., or accept the "
                 "slowest card's "
                 f"pace {see('uneven-gpu-usage')}",
-                ids,
+                gpus=ids,
             )
         )
     for warning in sel.warnings:
         findings.append(
-            Finding(
-                "selection",
-                "warn",
+            warn(
                 warning,
                 f"drop that GPU from --custom-gpus if this is not intended {see('strategy-not-working')}",
-                ids,
+                gpus=ids,
             )
         )
     excluded = [c for c in sel.choices if not c.selected]
@@ -306,9 +277,7 @@ def selection(ctx: Context) -> list[Finding]:
     )
     if not findings:
         findings.append(
-            Finding(
-                "selection",
-                "pass",
+            passed(
                 f"--device-mode {sel.mode}: {len(sel.selected)} GPU(s) selected "
                 f"({gpu_list(sel.selected)}){note}",
                 gpus=ids,
@@ -320,7 +289,7 @@ def selection(ctx: Context) -> list[Finding]:
 def device_order(ctx: Context) -> list[Finding]:
     """CUDA's GPU numbering against nvidia-smi's, and GPUs TensorFlow ignores."""
     if not ctx.gpus:
-        return [Finding("device-order", "skip", "no GPU to check")]
+        return [skip("no GPU to check")]
     env = ctx.env
     findings = []
     order = env.get("CUDA_DEVICE_ORDER", "FASTEST_FIRST")
@@ -329,9 +298,7 @@ def device_order(ctx: Context) -> list[Finding]:
     trainer_note = "the trainer sets CUDA_DEVICE_ORDER=PCI_BUS_ID and CUDA_VISIBLE_DEVICES by UUID itself"
     if order != "PCI_BUS_ID" and mixed:
         findings.append(
-            Finding(
-                "device-order",
-                "warn",
+            warn(
                 f"CUDA_DEVICE_ORDER is {order}, and the GPUs differ: CUDA numbers them fastest first, so "
                 f"TensorFlow's /gpu:N is not nvidia-smi's GPU N in other programs ({trainer_note})",
                 f"export CUDA_DEVICE_ORDER=PCI_BUS_ID {see('gpu-numbering')}",
@@ -345,20 +312,18 @@ def device_order(ctx: Context) -> list[Finding]:
     small = [g for g in ctx.gpus if g.multiprocessor_count is not None and g.multiprocessor_count < limit]
     if small:
         findings.append(
-            Finding(
-                "device-order",
-                "warn",
+            warn(
                 f"TensorFlow ignores {gpu_list(small)} (fewer than {limit} multiprocessors) and "
                 "numbers the other "
                 "GPUs without it, so its /gpu:N differs from nvidia-smi's numbering",
                 "select GPUs by nvidia-smi index with gpudiag/the trainer (they map by PCI bus id), or set "
                 f"TF_MIN_GPU_MULTIPROCESSOR_COUNT to include it {see('gpu-numbering')}",
-                tuple(g.index for g in small),
+                gpus=tuple(g.index for g in small),
             )
         )
     if not findings:
         how = "CUDA_DEVICE_ORDER=PCI_BUS_ID" if order == "PCI_BUS_ID" else "all GPUs are the same model"
-        findings.append(Finding("device-order", "pass", f"CUDA numbers the GPUs as nvidia-smi does ({how})"))
+        findings.append(passed(f"CUDA numbers the GPUs as nvidia-smi does ({how})"))
     return findings
 
 
@@ -372,9 +337,7 @@ def _visible_devices(ctx: Context, visible: str, positions_match: bool, trainer_
                 break  # CUDA ignores everything from the first invalid entry on
             if not positions_match:
                 return [
-                    Finding(
-                        "device-order",
-                        "warn",
+                    warn(
                         f"CUDA_VISIBLE_DEVICES={visible!r} uses positions in CUDA's fastest-first "
                         "order, which "
                         f"differ from nvidia-smi's indices on this machine ({trainer_note})",
@@ -392,12 +355,10 @@ def _visible_devices(ctx: Context, visible: str, positions_match: bool, trainer_
         return []
     what = "every GPU" if not shown else gpu_list(hidden)
     return [
-        Finding(
-            "device-order",
-            "warn",
+        warn(
             f"CUDA_VISIBLE_DEVICES={visible!r} hides {what} from programs that do not set it themselves "
             f"({trainer_note})",
             f"unset CUDA_VISIBLE_DEVICES, or list the GPUs by UUID (nvidia-smi -L) {see('gpu-numbering')}",
-            tuple(g.index for g in hidden),
+            gpus=tuple(g.index for g in hidden),
         )
     ]

@@ -4,7 +4,7 @@ errors on the GPUs a run would use.
 
 from __future__ import annotations
 
-from diagnostics.checks import Context, Finding, see
+from diagnostics.checks.base import Context, Finding, fail, passed, see, skip, warn
 
 # A policy threshold, not a measured limit: GeForce and data-centre cards start slowing down from
 # roughly the mid-80s °C, so 85 °C leaves time to act before the clocks drop.
@@ -22,21 +22,19 @@ def health(ctx: Context) -> list[Finding]:
     """Temperature, active throttle reasons and uncorrected ECC errors."""
     gpus = ctx.in_scope
     if not gpus:
-        return [Finding("health", "skip", "no GPU to check")]
+        return [skip("no GPU to check")]
     findings = []
     for gpu in gpus:
         if gpu.ecc_uncorrected_volatile:
             findings.append(
-                Finding(
-                    "health",
-                    "fail",
+                fail(
                     f"{gpu.label()} has {gpu.ecc_uncorrected_volatile} uncorrected ECC error(s) "
                     "since the driver "
                     "loaded: its results cannot be trusted",
                     "leave it out (--device-mode custom --custom-gpus ...), reset it (nvidia-smi -r -i "
                     f"{gpu.index}) or reboot; if errors come back, have the card replaced "
                     f"{see('hot-or-throttling-gpus')}",
-                    (gpu.index,),
+                    gpus=(gpu.index,),
                 )
             )
         reasons = [r for r in gpu.clocks_event_reasons or () if r in _REASON_WORDS]
@@ -50,15 +48,13 @@ def health(ctx: Context) -> list[Finding]:
             if "sw_power_cap" in reasons and gpu.power_draw_w is not None and gpu.power_limit_w:
                 parts.append(f"drawing {gpu.power_draw_w:g} of {gpu.power_limit_w:g} W")
             findings.append(
-                Finding(
-                    "health",
-                    "warn",
+                warn(
                     f"{gpu.label()}: "
                     + ", ".join(parts)
                     + ": it runs slower than the others and sets the pace",
                     "improve airflow (fan curve, case fans, spacing between cards), check the power limit "
                     f"(nvidia-smi -q -d POWER) and the power supply {see('hot-or-throttling-gpus')}",
-                    (gpu.index,),
+                    gpus=(gpu.index,),
                 )
             )
     if findings:
@@ -67,12 +63,4 @@ def health(ctx: Context) -> list[Finding]:
         f"GPU {g.index} {g.temperature_c:g} °C" if g.temperature_c is not None else f"GPU {g.index} n/a"
         for g in gpus
     )
-    return [
-        Finding(
-            "health",
-            "pass",
-            f"{temps}; no slowdown, no uncorrected ECC errors",
-            "",
-            tuple(g.index for g in gpus),
-        )
-    ]
+    return [passed(f"{temps}; no slowdown, no uncorrected ECC errors", gpus=tuple(g.index for g in gpus))]

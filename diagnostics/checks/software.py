@@ -5,7 +5,7 @@ driver supports TensorFlow's CUDA) and `nccl` (no known-bad NCCL for the selecte
 from __future__ import annotations
 
 from diagnostics import knowledge
-from diagnostics.checks import Context, Finding, see
+from diagnostics.checks.base import Context, Finding, fail, passed, see, skip, warn
 from diagnostics.stack import CUDA_WHEELS
 
 PIP_CUDA = "pip install 'tensorflow[and-cuda]==2.21.*'"
@@ -16,9 +16,7 @@ def tensorflow(ctx: Context) -> list[Finding]:
     st = ctx.stack
     if st.tensorflow is None:
         return [
-            Finding(
-                "tensorflow",
-                "fail",
+            fail(
                 "TensorFlow is not installed in this Python environment",
                 f"{PIP_CUDA} (or install gpudiag with its dependencies: pip install 'gpudiag[gpu]')",
             )
@@ -28,9 +26,7 @@ def tensorflow(ctx: Context) -> list[Finding]:
     build = st.tf_build
     if build is None:
         return [
-            Finding(
-                "tensorflow",
-                "warn",
+            warn(
                 f"TensorFlow {st.tensorflow}{dist}, {keras}; build facts unknown: {st.tf_build_error}",
                 f"reinstall TensorFlow: {PIP_CUDA}",
             )
@@ -44,36 +40,25 @@ def tensorflow(ctx: Context) -> list[Finding]:
     has_gpus = bool(ctx.gpus)
     if not build.is_cuda_build and has_gpus:
         return [
-            Finding(
-                "tensorflow",
-                "fail",
+            fail(
                 f"{message}: it cannot use the GPUs",
                 f"pip uninstall {st.tensorflow_distribution or 'tensorflow'} && {PIP_CUDA}",
             )
         ]
     major = (knowledge.parse_version(st.keras) or (0,))[0]
     if st.keras is None or major < 3:
-        return [
-            Finding(
-                "tensorflow",
-                "warn",
-                f"{message}: TensorFlow 2.16+ needs Keras 3",
-                "pip install 'keras>=3.15,<4'",
-            )
-        ]
+        return [warn(f"{message}: TensorFlow 2.16+ needs Keras 3", "pip install 'keras>=3.15,<4'")]
     missing = [w for w in CUDA_WHEELS if w not in st.cuda_wheels]
     if build.is_cuda_build and has_gpus and missing:
         return [
-            Finding(
-                "tensorflow",
-                "warn",
+            warn(
                 f"{message}; the CUDA libraries it loads are not pip-installed "
                 f"({', '.join(missing)}): unless CUDA {build.cuda_version} and cuDNN "
                 f"{build.cudnn_version} are installed system-wide, TensorFlow finds no GPU",
                 f"{PIP_CUDA} {see('strategy-not-working')}",
             )
         ]
-    return [Finding("tensorflow", "pass", message)]
+    return [passed(message)]
 
 
 def cuda_version(ctx: Context) -> list[Finding]:
@@ -81,9 +66,9 @@ def cuda_version(ctx: Context) -> list[Finding]:
     build = ctx.stack.tf_build
     inv = ctx.inventory
     if build is None or not build.is_cuda_build or not build.cuda_version:
-        return [Finding("cuda-version", "skip", "no CUDA build of TensorFlow to compare against")]
+        return [skip("no CUDA build of TensorFlow to compare against")]
     if inv is None or inv.driver_version is None or not inv.cuda_driver_version:
-        return [Finding("cuda-version", "skip", "no driver: nothing to compare TensorFlow's CUDA with")]
+        return [skip("no driver: nothing to compare TensorFlow's CUDA with")]
     tf_cuda = knowledge.parse_version(build.cuda_version) or (0,)
     drv = knowledge.parse_version(inv.cuda_driver_version) or (0,)
     need_driver = knowledge.min_driver_for_cuda(build.cuda_version)
@@ -96,21 +81,12 @@ def cuda_version(ctx: Context) -> list[Finding]:
         f"driver supports CUDA {inv.cuda_driver_version}, TensorFlow was built with CUDA {build.cuda_version}"
     )
     if drv[:2] >= tf_cuda[:2]:
-        return [Finding("cuda-version", "pass", head)]
+        return [passed(head)]
     if drv[0] != tf_cuda[0]:
-        return [
-            Finding(
-                "cuda-version",
-                "fail",
-                f"{head}: a CUDA {tf_cuda[0]} program cannot run on this driver",
-                upgrade,
-            )
-        ]
+        return [fail(f"{head}: a CUDA {tf_cuda[0]} program cannot run on this driver", upgrade)]
     # Minor-version compatibility: native kernels run, PTX from the newer toolkit cannot be compiled.
     return [
-        Finding(
-            "cuda-version",
-            "warn",
+        warn(
             f"{head}: native kernels run under CUDA minor-version compatibility, but the driver "
             f"cannot JIT-compile TensorFlow's PTX, so any GPU without native kernels fails",
             upgrade,
@@ -124,18 +100,14 @@ def nccl(ctx: Context) -> list[Finding]:
     version = ctx.stack.nccl
     if len(selected) < 2:
         return [
-            Finding(
-                "nccl",
-                "skip",
+            skip(
                 f"NCCL {version or 'not pip-installed'}; fewer than 2 GPUs selected, "
-                "so no all-reduce between GPUs",
+                "so no all-reduce between GPUs"
             )
         ]
     if version is None:
         return [
-            Finding(
-                "nccl",
-                "warn",
+            warn(
                 "NCCL is not pip-installed (nvidia-nccl-cu12): MirroredStrategy's default NCCL "
                 "all-reduce needs it unless a system NCCL is on the library path",
                 f"{PIP_CUDA}, or train with --cross-device-ops hierarchical {see('nccl-hangs')}",
@@ -153,13 +125,11 @@ def nccl(ctx: Context) -> list[Finding]:
         row = rows[problem]
         names = ", ".join(g.label() for g in selected if g.index in indices)
         findings.append(
-            Finding(
-                "nccl",
-                "fail",
+            fail(
                 f"NCCL {version} on {names}: {problem}",
                 f"pip install 'nvidia-nccl-cu12>={row.fixed_in}' (source: {row.source}); until then "
                 f"--cross-device-ops hierarchical avoids NCCL {see('nccl-hangs')}",
-                tuple(indices),
+                gpus=tuple(indices),
             )
         )
-    return findings or [Finding("nccl", "pass", f"NCCL {version}: no known problem with the selected GPUs")]
+    return findings or [passed(f"NCCL {version}: no known problem with the selected GPUs")]

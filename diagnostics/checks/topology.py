@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections import Counter
 from itertools import combinations
 
-from diagnostics.checks import Context, Finding, gpu_list, see
+from diagnostics.checks.base import Context, Finding, gpu_list, passed, see, skip, warn
 
 # nvidia-smi topo -m words for NVML's common-ancestor levels.
 _TOPOLOGY_WORDS = {
@@ -29,10 +29,10 @@ def p2p(ctx: Context) -> list[Finding]:
     """Peer access and topology between the selected GPUs (NVLink, PCIe switch, host bridge, sockets)."""
     selected = ctx.selected
     if len(selected) < 2:
-        return [Finding("p2p", "skip", "fewer than 2 GPUs selected: no GPU-to-GPU traffic")]
+        return [skip("fewer than 2 GPUs selected: no GPU-to-GPU traffic")]
     inv = ctx.inventory
     if inv is None or inv.links is None:
-        return [Finding("p2p", "skip", "no link information in this inventory (snapshot without links)")]
+        return [skip("no link information in this inventory (snapshot without links)")]
     pairs, broken, unknown = [], [], []
     for a, b in combinations(selected, 2):
         link = inv.link(a.index, b.index)
@@ -50,34 +50,26 @@ def p2p(ctx: Context) -> list[Finding]:
     findings = []
     if broken:
         findings.append(
-            Finding(
-                "p2p",
-                "warn",
+            warn(
                 f"no peer-to-peer access between {', '.join(broken)}: all-reduce goes through host memory; "
                 + "; ".join(pairs),
                 f"{P2P_REMEDY} {see('nccl-hangs')}",
-                ids,
+                gpus=ids,
             )
         )
     elif geforce:
         findings.append(
-            Finding(
-                "p2p",
-                "warn",
+            warn(
                 f"{gpu_list(geforce)} are GeForce cards: peer access is reported but often broken on them, "
                 "and NCCL can hang; " + "; ".join(pairs),
                 f"{P2P_REMEDY} {see('nccl-hangs')}",
-                tuple(g.index for g in geforce),
+                gpus=tuple(g.index for g in geforce),
             )
         )
     if unknown:
-        findings.append(
-            Finding("p2p", "skip", f"no link recorded for GPU pair(s) {', '.join(unknown)}", "", ids)
-        )
+        findings.append(skip(f"no link recorded for GPU pair(s) {', '.join(unknown)}", gpus=ids))
     if not findings or all(f.status == "skip" for f in findings):
-        findings.insert(
-            0, Finding("p2p", "pass", "peer access between all selected GPUs: " + _grouped(pairs), "", ids)
-        )
+        findings.insert(0, passed("peer access between all selected GPUs: " + _grouped(pairs), gpus=ids))
     return findings
 
 
@@ -93,7 +85,7 @@ def pcie(ctx: Context) -> list[Finding]:
     """PCIe links below their maximum generation or width (an x8 link in an x16 slot)."""
     gpus = [g for g in ctx.in_scope if g.pcie is not None]
     if not gpus:
-        return [Finding("pcie", "skip", "no PCIe link information")]
+        return [skip("no PCIe link information")]
     findings, fine, idle_notes = [], [], []
     for gpu in gpus:
         link = gpu.pcie
@@ -108,27 +100,23 @@ def pcie(ctx: Context) -> list[Finding]:
         best = f"gen {link.gen_max} x{link.width_max}"
         if narrow:
             findings.append(
-                Finding(
-                    "pcie",
-                    "warn",
+                warn(
                     f"{gpu.label()} runs at {now}, below its {best}: host transfers and all-reduce "
                     "without P2P are "
                     "slower",
                     "reseat the card in a full x16 slot, check risers and the BIOS lane split "
                     "(bifurcation), and "
                     f"that no M.2 drive shares the slot's lanes {see('pcie-links')}",
-                    (gpu.index,),
+                    gpus=(gpu.index,),
                 )
             )
         elif slow and gpu.utilization_gpu_pct:
             findings.append(
-                Finding(
-                    "pcie",
-                    "warn",
+                warn(
                     f"{gpu.label()} runs at {now} under load, below its {best}",
                     "set the slot to its full generation in the BIOS and check the riser "
                     f"{see('pcie-links')}",
-                    (gpu.index,),
+                    gpus=(gpu.index,),
                 )
             )
         elif slow:
@@ -137,7 +125,5 @@ def pcie(ctx: Context) -> list[Finding]:
         else:
             fine.append(f"GPU {gpu.index} {now}")
     if not findings:
-        findings.append(
-            Finding("pcie", "pass", "; ".join(fine + idle_notes), "", tuple(g.index for g in gpus))
-        )
+        findings.append(passed("; ".join(fine + idle_notes), gpus=tuple(g.index for g in gpus)))
     return findings
