@@ -10,7 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from training import faults
-from training.__main__ import main, oom_message
+from training.__main__ import main
+from training.batch_size import oom_message
 from training.batch_size import FINE_BELOW, GRANULARITY, find_largest_batch
 
 

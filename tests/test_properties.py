@@ -79,7 +79,6 @@ TRAINER_FLAGS: dict[str, st.SearchStrategy[list[str]] | None] = {
     "--checkpoint-dir": _paths.map(lambda v: [v]),
     "--save-freq": st.sampled_from(["epoch", "EPOCH", "10", "0", "-1", "often"]).map(lambda v: [v]),
     "--auto-batch-size": None,
-    "--probe-batch": _ints.map(lambda v: [v]),
     "--quiet": None,
     "--no-such-flag": None,
 }

@@ -1,9 +1,11 @@
-"""--auto-batch-size: the largest per-replica batch that fits, by doubling and then bisecting.
+"""--auto-batch-size: the largest per-replica batch that fits, by doubling and then bisecting; and
+what to tell a user whose batch ran out of memory (`oom_message`).
 
-Each attempt runs in a fresh child process (`python -m training ... --probe-batch N`) because
-TensorFlow never gives GPU memory back inside a process: after one out-of-memory error, every
-later attempt in the same process would see less memory than a real run gets. The search itself
-is a pure function of a `fits(batch) -> bool` callable, so it is tested without TensorFlow.
+Each attempt runs in a fresh child process (`python -m training.batch_size`, handed the parent's
+resolved devices and the trainer's own arguments) because TensorFlow never gives GPU memory back
+inside a process: after one out-of-memory error, every later attempt in the same process would see
+less memory than a real run gets. The search itself is a pure function of a `fits(batch) -> bool`
+callable, so it is tested without TensorFlow.
 
 Like Lightning's and accelerate's batch-size finders, it grows from the configured batch until a
 batch fails, then bisects between the last batch that fitted and the first that did not: exactly
@@ -13,17 +15,21 @@ the last few units are not worth a child process each).
 
 from __future__ import annotations
 
+import argparse
 import os
-import subprocess
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+
+from common import child
+from training.config import TrainConfig
+from training.devices import DevicePlan, add_device_args, plan_from_args
 
 GRANULARITY = 8
 FINE_BELOW = 64
 PROBE_EXIT_OOM = 3  # the child's exit code when the batch does not fit
 PROBE_STEPS = 2
-_OOM_WORDS = ("ResourceExhaustedError", "out of memory", "OUT_OF_MEMORY", "OOM when allocating")
+PROBE_TIMEOUT_S = 1800.0  # a first start on a new GPU generation can JIT-compile PTX for many minutes
 
 
 class ProbeFailed(RuntimeError):
@@ -99,20 +105,116 @@ def find_largest_batch(
     return search
 
 
-def probe_in_child(argv: Sequence[str], per_replica_batch: int, timeout: float | None = None) -> bool:
+def probe_in_child(
+    argv: Sequence[str], plan: DevicePlan, per_replica_batch: int, timeout: float = PROBE_TIMEOUT_S
+) -> bool:
     """Run PROBE_STEPS steps at this per-replica batch in a fresh process: True if they fit."""
-    command = [sys.executable, "-m", "training", *argv, "--probe-batch", str(per_replica_batch)]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=dict(os.environ))
-    except subprocess.TimeoutExpired:
-        raise ProbeFailed(
-            f"the probe at per-replica batch {per_replica_batch} did not finish in {timeout:.0f} s"
-        ) from None
-    if done.returncode == 0:
-        return True
-    if done.returncode == PROBE_EXIT_OOM or any(word in done.stderr for word in _OOM_WORDS):
-        return False
-    last = next((line for line in reversed(done.stderr.splitlines()) if line.strip()), "no message")
-    raise ProbeFailed(
-        f"the probe at per-replica batch {per_replica_batch} failed (exit {done.returncode}): {last}"
+    command = child.module_command(
+        "training.batch_size", "--per-replica-batch", str(per_replica_batch), *plan.child_args(), "--", *argv
     )
+    outcome = child.run(command, timeout, oom_exit=PROBE_EXIT_OOM)
+    where = f"the probe at per-replica batch {per_replica_batch}"
+    if outcome.kind == child.TIMEOUT:
+        raise ProbeFailed(f"{where} did not finish in {timeout:.0f} s")
+    if outcome.kind == child.CRASH:
+        last = outcome.stderr_lines[-1] if outcome.stderr_lines else "no message"
+        raise ProbeFailed(f"{where} failed (exit {outcome.returncode}): {last}")
+    return outcome.kind == child.OK
+
+
+def search(argv: Sequence[str], config: TrainConfig, plan: DevicePlan, num_examples: int) -> int | None:
+    """--auto-batch-size, with progress on stderr: the global batch to train with, or None (exit 1)."""
+    replicas = plan.num_replicas
+    start = config.global_batch_size // replicas
+    limit = num_examples // replicas  # a global batch cannot exceed the data
+
+    def fits(per_replica: int) -> bool:
+        ok = probe_in_child(argv, plan, per_replica)
+        say(f"--auto-batch-size: per-replica batch {per_replica} {'fits' if ok else 'does not fit'}")
+        return ok
+
+    say(
+        f"--auto-batch-size: searching from {start} per replica on {replicas} replica(s), "
+        "one child process per try"
+    )
+    try:
+        found = find_largest_batch(fits, start, limit)
+    except ProbeFailed as exc:
+        print(f"error: --auto-batch-size: {exc}", file=sys.stderr)
+        return None
+    if found.best is None:
+        print(
+            "error: --auto-batch-size: not even a per-replica batch of 1 fits in memory: "
+            "use a smaller --model, --mixed-precision, or GPUs with more memory",
+            file=sys.stderr,
+        )
+        return None
+    capped = f" (all that {num_examples} examples allow)" if found.capped else ""
+    print(
+        f"largest per-replica batch that fits: {found.best} (global {found.best * replicas}){capped}, "
+        f"found in {len(found.attempts)} tries",
+        flush=True,
+    )
+    return found.best * replicas
+
+
+def say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def oom_message(global_batch: int, replicas: int) -> str:
+    """What failed and what to try: the next smaller valid batch, half, or the finder."""
+    per_replica = global_batch // replicas
+    failed = f"out of memory at global batch {global_batch} ({per_replica} per replica x {replicas} replicas)"
+    if per_replica <= 1:
+        return f"{failed}: not even one example per replica fits: try a smaller --model or --mixed-precision"
+    smaller = global_batch - replicas
+    half = max(replicas, global_batch // 2 // replicas * replicas)
+    return (
+        f"{failed}: the next smaller valid batch is --global-batch-size {smaller} "
+        f"({per_replica - 1} per replica); halving, --global-batch-size {half}, is the usual next try, "
+        "and --auto-batch-size finds the largest that fits"
+    )
+
+
+# -- the child: one try ----------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m training.batch_size --per-replica-batch N DEVICES -- TRAINER_ARGS`: exit 0 if a
+    few steps at this batch fit, PROBE_EXIT_OOM if they run out of memory."""
+    parser = argparse.ArgumentParser(prog="python -m training.batch_size", description=main.__doc__)
+    parser.add_argument("--per-replica-batch", type=int, required=True)
+    add_device_args(parser)
+    parser.add_argument("trainer_args", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    trainer_args = args.trainer_args[1:] if args.trainer_args[:1] == ["--"] else args.trainer_args
+    from training import data
+    from training.cli import parse_config
+
+    config, _quiet = parse_config(trainer_args)
+    examples = data.load(config.data, config.seed)
+    plan = plan_from_args(args)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3" if plan.kind == "cpu" else "2")
+    from training.devices import setup_device_strategy
+
+    setup = setup_device_strategy(plan, config.cross_device_ops)
+    from training.train import Trainer
+
+    batch = args.per_replica_batch
+    try_config = replace(
+        config, global_batch_size=batch * setup.num_replicas, checkpoint_dir=None, log_dir=None
+    )
+    try:
+        Trainer(try_config, setup, examples).probe(PROBE_STEPS)
+    except Exception as exc:
+        if not child.is_out_of_memory(exc):
+            raise
+        print(f"probe: per-replica batch {batch} does not fit: {child.first_line(exc)}", file=sys.stderr)
+        return PROBE_EXIT_OOM
+    print(f"probe: per-replica batch {batch} fits")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

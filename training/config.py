@@ -1,17 +1,24 @@
 """Training settings: defaults, then a TOML config file, then TRAINING_* environment variables,
-then command-line flags, each overriding the one before.
+then command-line flags, each overriding the one before; and `validate`, every check of them that
+needs neither devices nor TensorFlow.
+
+The GPU-selection settings are one `SelectionOptions` (`config.selection`); in files, the
+environment and flags they keep their flat names (`device_mode`, `custom_gpus`, ...).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from common.errors import UserError
+from diagnostics.selection import SELECTION_DESTS, SelectionError, SelectionOptions
+from training import models  # the registry of names: no TensorFlow at import
 
 GLOBAL_BATCH_SIZE = 128
 DEFAULT_EPOCHS = 2
@@ -24,12 +31,13 @@ class ConfigError(UserError):
     """A setting that cannot be used (a user error: one line, exit 2)."""
 
 
+# A setting's flat name -> its SelectionOptions field, in the same order.
+_SELECTION_FIELDS = dict(zip(SELECTION_DESTS, (f.name for f in fields(SelectionOptions)), strict=True))
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    device_mode: str = "multi"
-    custom_gpus: tuple[int, ...] = ()
-    min_gpu_memory: float = 8.0
-    include_display_gpus: bool = False
+    selection: SelectionOptions = field(default_factory=SelectionOptions)
     model: str = "cnn"
     data: str | None = None
     epochs: int = DEFAULT_EPOCHS
@@ -55,14 +63,26 @@ class TrainConfig:
 
     def merged(self, overrides: Mapping[str, Any], origin: str) -> TrainConfig:
         """A copy with `overrides` applied; unknown keys and wrong types are a ConfigError."""
-        known = {f.name: f for f in fields(self)}
+        known = setting_names()
         changes: dict[str, Any] = {}
+        selection: dict[str, Any] = {}
         for raw_key, value in overrides.items():
             key = raw_key.replace("-", "_")
             if key not in known:
                 raise ConfigError(f"{origin}: unknown setting {raw_key!r}")
-            changes[key] = _coerce(key, value, getattr(self, key), origin)
+            if key in _SELECTION_FIELDS:
+                name = _SELECTION_FIELDS[key]
+                selection[name] = _coerce(key, value, getattr(self.selection, name), origin)
+            else:
+                changes[key] = _coerce(key, value, getattr(self, key), origin)
+        if selection:
+            changes["selection"] = replace(self.selection, **selection)
         return replace(self, **changes)
+
+
+def setting_names() -> set[str]:
+    """Every key a config file, a TRAINING_* variable or a flag may set."""
+    return {f.name for f in fields(TrainConfig) if f.name != "selection"} | set(SELECTION_DESTS)
 
 
 def _coerce(key: str, value: Any, current: Any, origin: str) -> Any:
@@ -130,6 +150,8 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"--config {path}: cannot read: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"--config {path}: not valid TOML ({exc})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"--config {path}: not valid TOML (not UTF-8 text)") from None
     # allow the settings at top level or under [training]
     section = data.get("training", data)
     if not isinstance(section, dict):
@@ -139,7 +161,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 
 def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     environ = os.environ if environ is None else environ
-    names = {f.name for f in fields(TrainConfig)}
+    names = setting_names()
     out = {}
     for name, value in environ.items():
         if name.startswith(ENV_PREFIX):
@@ -158,6 +180,54 @@ def resolve_config(
         config = config.merged(load_config_file(config_file), f"--config {config_file}")
     config = config.merged(env_overrides(environ), "environment")
     return config.merged({k: v for k, v in flags.items() if v is not None}, "command line")
+
+
+def validate(c: TrainConfig) -> TrainConfig:
+    """The checks that need neither devices nor TensorFlow; raises a UserError, returns `c`."""
+    try:
+        c.selection.validate()
+    except SelectionError as exc:
+        raise ConfigError(str(exc)) from None
+    for name in ("epochs", "global_batch_size"):
+        value = getattr(c, name)
+        if value < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+    if c.steps_per_epoch is not None and c.steps_per_epoch < 1:
+        raise ConfigError(f"--steps-per-epoch must be a positive integer, got {c.steps_per_epoch}")
+    if c.warmup_steps < 0:
+        raise ConfigError(f"--warmup-steps must be >= 0, got {c.warmup_steps}")
+    if not (c.learning_rate > 0 and math.isfinite(c.learning_rate)):
+        raise ConfigError(f"--learning-rate must be a positive number, got {c.learning_rate:g}")
+    if c.inventory and not c.dry_run:
+        raise ConfigError("--inventory replays a recorded machine and only works with --dry-run")
+    if c.save_model and not c.save_model.endswith(".keras"):
+        raise ConfigError(f"--save-model {c.save_model}: the file name must end in .keras")
+    for flag, path in (("--summary-json", c.summary_json), ("--save-model", c.save_model)):
+        if path:
+            folder = os.path.dirname(os.path.abspath(path))
+            if not os.path.isdir(folder):
+                raise ConfigError(f"{flag} {path}: folder {folder} does not exist")
+            if not os.access(folder, os.W_OK):
+                raise ConfigError(f"{flag} {path}: folder {folder} is not writable")
+    models.check_name(c.model)
+    parse_save_freq(c.save_freq)
+    if c.checkpoint_dir:
+        _check_checkpoint_dir(c.checkpoint_dir)
+    return c
+
+
+def _check_checkpoint_dir(path: str) -> None:
+    """A folder that exists and is writable, or can be created (its nearest existing parent is)."""
+    target = os.path.abspath(path)
+    if os.path.exists(target) and not os.path.isdir(target):
+        raise ConfigError(f"--checkpoint-dir {path}: exists and is not a folder")
+    existing = target
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ConfigError(f"--checkpoint-dir {path}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"--checkpoint-dir {path}: folder {existing} is not writable")
 
 
 def nearest_valid_batches(global_batch_size: int, replicas: int) -> list[int]:
