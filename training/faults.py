@@ -9,6 +9,8 @@ machine, so the tests make them happen here instead, as DCGM tests its diagnosti
 - oom_above_batch=N: a training step whose per-replica batch is above N raises
   tf.errors.ResourceExhaustedError, as a GPU that runs out of memory does.
 - nan_at_step=N: global step N (counted from 1 over the whole run) reports a NaN loss.
+- nan_weights_at_step=N: the weights a checkpoint after global step N would save hold a NaN (an
+  update that overflowed after its loss was computed).
 - sleep_per_step=S: each step takes S seconds longer (so that a test can kill a run mid-epoch).
 - kill_after_step=N: SIGKILL this process right after global step N and any checkpoint it writes.
 - kill_during_checkpoint=N: SIGKILL this process halfway through writing its Nth checkpoint file.
@@ -49,6 +51,7 @@ class Faults:
     sleep_per_step: float | None = None
     kill_after_step: int | None = None
     kill_during_checkpoint: int | None = None
+    nan_weights_at_step: int | None = None
     checkpoints_started: int = 0  # state, not configuration
 
     # -- hooks called by the trainer; each one is a no-op unless its fault is set ------------------
@@ -68,6 +71,16 @@ class Faults:
 
     def loss_after_step(self, global_step: int, loss: float) -> float:
         return float("nan") if global_step == self.nan_at_step else loss
+
+    def weights_to_save(self, global_step: int, arrays: Sequence[Any]) -> Sequence[Any]:
+        """Called with the arrays a checkpoint is about to save, before they are checked."""
+        if global_step != self.nan_weights_at_step or not arrays:
+            return arrays
+        import numpy as np
+
+        poisoned = np.array(arrays[0], dtype=np.float32, copy=True)
+        poisoned.flat[0] = np.nan
+        return [poisoned, *arrays[1:]]
 
     def after_step(self, global_step: int) -> None:
         """Called after the step and after any checkpoint written for it."""
@@ -90,7 +103,13 @@ def _kill_self() -> None:
     time.sleep(60)  # SIGKILL is delivered at once; never run on past it
 
 
-_INT_FIELDS = {"oom_above_batch", "nan_at_step", "kill_after_step", "kill_during_checkpoint"}
+_INT_FIELDS = {
+    "oom_above_batch",
+    "nan_at_step",
+    "kill_after_step",
+    "kill_during_checkpoint",
+    "nan_weights_at_step",
+}
 _FLOAT_FIELDS = {"sleep_per_step"}
 
 

@@ -1,21 +1,94 @@
-"""Resuming a run: before TensorFlow starts, is there a checkpoint in --checkpoint-dir, and was it
-written by a run with the same settings? (A different run is bad input: one line, exit 2.)
+"""Resuming a run: where it picks up (`StartPoint`), the one check that a checkpoint was written by
+a run with the same settings (`check_fingerprint`: a different run is bad input, exit 2), that
+check before TensorFlow starts (`check_before_start`), and putting the newest good checkpoint
+back into a trainer (`resume_latest`).
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
 
-from training.checkpoint import CheckpointError, CheckpointStore, describe_mismatch, fingerprint
+import numpy as np
+
+from training.checkpoint import CheckpointError, CheckpointStore, Manifest, describe_mismatch, fingerprint
 from training.config import TrainConfig, resolve_steps_per_epoch
 from training.devices import DevicePlan
+from training.progress import EpochSums, ThroughputMeter, TrainResult
+
+
+@dataclass
+class StartPoint:
+    """Where a resumed run picks up: the position and running sums from a checkpoint's manifest."""
+
+    global_step: int
+    epoch: int
+    step_in_epoch: int
+    history: list[dict[str, float]] = field(default_factory=list)
+    loss_sum: float = 0.0
+    correct_sum: float = 0.0
+    seen: int = 0
+    checkpoint: str | None = None
+    stopped_early: bool = False
+
+    @classmethod
+    def from_manifest(cls, manifest: Manifest, checkpoint: str | None = None) -> StartPoint:
+        return cls(
+            manifest.global_step,
+            manifest.epoch,
+            manifest.step_in_epoch,
+            list(manifest.history),
+            manifest.loss_sum,
+            manifest.correct_sum,
+            manifest.seen,
+            checkpoint,
+            manifest.stopped_early,
+        )
+
+    def enter_epoch(self, epoch: int, global_batch_size: int) -> tuple[int, EpochSums]:
+        """The first step to run in `epoch`, and its sums so far: the checkpoint's, if it stopped
+        inside this epoch, so the logged loss and accuracy continue where they were."""
+        if epoch == self.epoch and self.step_in_epoch > 0:
+            sums = EpochSums(global_batch_size, self.loss_sum, self.correct_sum, self.seen)
+            return self.step_in_epoch, sums
+        return 0, EpochSums(global_batch_size)
+
+    def result(self, meter: ThroughputMeter) -> TrainResult:
+        """The run's record so far, to go on from."""
+        return TrainResult(
+            history=list(self.history),
+            meter=meter,
+            global_step=self.global_step,
+            last_checkpoint=self.checkpoint,
+        )
+
+
+class Resumable(Protocol):
+    """What resume_latest needs of a trainer (training.train.Trainer)."""
+
+    @property
+    def num_replicas(self) -> int: ...
+
+    def restore(self, names: Sequence[str], arrays: Sequence[np.ndarray], source: str) -> None: ...
+
+    def seek(self, global_step: int) -> None: ...
+
+
+def check_fingerprint(saved: Mapping[str, Any], current: Mapping[str, Any], checkpoint_dir: Any) -> None:
+    """Refuse to resume a checkpoint written under settings that change what training means."""
+    diff = describe_mismatch(saved, current)
+    if diff:
+        raise CheckpointError(
+            f"--checkpoint-dir {checkpoint_dir} holds a different run ({diff}): "
+            "resume with the same settings, or use another --checkpoint-dir"
+        )
 
 
 def check_before_start(
     config: TrainConfig, plan: DevicePlan, examples: Any
 ) -> tuple[TrainConfig, str | None]:
-    """Refuse (CheckpointError: exit 2) a --checkpoint-dir that holds another run.
+    """Refuse (CheckpointError: exit 2) a --checkpoint-dir that holds another run, before TensorFlow.
 
     Returns the config (with --auto-batch-size, the checkpoint's batch: the same command resumes)
     and a description of the checkpoint a run would resume from, or None.
@@ -37,10 +110,35 @@ def check_before_start(
 
         num_examples = SYNTHETIC_EXAMPLES
     current = fingerprint(config, num_examples, resolve_steps_per_epoch(config, num_examples))
-    diff = describe_mismatch(saved, current)
-    if diff:
-        raise CheckpointError(
-            f"--checkpoint-dir {config.checkpoint_dir} holds a different run ({diff}): "
-            "resume with the same settings, or use another --checkpoint-dir"
-        )
+    check_fingerprint(saved, current, config.checkpoint_dir)
     return config, f"{found.name} ({found.manifest.where()})"
+
+
+def resume_latest(
+    store: CheckpointStore,
+    trainer: Resumable,
+    current: dict[str, Any],
+    epochs: int,
+    notify: Callable[[str], None],
+) -> StartPoint | None:
+    """Load the newest good checkpoint in `store` into `trainer` and say so through `notify`.
+
+    Returns where fit picks up, or None (no usable checkpoint: train from the start). Raises
+    CheckpointError for a checkpoint of a different run or model.
+    """
+    restored = store.restore_latest(notify)
+    if restored is None:
+        return None
+    check_fingerprint(restored.manifest.fingerprint, current, store.directory)
+    manifest = restored.manifest
+    trainer.restore([n for n, _ in manifest.variables], restored.arrays, restored.checkpoint.name)
+    trainer.seek(manifest.global_step)
+    start = StartPoint.from_manifest(manifest, restored.checkpoint.name)
+    replicas = trainer.num_replicas
+    note = ""
+    if manifest.replicas != replicas:
+        note = f" (written on {manifest.replicas} replicas, now {replicas})"
+    notify(f"resuming from checkpoint {start.checkpoint} ({manifest.where()}){note}")
+    if manifest.stopped_early or manifest.epoch >= epochs:
+        notify(f"that checkpoint ends the run: nothing left to train for --epochs {epochs}")
+    return start

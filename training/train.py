@@ -5,36 +5,30 @@ Why not `model.fit`: in Keras 3.15, `fit` under MirroredStrategy ran at half the
 to run (see ARCHITECTURE.md). This loop keeps what users expect of `fit`: the Keras progress bar,
 Keras callbacks (TensorBoard, ModelCheckpoint, EarlyStopping, ...), running loss and accuracy,
 and a compiled model that `model.save()` writes as usual.
+
+The loop's other concerns have modules of their own: progress.py (position, running sums,
+throughput), checkpointing.py (when to save, resuming), signals.py (SIGINT/SIGTERM), errors.py
+(how a run ends early) and summary.py (the summary dict).
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
-import signal
 import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from diagnostics.atomic import replacing
+from common.files import replacing
 from training import data as data_mod
 from training import faults as faults_mod
 from training import models
-from training.checkpoint import (
-    Checkpoint,
-    CheckpointError,
-    CheckpointStore,
-    Manifest,
-    fingerprint,
-)
+from training.checkpoint import CheckpointError, CheckpointStore, fingerprint
+from training.checkpointing import Checkpointing
 from training.config import (
     TrainConfig,
     batch_not_divisible_message,
@@ -42,153 +36,24 @@ from training.config import (
     resolve_steps_per_epoch,
 )
 from training.devices import DeviceSetup
+from training.errors import TrainingDiverged, TrainingInterrupted
+from training.progress import ThroughputMeter, TrainResult
+from training.resume import StartPoint, resume_latest
+from training.signals import GracefulStop
+from training.summary import build_summary
 
-
-class TrainingDiverged(RuntimeError):
-    """The loss (or, at a checkpoint, a weight) became NaN or infinite."""
-
-    def __init__(
-        self,
-        step: int,
-        loss: float,
-        last_checkpoint: str | None = None,
-        what: str = "loss",
-    ) -> None:
-        if last_checkpoint:
-            advice = (
-                f"; the last good checkpoint, {last_checkpoint}, is kept: lower --learning-rate "
-                "and run the same command again to resume from it"
-            )
-        else:
-            advice = " (no checkpoint was kept; lower --learning-rate and run again)"
-        super().__init__(f"{what} became {loss} at step {step}: training stopped{advice}")
-        self.step, self.loss, self.last_checkpoint = step, loss, last_checkpoint
-
-
-class TrainingInterrupted(Exception):
-    """SIGINT or SIGTERM: the run stopped after a whole step and, with checkpoints, saved it."""
-
-    def __init__(self, signum: int, global_step: int, checkpoint: str | None, at_once: bool = False) -> None:
-        self.signum, self.global_step, self.checkpoint = signum, global_step, checkpoint
-        self.at_once = at_once
-        name = signal.Signals(signum).name
-        if at_once:
-            detail = f"stopped at once by a second {name} during global step {global_step + 1}"
-            saved = f"; the last checkpoint is {checkpoint}" if checkpoint else ""
-        else:
-            detail = f"stopped by {name} after global step {global_step}"
-            saved = f"; checkpoint {checkpoint} written" if checkpoint else ""
-        super().__init__(detail + saved)
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + self.signum  # what a shell reports for a process killed by the signal
-
-
-class _GracefulStop:
-    """SIGINT/SIGTERM set a flag that the loop reads after each step; a second signal stops at once.
-
-    Only in the main thread (Python delivers signals there, and `signal.signal` refuses elsewhere).
-    """
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self.global_step = 0
-        self.last_checkpoint: str | None = None  # for the message if a second signal cuts it short
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> _GracefulStop:
-        if threading.current_thread() is threading.main_thread():
-            for sig in self.SIGNALS:
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.signum is not None:
-            raise TrainingInterrupted(signum, self.global_step, self.last_checkpoint, at_once=True)
-        self.signum = signum
-        # os.write, not print: the handler may run while the main thread is inside a print
-        os.write(
-            2,
-            f"\n{signal.Signals(signum).name}: stopping after this step "
-            "(send it again to stop at once)\n".encode(),
-        )
-
-
-@dataclass
-class ThroughputMeter:
-    """Samples per second over the steps after the first `warmup_steps` (tracing, autotuning)."""
-
-    global_batch_size: int
-    warmup_steps: int
-    steps: int = 0
-    measured_steps: int = 0
-    measured_seconds: float = 0.0
-    _last: float | None = None
-
-    def step_done(self, now: float) -> None:
-        self.steps += 1
-        if self.steps > self.warmup_steps and self._last is not None:
-            self.measured_steps += 1
-            self.measured_seconds += now - self._last
-        self._last = now
-
-    def pause(self) -> None:
-        """Time between calls to step_done across a pause (epoch end, checkpoint) is not counted."""
-        self._last = None
-
-    @property
-    def samples_per_sec(self) -> float | None:
-        if not self.measured_steps or self.measured_seconds <= 0:
-            return None
-        return self.measured_steps * self.global_batch_size / self.measured_seconds
-
-
-@dataclass
-class TrainResult:
-    history: list[dict[str, float]] = field(default_factory=list)
-    steps: int = 0  # steps run by this call
-    meter: ThroughputMeter | None = None
-    train_seconds: float = 0.0
-    stopped_early: bool = False
-    global_step: int = 0  # steps the model has trained in all, resumed ones included
-    last_checkpoint: str | None = None
-
-
-@dataclass
-class StartPoint:
-    """Where a resumed run picks up: the position and running sums from a checkpoint's manifest."""
-
-    global_step: int
-    epoch: int
-    step_in_epoch: int
-    history: list[dict[str, float]] = field(default_factory=list)
-    loss_sum: float = 0.0
-    correct_sum: float = 0.0
-    seen: int = 0
-    checkpoint: str | None = None
-    stopped_early: bool = False
-
-    @classmethod
-    def from_manifest(cls, manifest: Manifest, checkpoint: str | None = None) -> StartPoint:
-        return cls(
-            manifest.global_step,
-            manifest.epoch,
-            manifest.step_in_epoch,
-            list(manifest.history),
-            manifest.loss_sum,
-            manifest.correct_sum,
-            manifest.seen,
-            checkpoint,
-            manifest.stopped_early,
-        )
+# what other modules import from here; the run's records and exceptions live in their own modules
+__all__ = [
+    "StartPoint",
+    "ThroughputMeter",
+    "TrainResult",
+    "Trainer",
+    "TrainingDiverged",
+    "TrainingInterrupted",
+    "make_optimizer",
+    "run",
+    "save_model_atomically",
+]
 
 
 class Trainer:
@@ -229,6 +94,10 @@ class Trainer:
         self.train_step = self._make_train_step()
         # None unless GPUDIAG_FAULT is set (tests); every hook below is skipped then
         self.faults = faults_mod.from_env()
+
+    @property
+    def num_replicas(self) -> int:
+        return int(self.setup.num_replicas)
 
     def seek(self, global_step: int) -> None:
         """Restart the input stream where a run that trained `global_step` steps left it."""
@@ -342,117 +211,88 @@ class Trainer:
         """Train from `start` (a checkpoint's position; call seek() and restore() first) or from
         `initial_epoch`. With `checkpoints`, save at the end of each epoch, or every
         `save_every_steps` steps, at the end, and on SIGINT/SIGTERM (with `handle_signals`)."""
-        meter = ThroughputMeter(self.global_batch_size, self.config.warmup_steps)
-        result = TrainResult(meter=meter)
         if start is None:
             start = StartPoint(initial_epoch * steps_per_epoch, initial_epoch, 0)
-        result.history = list(start.history)
-        result.global_step = start.global_step
-        result.last_checkpoint = start.checkpoint
-        cbs = keras.callbacks.CallbackList(
-            list(callbacks),
-            add_history=True,
-            add_progbar=verbose > 0,
-            model=self.model,
-            verbose=verbose,
-            epochs=epochs,
-            steps=steps_per_epoch,
+        meter = ThroughputMeter(self.global_batch_size, self.config.warmup_steps)
+        result = start.result(meter)
+        cbs = self._callback_list(callbacks, verbose, epochs, steps_per_epoch)
+        saving = Checkpointing(
+            checkpoints,
+            result,
+            meter,
+            state=self.state,
+            replicas=int(self.strategy.num_replicas_in_sync),
+            every_steps=save_every_steps,
+            fingerprint=fingerprint_,
         )
-        faults = self.faults
-        stop = _GracefulStop() if handle_signals else None
-        if stop is not None:
-            stop.global_step, stop.last_checkpoint = start.global_step, start.checkpoint
-        per_replica = self.per_replica_batch_size
-
-        def save(epoch_done: int, step_in_epoch: int, sums: tuple[float, float, int]) -> None:
-            assert checkpoints is not None
-            names, arrays = self.state()
-            for name, array in zip(names, arrays, strict=True):
-                if not np.isfinite(array).all():
-                    # a loss is computed before its step's update: the update itself can overflow
-                    raise TrainingDiverged(result.global_step, float("nan"), result.last_checkpoint, name)
-            manifest = Manifest(
-                global_step=result.global_step,
-                epoch=epoch_done,
-                step_in_epoch=step_in_epoch,
-                fingerprint=dict(fingerprint_ or {}),
-                history=list(result.history),
-                loss_sum=sums[0],
-                correct_sum=sums[1],
-                seen=sums[2],
-                replicas=int(self.strategy.num_replicas_in_sync),
-                stopped_early=result.stopped_early,
-            )
-            result.last_checkpoint = checkpoints.save(manifest, names, arrays).name
-            if stop is not None:
-                stop.last_checkpoint = result.last_checkpoint
-            meter.pause()  # the write is not training time
-
-        def after_step() -> None:
-            if faults is not None:
-                faults.after_step(result.global_step)
-            if stop is not None and stop.signum is not None:
-                raise TrainingInterrupted(stop.signum, result.global_step, result.last_checkpoint)
-
+        stop = GracefulStop(lambda: (result.global_step, result.last_checkpoint), install=handle_signals)
         self.model.stop_training = False
         started = time.perf_counter()
         logs: dict[str, float] = {}
-        with stop or contextlib.nullcontext():
+        with stop:
             cbs.on_train_begin()
-            first_epoch = epochs if start.stopped_early else start.epoch
-            for epoch in range(first_epoch, epochs):
+            for epoch in range(epochs if start.stopped_early else start.epoch, epochs):
                 cbs.on_epoch_begin(epoch)
-                resumed_here = epoch == start.epoch and start.step_in_epoch > 0
-                loss_sum, correct_sum, seen = (
-                    (start.loss_sum, start.correct_sum, start.seen) if resumed_here else (0.0, 0.0, 0)
-                )
+                first_step, sums = start.enter_epoch(epoch, self.global_batch_size)
                 meter.pause()
-                for step in range(start.step_in_epoch if resumed_here else 0, steps_per_epoch):
+                for step in range(first_step, steps_per_epoch):
                     cbs.on_train_batch_begin(step)
-                    if faults is not None:
-                        faults.before_step(result.global_step + 1, per_replica)
-                    # one host sync per step, as fit's logs need too
-                    loss_value, correct = self.train_step(self.iterator).numpy().tolist()
-                    meter.step_done(time.perf_counter())
-                    result.steps += 1
-                    result.global_step += 1
-                    if stop is not None:
-                        stop.global_step = result.global_step
-                    if faults is not None:
-                        loss_value = faults.loss_after_step(result.global_step, loss_value)
-                    if not math.isfinite(loss_value):
-                        # no checkpoint of these weights: the last good one stays the newest
-                        raise TrainingDiverged(result.global_step, loss_value, result.last_checkpoint)
-                    loss_sum += loss_value
-                    correct_sum += correct
-                    seen += self.global_batch_size
-                    steps_seen = seen // self.global_batch_size
-                    logs = {"loss": loss_sum / steps_seen, "accuracy": correct_sum / seen}
+                    logs = sums.add(*self._step(result, meter))
                     cbs.on_train_batch_end(step, logs)
+                    # an epoch's last step is saved (and checked for a signal) at the epoch's end
                     if step + 1 < steps_per_epoch and not self.model.stop_training:
-                        stopping = stop is not None and stop.signum is not None
-                        due = save_every_steps is not None and result.global_step % save_every_steps == 0
-                        if checkpoints is not None and (stopping or due):
-                            save(epoch, step + 1, (loss_sum, correct_sum, seen))
-                        after_step()
+                        saving.mid_epoch(epoch, step + 1, sums, stopping=stop.requested)
+                        self._after_step(result, stop)
                     if self.model.stop_training:
                         break
                 meter.pause()
                 cbs.on_epoch_end(epoch, logs)
                 result.history.append({"epoch": epoch + 1, **logs})
                 result.stopped_early = bool(self.model.stop_training)
-                if checkpoints is not None:
-                    last = epoch + 1 == epochs or result.stopped_early
-                    stopping = stop is not None and stop.signum is not None
-                    due = save_every_steps is None or result.global_step % save_every_steps == 0
-                    if last or stopping or due:
-                        save(epoch + 1, 0, (0.0, 0.0, 0))
-                after_step()
+                final = epoch + 1 == epochs or result.stopped_early
+                saving.epoch_end(epoch + 1, final, stopping=stop.requested)
+                self._after_step(result, stop)
                 if result.stopped_early:
                     break
             cbs.on_train_end(logs)
         result.train_seconds = time.perf_counter() - started
         return result
+
+    def _callback_list(
+        self, callbacks: Sequence[keras.callbacks.Callback], verbose: int, epochs: int, steps: int
+    ) -> keras.callbacks.CallbackList:
+        # add_progbar: the same Keras progress bar that model.fit prints
+        return keras.callbacks.CallbackList(
+            list(callbacks),
+            add_history=True,
+            add_progbar=verbose > 0,
+            model=self.model,
+            verbose=verbose,
+            epochs=epochs,
+            steps=steps,
+        )
+
+    def _step(self, result: TrainResult, meter: ThroughputMeter) -> tuple[float, float]:
+        """One global step, counted in `result`; returns its loss and its correct predictions."""
+        if self.faults is not None:
+            self.faults.before_step(result.global_step + 1, self.per_replica_batch_size)
+        # one host sync per step, as fit's logs need too
+        loss, correct = self.train_step(self.iterator).numpy().tolist()
+        meter.step_done(time.perf_counter())
+        result.steps += 1
+        result.global_step += 1
+        if self.faults is not None:
+            loss = self.faults.loss_after_step(result.global_step, loss)
+        if not math.isfinite(loss):
+            # no checkpoint of these weights: the last good one stays the newest
+            raise TrainingDiverged(result.global_step, loss, result.last_checkpoint)
+        return loss, correct
+
+    def _after_step(self, result: TrainResult, stop: GracefulStop) -> None:
+        """After a step and any checkpoint written for it: where a kill or a signal stops the run."""
+        if self.faults is not None:
+            self.faults.after_step(result.global_step)
+        stop.raise_if_requested(result.global_step, result.last_checkpoint)
 
     def probe(self, steps: int = 2) -> None:
         """Run a few steps and wait for them (for --auto-batch-size): raises ResourceExhaustedError
@@ -464,18 +304,6 @@ class Trainer:
 
     def weights(self) -> list[np.ndarray]:
         return [np.asarray(w) for w in self.model.get_weights()]
-
-
-def check_fingerprint(checkpoint: Checkpoint, current: dict[str, Any]) -> None:
-    """Refuse to resume a checkpoint written under settings that change what training means."""
-    from training.checkpoint import describe_mismatch
-
-    diff = describe_mismatch(checkpoint.manifest.fingerprint, current)
-    if diff:
-        raise CheckpointError(
-            f"--checkpoint-dir {checkpoint.manifest_path.parent} holds a different run ({diff}): "
-            "resume with the same settings, or use another --checkpoint-dir"
-        )
 
 
 def make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimizer:
@@ -517,24 +345,11 @@ def run(
     all_callbacks = list(callbacks)
     if config.log_dir:
         all_callbacks.append(keras.callbacks.TensorBoard(log_dir=config.log_dir, update_freq="epoch"))
-    store, start, resumed = None, None, None
     current = fingerprint(config, len(examples), steps_per_epoch)
+    store, start = None, None
     if config.checkpoint_dir:
         store = CheckpointStore(config.checkpoint_dir, faults=trainer.faults)
-        restored = store.restore_latest(notify)
-        if restored is not None:
-            check_fingerprint(restored.checkpoint, current)
-            manifest = restored.manifest
-            trainer.restore([n for n, _ in manifest.variables], restored.arrays, restored.checkpoint.name)
-            trainer.seek(manifest.global_step)
-            start = StartPoint.from_manifest(manifest, restored.checkpoint.name)
-            resumed = restored.checkpoint.name
-            note = ""
-            if manifest.replicas != setup.num_replicas:
-                note = f" (written on {manifest.replicas} replicas, now {setup.num_replicas})"
-            notify(f"resuming from checkpoint {resumed} ({manifest.where()}){note}")
-            if manifest.stopped_early or manifest.epoch >= config.epochs:
-                notify(f"that checkpoint ends the run: nothing left to train for --epochs {config.epochs}")
+        start = resume_latest(store, trainer, current, config.epochs, notify)
     setup_seconds = time.perf_counter() - started
     result = trainer.fit(
         config.epochs,
@@ -549,43 +364,15 @@ def run(
     )
     if config.save_model:
         save_model_atomically(trainer.model, config.save_model)
-    final = result.history[-1] if result.history else {}
-    rate = result.meter.samples_per_sec if result.meter else None
-    plan = setup.plan
-    return {
-        "model": config.model,
-        "data": examples.source,
-        "examples": len(examples),
-        "examples_dropped": examples.dropped,
-        "device_kind": plan.kind,
-        "devices": plan.describe(),
-        "replicas": setup.num_replicas,
-        "cross_device_ops": setup.cross_device_ops,
-        "global_batch_size": trainer.global_batch_size,
-        "per_replica_batch_size": trainer.per_replica_batch_size,
-        "epochs": len(result.history),
-        "steps_per_epoch": steps_per_epoch,
-        "steps": result.global_step,
-        "steps_this_run": result.steps,
-        "resumed_from": resumed,
-        "checkpoint_dir": config.checkpoint_dir,
-        "last_checkpoint": result.last_checkpoint,
-        "warmup_steps": config.warmup_steps,
-        "learning_rate": config.learning_rate,
-        "optimizer": config.optimizer,
-        "seed": config.seed,
-        "mixed_precision": config.mixed_precision,
-        "jit_compile": config.jit_compile,
-        "stopped_early": result.stopped_early,
-        "final_loss": final.get("loss"),
-        "final_accuracy": final.get("accuracy"),
-        "history": result.history,
-        "samples_per_sec": rate,
-        "samples_per_sec_per_replica": rate / setup.num_replicas if rate else None,
-        "setup_seconds": setup_seconds,
-        "train_seconds": result.train_seconds,
-        "wall_seconds": time.perf_counter() - started,
-        "tensorflow_version": tf.__version__,
-        "keras_version": keras.__version__,
-        "warnings": list(setup.warnings),
-    }
+    return build_summary(
+        config,
+        setup,
+        examples,
+        result,
+        global_batch_size=trainer.global_batch_size,
+        per_replica_batch_size=trainer.per_replica_batch_size,
+        steps_per_epoch=steps_per_epoch,
+        resumed_from=start.checkpoint if start is not None else None,
+        setup_seconds=setup_seconds,
+        wall_seconds=time.perf_counter() - started,
+    )

@@ -1,0 +1,72 @@
+"""The summary of a training run: what `python -m training` prints and --summary-json writes.
+
+One function from the run's facts to a flat dict, in a fixed key order (the JSON file keeps it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from training.config import TrainConfig
+from training.data import Examples
+from training.devices import DeviceSetup
+from training.progress import TrainResult
+
+
+def build_summary(
+    config: TrainConfig,
+    setup: DeviceSetup,
+    examples: Examples,
+    result: TrainResult,
+    *,
+    global_batch_size: int,
+    per_replica_batch_size: int,
+    steps_per_epoch: int,
+    resumed_from: str | None,
+    setup_seconds: float,
+    wall_seconds: float,
+) -> dict[str, Any]:
+    final = result.history[-1] if result.history else {}
+    rate = result.meter.samples_per_sec if result.meter else None
+    plan = setup.plan
+    return {
+        "model": config.model,
+        "data": examples.source,
+        "examples": len(examples),
+        "examples_dropped": examples.dropped,
+        "device_kind": plan.kind,
+        "devices": plan.describe(),
+        "replicas": setup.num_replicas,
+        "cross_device_ops": setup.cross_device_ops,
+        "global_batch_size": global_batch_size,
+        "per_replica_batch_size": per_replica_batch_size,
+        "epochs": len(result.history),
+        "steps_per_epoch": steps_per_epoch,
+        "steps": result.global_step,
+        "steps_this_run": result.steps,
+        "resumed_from": resumed_from,
+        "checkpoint_dir": config.checkpoint_dir,
+        "last_checkpoint": result.last_checkpoint,
+        "warmup_steps": config.warmup_steps,
+        "learning_rate": config.learning_rate,
+        "optimizer": config.optimizer,
+        "seed": config.seed,
+        "mixed_precision": config.mixed_precision,
+        "dtype_policy": keras.config.dtype_policy().name,  # what --mixed-precision set, as Keras has it
+        "jit_compile": config.jit_compile,
+        "stopped_early": result.stopped_early,
+        "final_loss": final.get("loss"),
+        "final_accuracy": final.get("accuracy"),
+        "history": result.history,
+        "samples_per_sec": rate,
+        "samples_per_sec_per_replica": rate / setup.num_replicas if rate else None,
+        "setup_seconds": setup_seconds,
+        "train_seconds": result.train_seconds,
+        "wall_seconds": wall_seconds,
+        "tensorflow_version": tf.__version__,
+        "keras_version": keras.__version__,
+        "warnings": list(setup.warnings),
+    }
