@@ -1,7 +1,9 @@
 """pytest options, fixtures and hooks of the scaling sweep (`pytest bench --benchmark-only`).
 
-Options are checked in pytest_configure: bad input is one line from pytest's usage error (exit 4)
-before any worker starts or any file is written. The report is written when the session ends.
+Options are declared with typed converters, so pytest reports a bad value as a usage error naming
+the flag; pytest_configure then checks what needs several options or the devices (one line from
+pytest's usage error, exit 4). Both happen before any worker starts or any file is written. The
+report is written when the session ends.
 Other benchmark modules in bench/ use none of this: the sweep's fixtures are requested only by
 test_sweep.py, and its option destinations all start with `sweep_`.
 """
@@ -14,21 +16,11 @@ from collections.abc import Generator
 from typing import Any
 
 import pytest
-from sweep_harness import (
-    DEFAULT_ALLREDUCE_ITERS,
-    DEFAULT_REPORT_DIR,
-    DEFAULT_ROUNDS,
-    DEFAULT_STEPS,
-    DEFAULT_WARMUP_STEPS,
-    Case,
-    CaseFailed,
-    Sweep,
-    SweepOptions,
-    SweepUsageError,
-    parse_options,
-    plan_cases,
-)
+from sweep import CaseFailed, Sweep
+from sweep_cases import BENCHMARKS, Case, plan_cases
+from sweep_options import PREFIX, SweepOptions, SweepUsageError, add_sweep_options, check_options
 
+from diagnostics.selection import add_selection_options
 from training.devices import DevicePlan
 
 _OPTIONS = pytest.StashKey[tuple[SweepOptions, DevicePlan]]()
@@ -38,78 +30,10 @@ _REPORT = pytest.StashKey[str]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    g = parser.getgroup("gpudiag sweep", "GPU-count x batch-size scaling sweep (bench/test_sweep.py)")
-    # values are taken as text and checked in pytest_configure, so every mistake is one line
-    g.addoption(
-        "--gpus",
-        nargs="+",
-        dest="sweep_gpus",
-        metavar="N",
-        help="GPU counts (default 1 2 4 ... up to the number selected)",
-    )
-    g.addoption(
-        "--batch-sizes",
-        nargs="+",
-        dest="sweep_batch_sizes",
-        metavar="B",
-        help="batch sizes per GPU (default 32 64 128)",
-    )
-    g.addoption(
-        "--scaling",
-        dest="sweep_scaling",
-        metavar="{weak,strong,both}",
-        help="weak keeps the batch per GPU, strong the global batch (default weak)",
-    )
-    g.addoption("--model", dest="sweep_model", help="model to train (default cnn)")
-    g.addoption("--steps", dest="sweep_steps", metavar="K", help=f"steps per round (default {DEFAULT_STEPS})")
-    g.addoption("--rounds", dest="sweep_rounds", help=f"measured rounds (default {DEFAULT_ROUNDS})")
-    g.addoption(
-        "--warmup-steps",
-        dest="sweep_warmup_steps",
-        help=f"warm-up steps before the rounds (default {DEFAULT_WARMUP_STEPS})",
-    )
-    g.addoption(
-        "--report-dir",
-        dest="sweep_report_dir",
-        metavar="DIR",
-        help=f"where the report goes (default {DEFAULT_REPORT_DIR}/)",
-    )
-    g.addoption("--device-mode", dest="sweep_device_mode", metavar="{single,multi,custom}")
-    g.addoption("--custom-gpus", nargs="+", dest="sweep_custom_gpus", metavar="ID")
-    g.addoption("--min-gpu-memory", dest="sweep_min_gpu_memory", metavar="GB")
-    g.addoption(
-        "--include-display-gpus", action="store_true", default=None, dest="sweep_include_display_gpus"
-    )
-    g.addoption(
-        "--cpu-replicas",
-        dest="sweep_cpu_replicas",
-        metavar="N",
-        help="no GPU: sweep over up to N CPU logical devices",
-    )
-    g.addoption(
-        "--allreduce-bytes",
-        nargs="+",
-        dest="sweep_allreduce_bytes",
-        metavar="SIZE",
-        help="all-reduce message sizes, e.g. 1K 1M 256M (default 1K to 256M in steps of 4)",
-    )
-    g.addoption(
-        "--allreduce-iters",
-        dest="sweep_allreduce_iters",
-        help=f"all-reduces per round (default {DEFAULT_ALLREDUCE_ITERS}, fewer for large messages)",
-    )
-    g.addoption(
-        "--worker-timeout",
-        dest="sweep_worker_timeout",
-        metavar="S",
-        help="seconds a worker may take to answer one request before it is killed (default 300)",
-    )
-    g.addoption(
-        "--worker-start-timeout",
-        dest="sweep_worker_start_timeout",
-        metavar="S",
-        help="seconds a worker may take to start TensorFlow (default 600)",
-    )
+    group = parser.getgroup("gpudiag sweep", "GPU-count x batch-size scaling sweep (bench/test_sweep.py)")
+    add_sweep_options(group.addoption)
+    # the selection flags of `python -m training` and `gpudiag`, with the same converters and checks
+    add_selection_options(group.addoption, prefix=PREFIX)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -117,7 +41,7 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "sweep(benchmark): a case of the scaling sweep (train, input, allreduce)"
     )
     try:
-        config.stash[_OPTIONS] = parse_options(lambda name: config.getoption(f"sweep_{name}"))
+        config.stash[_OPTIONS] = check_options(lambda name: config.getoption(PREFIX + name))
     except SweepUsageError as exc:
         raise pytest.UsageError(str(exc)) from None
     config.stash[_OTHER_TESTS_SECONDS] = []
@@ -144,7 +68,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     positions = [i for i, item in enumerate(items) if _case_of(item) is not None]
     if not positions:
         return
-    order = {b: i for i, b in enumerate(("train", "input", "allreduce"))}
+    order = {b: i for i, b in enumerate(BENCHMARKS)}
 
     def key(item: pytest.Item) -> tuple[int, int]:
         case = _case_of(item)
@@ -225,19 +149,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     from reports.write import ReportDirError, write_report
 
     other_tests: list[float] = config.stash[_OTHER_TESTS_SECONDS]
-    other = math.fsum(other_tests)
-    results = sweep.results(complete=exitstatus != pytest.ExitCode.INTERRUPTED)
-
-    def harness_figure(res: dict[str, Any]) -> None:
-        # taken after the plots are drawn, so their cost counts against the harness
-        harness = sweep.harness()
-        harness["wall_seconds"] -= other
-        harness["other_tests_seconds"] = other
-        harness["fraction"] = harness["benchmark_seconds"] / harness["wall_seconds"]
-        res["harness"] = harness
-
+    # the harness figure is taken before the report is drawn: it is data the report shows
+    results = sweep.results(
+        complete=exitstatus != pytest.ExitCode.INTERRUPTED, other_tests_seconds=math.fsum(other_tests)
+    )
     try:
-        written = write_report(results, sweep.options.report_dir, before_text=harness_figure)
+        written = write_report(results, sweep.options.report_dir)
     except (OSError, ReportDirError) as exc:
         config.stash[_REPORT] = f"scaling report NOT written to {sweep.options.report_dir}: {exc}"
         return

@@ -1,4 +1,5 @@
-"""The scaling sweep: training throughput, input pipeline and all-reduce per (device count, size).
+"""The scaling sweep: training throughput, input pipeline and all-reduce per (device count, size),
+and the harness itself (most of the sweep's time is spent in the steps it measures).
 
 Parametrised by bench/conftest.py from the sweep options; each case runs in the worker of its
 device count and is timed by benchmark.pedantic (one warm-up round, then --rounds rounds).
@@ -7,6 +8,7 @@ Run: pytest bench --benchmark-only [--gpus 1 2 4] [--batch-sizes 32 64] [--cpu-r
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
@@ -16,21 +18,44 @@ import pytest
 pytestmark = pytest.mark.filterwarnings("ignore:Benchmark fixture was not used")
 
 
+def _measured(row: dict[str, Any] | None) -> dict[str, Any]:
+    assert row is not None, "the case measured nothing (run with --benchmark-only, not --benchmark-disable)"
+    rounds = row["round_seconds"]
+    assert len(rounds) >= 1 and all(s > 0 and math.isfinite(s) for s in rounds), rounds
+    return row
+
+
 @pytest.mark.sweep("train")
 def test_train_throughput(run_case: Any) -> None:
-    """Training samples/s for one (device count, batch per device)."""
-    row = run_case()
-    if row is not None:
-        assert len(row["round_seconds"]) >= 1 and all(s > 0 for s in row["round_seconds"])
+    """Training samples/s for one (device count, batch per device): a finite loss, a positive rate."""
+    row = _measured(run_case())
+    assert row["loss"] is not None and math.isfinite(row["loss"]), row["loss"]
+    assert row["global_batch"] * row["steps"] / min(row["round_seconds"]) > 0
 
 
 @pytest.mark.sweep("input")
 def test_input_pipeline(run_case: Any) -> None:
     """The trainer's input pipeline alone, distributed to the replicas, for the same batches."""
-    run_case()
+    row = _measured(run_case())
+    assert row["global_batch"] == row["batch_per_gpu"] * row["gpus"] and row["steps"] > 0
 
 
 @pytest.mark.sweep("allreduce")
 def test_allreduce(run_case: Any) -> None:
-    """A SUM all-reduce of one message size across the replicas (algbw, busbw)."""
-    run_case()
+    """A SUM all-reduce of one message size across the replicas (algbw, busbw): a positive bandwidth."""
+    row = _measured(run_case())
+    algbw = row["bytes"] * row["iters"] / max(row["round_seconds"])
+    assert row["iters"] >= 1 and algbw > 0
+
+
+def test_the_harness_spends_its_time_in_the_steps(sweep: Any) -> None:
+    """Runs after every case: measured and warm-up steps take at least --harness-min-share of the
+    sweep's wall time so far (pytest's start, TensorFlow's starts, tracing and IPC are the rest)."""
+    harness = sweep.harness()
+    share = sweep.options.harness_min_share
+    print(
+        f"\nharness: {harness['benchmark_seconds']:.1f} s of {harness['wall_seconds']:.1f} s in steps "
+        f"({harness['fraction']:.0%}; at least {share:.0%} required)"
+    )
+    assert harness["benchmark_seconds"] > 0, "no case ran"
+    assert harness["fraction"] >= share, harness

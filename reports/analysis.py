@@ -1,7 +1,9 @@
-"""From raw sweep results to every figure of the report: throughput, speedup, scaling efficiency,
-all-reduce bandwidth, input-pipeline headroom, fraction of datasheet peak, GPU utilisation.
+"""From raw sweep results to the measured figures of the report: throughput, speedup, scaling
+efficiency, all-reduce bandwidth, input-pipeline headroom, fraction of datasheet peak, GPU
+utilisation.
 
-Pure: a results dict in, a JSON-ready dict out (the "figures" of scaling.json).
+Pure: a results dict in, a JSON-ready dict out. reports/figures.py adds the recommendations argued
+from these figures (reports/recommend.py, which reads this module) to make scaling.json's "figures".
 """
 
 from __future__ import annotations
@@ -9,14 +11,13 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
+from diagnostics.knowledge import peak_for
+from diagnostics.monitor import lagging
 from reports import stats
 from reports.results import format_bytes
-
-# A GPU whose mean utilisation is this many percentage points below the busiest one is flagged.
-IMBALANCE_POINTS = 15.0
 
 
 @dataclass(frozen=True)
@@ -33,10 +34,6 @@ def lookup_peaks(gpu_names: Iterable[str]) -> Peaks:
     """Sum of FP32 peaks and the slowest GPU-to-GPU link, from diagnostics.knowledge."""
     names = list(gpu_names)
     if not names:
-        return Peaks(None, None, (), ())
-    try:
-        from diagnostics.knowledge import peak_for
-    except ImportError:  # reports work without the diagnostics package, just without peaks
         return Peaks(None, None, (), ())
     peaks = [peak_for(n) for n in names]
     if any(p is None for p in peaks):
@@ -103,8 +100,7 @@ def utilization_summary(samples: dict[str, list[float]] | None) -> dict[str, Any
     means = {gpu: sum(v) / len(v) for gpu, v in samples.items() if v}
     if not means:
         return None
-    busiest = max(means.values())
-    idle = sorted(g for g, m in means.items() if busiest - m > IMBALANCE_POINTS)
+    idle = lagging(means)
     return {"mean_pct": means, "imbalanced": bool(idle), "lagging_gpus": idle}
 
 
@@ -218,11 +214,9 @@ def allreduce_seconds(allreduce: list[dict[str, Any]], gpus: int, nbytes: float)
 
 
 def analyse(results: dict[str, Any]) -> dict[str, Any]:
-    """Every derived figure, JSON-ready."""
-    from reports import recommend
-
+    """Every measured figure, JSON-ready (reports.figures.report_figures adds the recommendations)."""
     train = train_rows(results)
-    figures: dict[str, Any] = {
+    return {
         "title": title(results),
         "unit": device_unit(results),
         "train": train,
@@ -232,5 +226,3 @@ def analyse(results: dict[str, Any]) -> dict[str, Any]:
         "failures": list(results.get("failures", [])),
         "harness": results.get("harness") or {},
     }
-    figures["recommendations"] = [asdict(r) for r in recommend.recommend(results, figures)]
-    return figures

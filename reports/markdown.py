@@ -326,7 +326,7 @@ def method_section(results: dict[str, Any], figures: dict[str, Any]) -> list[str
             f"time went to measured or warm-up steps ({harness['benchmark_seconds']:.1f} s); the rest "
             f"to starting workers ({harness.get('worker_start_seconds', 0):.1f} s) and stopping them "
             f"({harness.get('close_seconds', 0):.1f} s), building models and tracing steps "
-            f"({harness.get('prepare_seconds', 0):.1f} s), pytest, the IPC and the report."
+            f"({harness.get('prepare_seconds', 0):.1f} s), pytest and the IPC (the report is drawn after)."
         )
     return [*lines, ""]
 

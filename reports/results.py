@@ -19,13 +19,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from diagnostics.jsonfile import read_json
+from common.errors import UserError
+from common.files import read_json
 
 SCHEMA = "gpudiag-sweep/1"
 REPORT_SCHEMA = "gpudiag-scaling-report/1"
 
 
-class ResultsError(ValueError):
+class ResultsError(UserError):
     """A results file that cannot be rendered: names the file and what is wrong."""
 
 

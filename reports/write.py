@@ -8,19 +8,20 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from diagnostics.atomic import write_bytes
-from reports import analysis, markdown, plots
+from common.errors import UserError
+from common.files import write_bytes
+from reports import markdown, plots
+from reports.figures import report_figures
 from reports.results import REPORT_SCHEMA, validate
 
 REPORT_FILES = ("scaling.md", "scaling.json")
 RESULTS_FILE = "results.json"
 
 
-class ReportDirError(ValueError):
+class ReportDirError(UserError):
     """The report folder cannot be written."""
 
 
@@ -40,28 +41,15 @@ def check_report_dir(path: str | Path) -> None:
         raise ReportDirError(f"report directory {path} cannot be created: {parent} is not writable")
 
 
-def build(results: dict[str, Any]) -> tuple[dict[str, Any], dict[str, bytes]]:
-    """The figures and the plots, without writing anything."""
-    results = validate(results)
-    figures = analysis.analyse(results)
-    return figures, plots.render_all(figures)
-
-
-def write_report(
-    results: dict[str, Any],
-    out_dir: str | Path,
-    write_results: bool = True,
-    before_text: Callable[[dict[str, Any]], None] | None = None,
-) -> list[Path]:
+def write_report(results: dict[str, Any], out_dir: str | Path, write_results: bool = True) -> list[Path]:
     """Render and write the report; returns the paths written.
 
-    `before_text(results)` runs after the plots are written and before the text files: the sweep
-    uses it to put the harness's own wall time, plots included, into the report.
+    The report shows `results` as given: the sweep puts its harness timing in before calling this.
     """
     out = Path(out_dir)
     check_report_dir(out)
     results = validate(results)
-    figures = analysis.analyse(results)
+    figures = report_figures(results)
     pngs = plots.render_all(figures)
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -70,9 +58,6 @@ def write_report(
         written.append(out / name)
     for stale in set(markdown.PLOT_TITLES) - set(pngs):  # a plot an earlier run drew, not this one
         (out / stale).unlink(missing_ok=True)
-    if before_text is not None:
-        before_text(results)
-        figures = analysis.analyse(results)
     text_files = {
         "scaling.json": json.dumps(
             {"schema": REPORT_SCHEMA, "figures": figures, "plots": sorted(pngs), "results": results}, indent=2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 
 from reports import analysis, markdown, plots, recommend
+from reports.figures import report_figures
 from reports.results import SCHEMA, ResultsError, failure_summary, format_bytes, load, validate
 from reports.write import ReportDirError, check_report_dir, write_report
 
@@ -158,7 +160,7 @@ def test_allreduce_time_is_interpolated_on_a_log_scale():
 
 
 def _bottlenecks(data: dict[str, Any]) -> dict[int, str]:
-    recs = analysis.analyse(data)["recommendations"]
+    recs = report_figures(data)["recommendations"]
     return {r["gpus"]: r["bottleneck"] for r in recs if r["kind"] == "bottleneck"}
 
 
@@ -166,7 +168,7 @@ def test_best_batch_per_count():
     data = results(
         batch_sizes=[32, 64], train=[*results()["train"], train_row(1, 64, 1200), train_row(2, 64, 1700)]
     )
-    best = [r for r in analysis.analyse(data)["recommendations"] if r["kind"] == "best-batch"]
+    best = [r for r in report_figures(data)["recommendations"] if r["kind"] == "best-batch"]
     assert [(r["gpus"], r["batch_per_gpu"]) for r in best] == [(1, 64), (2, 32), (4, 32)]
 
 
@@ -188,7 +190,7 @@ def test_allreduce_bound_when_gradients_take_the_lost_time():
 
 def test_compute_bound_otherwise_and_cpu_devices_say_why():
     data = results()
-    recs = [r for r in analysis.analyse(data)["recommendations"] if r["kind"] == "bottleneck"]
+    recs = [r for r in report_figures(data)["recommendations"] if r["kind"] == "bottleneck"]
     assert [(r["gpus"], r["bottleneck"]) for r in recs] == [(4, "compute")]
     assert "share the same cores" in recs[0]["text"]
     assert "efficiency 60%" in recs[0]["text"]
@@ -207,7 +209,7 @@ def test_oom_is_recommended_with_the_largest_batch_that_fit():
             }
         ]
     )
-    texts = [r["text"] for r in analysis.analyse(data)["recommendations"] if r["kind"] == "failure"]
+    texts = [r["text"] for r in report_figures(data)["recommendations"] if r["kind"] == "failure"]
     assert texts == ["4 CPU devices: out of memory at 256 per CPU device; the largest that fit was 32"]
 
 
@@ -218,7 +220,7 @@ def test_utilisation_imbalance_is_flagged():
     assert analysis.utilization_summary(None) is None
     data = gpu_results()
     data["train"][1]["utilization"] = {"0": [95.0], "1": [50.0]}
-    kinds = [r["kind"] for r in analysis.analyse(data)["recommendations"]]
+    kinds = [r["kind"] for r in report_figures(data)["recommendations"]]
     assert "imbalance" in kinds
 
 
@@ -252,7 +254,7 @@ def test_markdown_has_every_section_and_the_method():
             "summary": "OOM at 256 per GPU on 4 GPUs",
         }
     ]
-    figures = analysis.analyse(data)
+    figures = report_figures(data)
     text = markdown.render(data, figures, ["throughput.png"])
     for heading in (
         "## Training throughput",
@@ -344,6 +346,24 @@ def test_rerender_of_a_bad_file_is_one_line_and_exit_2(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "not JSON" in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
+
+
+def test_report_figures_are_the_measurements_and_the_recommendations_argued_from_them():
+    data = gpu_results()
+    figures = report_figures(data)
+    measured = analysis.analyse(data)
+    assert "recommendations" not in measured
+    assert {k: v for k, v in figures.items() if k != "recommendations"} == measured
+    assert figures["recommendations"] == [dataclasses.asdict(r) for r in recommend.recommend(data, measured)]
+
+
+def test_the_report_shows_the_harness_timing_it_is_given(tmp_path):
+    data = gpu_results()
+    harness = {**data["harness"], "fraction": 0.42, "wall_seconds": 12.5}
+    write_report({**data, "harness": harness}, tmp_path)
+    saved = json.loads((tmp_path / "scaling.json").read_text())
+    assert saved["results"]["harness"] == harness == saved["figures"]["harness"]
+    assert "42% of the sweep's 12.5 s" in (tmp_path / "scaling.md").read_text()
 
 
 def test_recommendation_thresholds_are_the_issue_s():

@@ -1,6 +1,7 @@
 """`pytest bench --benchmark-only` end to end on CPU logical devices: a tiny sweep writes a report
 that agrees with its JSON; workers that fail on purpose are recorded and the sweep goes on; bad
-options are one line from pytest's usage error, exit non-zero, and leave no report behind."""
+options are pytest's usage error (a bad value names its flag, options that cannot run together are
+one line), exit 4, and leave no report behind."""
 
 from __future__ import annotations
 
@@ -13,14 +14,17 @@ from typing import Any
 
 import pytest
 
-from reports import analysis, markdown
+from reports import markdown
+from reports.figures import report_figures
 from reports.plots import PNG_SIGNATURE
 from training.faults import WORKER_FAULT_ENV as FAULT_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
 DEVICES = ["--cpu-replicas", "2", "--gpus", "1", "2"]
+# a sweep of seconds spends most of them starting TensorFlow: no harness share to hold it to
 TINY = [*DEVICES, "--batch-sizes", "8", "16", "--model", "cnn", "--steps", "3", "--rounds", "2",
-        "--warmup-steps", "2", "--allreduce-bytes", "1K", "64K", "1M"]  # fmt: skip
+        "--warmup-steps", "2", "--allreduce-bytes", "1K", "64K", "1M",
+        "--harness-min-share", "0"]  # fmt: skip
 
 
 def sweep(
@@ -71,7 +75,7 @@ def test_tiny_sweep_report_agrees_with_its_json(tiny_report):
     )
     assert [(r["gpus"], r["bytes"]) for r in results["allreduce"]] == [(2, 1024), (2, 65536), (2, 2**20)]
     assert results["device_kind"] == "cpu" and results["failures"] == []
-    assert figures == json.loads(json.dumps(analysis.analyse(results)))  # recomputed from the raw times
+    assert figures == json.loads(json.dumps(report_figures(results)))  # recomputed from the raw times
     text = (out / "scaling.md").read_text()
     assert text == markdown.render(results, figures, ["throughput.png", "efficiency.png", "allreduce.png"])
     assert text.startswith("# Scaling report: cnn on CPU logical devices")
@@ -89,7 +93,7 @@ def test_failing_workers_are_recorded_and_the_sweep_goes_on(tmp_path):
     """1 device: crash at batch 16. 2 devices: hang at 8 (killed after the timeout), OOM at 16."""
     out = tmp_path / "report"
     args = [*DEVICES, "--batch-sizes", "8", "16", "--steps", "2", "--rounds", "1", "--warmup-steps", "1",
-            "--allreduce-bytes", "1K", "--worker-timeout", "15"]  # fmt: skip
+            "--allreduce-bytes", "1K", "--worker-timeout", "15", "--harness-min-share", "0"]  # fmt: skip
     proc = sweep(out, *args, fault="crash:16@1,hang:8@2,oom:16@2")
     assert proc.returncode == 1, proc.stdout[-3000:]  # a crash and a hang fail their tests; OOM skips
     results = json.loads((out / "results.json").read_text())
@@ -104,26 +108,47 @@ def test_failing_workers_are_recorded_and_the_sweep_goes_on(tmp_path):
     assert len(results["input"]) == 4 and len(results["allreduce"]) == 1
     text = (out / "scaling.md").read_text()
     assert "## Failed configurations" in text and "out of memory at 16 per CPU device" in text
-    assert "2 failed, 6 passed, 1 skipped" in proc.stdout
+    assert "2 failed, 7 passed, 1 skipped" in proc.stdout  # the 7th: the harness share, held to 0
 
 
-BAD_INPUT = [
-    (["--model", "nope"], "unknown --model 'nope'"),
-    (["--gpus", "0"], "--gpus: values must be >= 1, got 0"),
-    (["--batch-sizes", "16", "-8"], "--batch-sizes: values must be >= 1, got -8"),
-    (["--steps", "0"], "--steps: values must be >= 1, got 0"),
-    (["--cpu-replicas", "2", "--gpus", "1", "4"], "--gpus 4: more devices than selected (--cpu-replicas 2)"),
+# A bad value is refused by its option's converter: pytest's usage error names the flag and why.
+BAD_VALUES = [
+    (["--model", "nope"], "argument --model: invalid choice: 'nope' (choose from 'cnn'"),
+    (["--gpus", "0"], "argument --gpus: values must be >= 1, got 0"),
+    (["--batch-sizes", "16", "-8"], "argument --batch-sizes: values must be >= 1, got -8"),
+    (["--steps", "0"], "argument --steps: values must be >= 1, got 0"),
+    (["--cpu-replicas", "x"], "argument --cpu-replicas: 'x' is not an integer"),
+    (["--device-mode", "all"], "argument --device-mode: invalid choice: 'all'"),
 ]
 
 
-@pytest.mark.parametrize(("args", "message"), BAD_INPUT, ids=[a[0] for a, _ in BAD_INPUT])
-def test_bad_input_is_one_usage_line_and_no_report(tmp_path, args, message):
+@pytest.mark.parametrize(("args", "message"), BAD_VALUES, ids=[a[0] for a, _ in BAD_VALUES])
+def test_bad_value_is_a_usage_error_naming_the_flag_and_no_report(tmp_path, args, message):
     out = tmp_path / "report"
     proc = sweep(out, *args, timeout=120)
     assert proc.returncode == pytest.ExitCode.USAGE_ERROR
     lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
-    assert lines == [f"ERROR: {message}" if message.startswith("--") else lines[0]]
-    assert message in lines[0]
+    assert lines[0].startswith("ERROR: usage: ") and "Traceback" not in proc.stdout + proc.stderr
+    # argparse's "PROG: error: REASON", PROG being "pytest" or "python -m pytest"
+    errors = [line.split(": error: ", 1)[1] for line in lines if ": error: " in line]
+    assert len(errors) == 1 and errors[0].startswith(message), lines
+    assert not out.exists()
+
+
+# What needs several options or the devices is checked once parsed: one line, exit 4.
+BAD_COMBINATIONS = [
+    (["--cpu-replicas", "2", "--gpus", "1", "4"], "--gpus 4: more devices than selected (--cpu-replicas 2)"),
+    (["--cpu-replicas", "1", "--custom-gpus", "0"], "--custom-gpus needs --device-mode custom"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_COMBINATIONS, ids=[a[-2] for a, _ in BAD_COMBINATIONS])
+def test_bad_combination_is_one_usage_line_and_no_report(tmp_path, args, message):
+    out = tmp_path / "report"
+    proc = sweep(out, *args, timeout=120)
+    assert proc.returncode == pytest.ExitCode.USAGE_ERROR
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+    assert lines == [f"ERROR: {message}"]
     assert not out.exists()
 
 
@@ -135,3 +160,15 @@ def test_unwritable_report_dir_is_a_usage_error(tmp_path):
     expected = f"report directory {blocker / 'report'} cannot be created: {blocker} is not writable"
     assert (proc.stdout + proc.stderr).strip().splitlines() == [f"ERROR: --report-dir: {expected}"]
     assert blocker.read_text() == "not a folder"
+
+
+@pytest.mark.slow
+def test_a_sweep_mostly_spent_outside_its_steps_fails_the_harness_test(tmp_path):
+    """One short case: TensorFlow's start dominates, so a required share of 99% fails, naming it."""
+    args = ["--cpu-replicas", "1", "--gpus", "1", "--batch-sizes", "8", "--steps", "1", "--rounds", "1",
+            "--warmup-steps", "1", "--harness-min-share", "0.99", "-k", "train or harness"]  # fmt: skip
+    proc = sweep(tmp_path / "report", *args, timeout=180)
+    assert proc.returncode == 1, proc.stdout[-3000:]
+    assert (
+        "1 failed, 1 passed" in proc.stdout and "test_the_harness_spends_its_time_in_the_steps" in proc.stdout
+    )

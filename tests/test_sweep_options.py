@@ -1,69 +1,139 @@
-"""bench/sweep_harness.py without TensorFlow: option checking, device counts, the list of cases."""
+"""The sweep's options, device counts and cases without TensorFlow (bench/sweep_options.py,
+bench/sweep_cases.py, bench/sweep_env.py), parsed as pytest parses them: the same declarations,
+so a bad value is rejected by its converter with the flag's name, the rest by check_options."""
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-import sweep_harness as sh
+import sweep_cases
+import sweep_env
+import sweep_options as so
+
+from diagnostics.selection import SelectionOptions, add_selection_options
 
 
-def options(**given: Any) -> tuple[sh.SweepOptions, Any]:
-    return sh.parse_options(lambda name: given.get(name))
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # pytest turns this into its usage error (exit 4)
+        raise pytest.UsageError(message)
+
+
+def options(*argv: str) -> tuple[so.SweepOptions, Any]:
+    """Parse `argv` with the declarations bench/conftest.py gives pytest, then check_options."""
+    parser = _Parser()
+    so.add_sweep_options(parser.add_argument)
+    add_selection_options(parser.add_argument, prefix=so.PREFIX)
+    namespace = parser.parse_args(argv)
+    return so.check_options(lambda name: getattr(namespace, so.PREFIX + name))
 
 
 def test_defaults_on_cpu_replicas(tmp_path):
-    opts, plan = options(cpu_replicas="4", report_dir=str(tmp_path))
+    opts, plan = options("--cpu-replicas", "4", "--report-dir", str(tmp_path))
     assert plan.kind == "cpu" and opts.gpu_counts == (1, 2, 4)
     assert opts.batch_sizes == (32, 64, 128) and opts.scaling == "weak" and opts.model == "cnn"
     assert opts.allreduce_bytes[0] == 1024 and opts.allreduce_bytes[-1] == 256 * 2**20
+    assert (opts.steps, opts.rounds, opts.warmup_steps, opts.allreduce_iters) == (20, 10, 10, 20)
+    assert (opts.worker_timeout, opts.worker_start_timeout) == (300.0, 600.0)
+    assert opts.selection == SelectionOptions()  # multi, 8 GB minimum, no display GPUs
+
+
+def test_list_values_take_commas_and_are_sorted_without_repeats(tmp_path):
+    opts, _ = options("--cpu-replicas", "4", "--gpus", "4,1", "2", "1", "--batch-sizes", "64", "8,64",
+                      "--allreduce-bytes", "1M", "1K", "1024", "--report-dir", str(tmp_path))  # fmt: skip
+    assert opts.gpu_counts == (1, 2, 4) and opts.batch_sizes == (8, 64)
+    assert opts.allreduce_bytes == (1024, 2**20)
+
+
+def test_selection_flags_become_one_selection_options(tmp_path):
+    opts, _ = options("--cpu-replicas", "1", "--device-mode", "single", "--min-gpu-memory", "24",
+                      "--include-display-gpus", "--report-dir", str(tmp_path))  # fmt: skip
+    assert opts.selection == SelectionOptions("single", (), 24.0, True)
 
 
 def test_default_counts_end_at_the_number_selected():
-    assert sh.default_counts(1) == (1,)
-    assert sh.default_counts(3) == (1, 2, 3)
-    assert sh.default_counts(8) == (1, 2, 4, 8)
+    assert so.default_counts(1) == (1,)
+    assert so.default_counts(3) == (1, 2, 3)
+    assert so.default_counts(8) == (1, 2, 4, 8)
 
 
 def test_sizes_take_binary_suffixes():
-    assert [sh.parse_size(s) for s in ("1K", "64k", "1M", "1G", "4096", "2MiB")] == [
+    assert [so.size_in_bytes(s) for s in ("1K", "64k", "1M", "1G", "4096", "2MiB")] == [
         1024, 65536, 2**20, 2**30, 4096, 2 * 2**20,
     ]  # fmt: skip
-    with pytest.raises(sh.SweepUsageError, match="at least 4 bytes"):
-        sh.parse_size("2")
-    with pytest.raises(sh.SweepUsageError, match="not a size"):
-        sh.parse_size("big")
+    with pytest.raises(argparse.ArgumentTypeError, match="at least 4 bytes"):
+        so.size_in_bytes("2")
+    with pytest.raises(argparse.ArgumentTypeError, match="not a size"):
+        so.size_in_bytes("big")
 
 
+# A bad value: argparse's usage error names the flag ("argument --rounds: ...") and the reason.
 @pytest.mark.parametrize(
-    ("given", "message"),
+    ("argv", "message"),
     [
-        ({"scaling": "sideways"}, "--scaling: choose one of weak, strong, both"),
-        ({"gpus": ["x"]}, "--gpus: 'x' is not an integer"),
-        ({"rounds": "0"}, "--rounds: values must be >= 1"),
-        ({"warmup_steps": "-1"}, "--warmup-steps: values must be >= 0"),
-        ({"cpu_replicas": "0"}, "--cpu-replicas: values must be >= 1"),
-        ({"worker_timeout": "0"}, "--worker-timeout: must be > 0 seconds"),
-        ({"device_mode": "all"}, "--device-mode: choose one of single, multi, custom"),
-        ({"cpu_replicas": "1", "gpus": ["2"]}, "more devices than selected"),
+        (["--scaling", "sideways"],
+         "argument --scaling: invalid choice: 'sideways' (choose from 'weak', 'strong', 'both')"),
+        (["--model", "nope"], "argument --model: invalid choice: 'nope' (choose from 'cnn'"),
+        (["--gpus", "x"], "argument --gpus: 'x' is not an integer"),
+        (["--gpus", "0"], "argument --gpus: values must be >= 1, got 0"),
+        (["--batch-sizes", "16", "-8"], "argument --batch-sizes: values must be >= 1, got -8"),
+        (["--steps", "0"], "argument --steps: values must be >= 1, got 0"),
+        (["--rounds", "0"], "argument --rounds: values must be >= 1, got 0"),
+        (["--rounds", "1,2"], "argument --rounds: expected one integer, got '1,2'"),
+        (["--warmup-steps", "-1"], "argument --warmup-steps: values must be >= 0, got -1"),
+        (["--cpu-replicas", "0"], "argument --cpu-replicas: values must be >= 1, got 0"),
+        (["--cpu-replicas", "x"], "argument --cpu-replicas: 'x' is not an integer"),
+        (["--worker-timeout", "0"], "argument --worker-timeout: must be > 0 seconds, got 0"),
+        (["--worker-start-timeout", "soon"],
+         "argument --worker-start-timeout: 'soon' is not a number of seconds"),
+        (["--allreduce-bytes", "2"],
+         "argument --allreduce-bytes: sizes must be at least 4 bytes (one float32), got 2"),
+        (["--device-mode", "all"],
+         "argument --device-mode: invalid choice: 'all' (choose from 'single', 'multi', 'custom')"),
+        (["--min-gpu-memory", "lots"], "argument --min-gpu-memory: 'lots' is not a number"),
     ],
-)
-def test_bad_options_are_one_message(tmp_path, given, message):
-    with pytest.raises(sh.SweepUsageError, match=message.replace("(", r"\(")):
-        options(report_dir=str(tmp_path), **given)
+)  # fmt: skip
+def test_bad_values_are_one_message_naming_the_flag(tmp_path, argv, message):
+    with pytest.raises(pytest.UsageError) as caught:
+        options("--report-dir", str(tmp_path), *argv)
+    assert str(caught.value).startswith(message)
+
+
+# What needs several options, the file system or the devices: check_options, one line.
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--cpu-replicas", "1", "--gpus", "2"], "--gpus 2: more devices than selected (--cpu-replicas 1)"),
+        (["--cpu-replicas", "1", "--custom-gpus", "0"], "--custom-gpus needs --device-mode custom"),
+        (["--cpu-replicas", "1", "--device-mode", "custom"], "--device-mode custom needs --custom-gpus"),
+        (["--cpu-replicas", "1", "--min-gpu-memory", "-1"], "--min-gpu-memory must be a number >= 0, got -1"),
+    ],
+)  # fmt: skip
+def test_bad_combinations_are_one_message(tmp_path, argv, message):
+    with pytest.raises(so.SweepUsageError) as caught:
+        options("--report-dir", str(tmp_path), *argv)
+    assert str(caught.value).startswith(message)
+
+
+def test_unwritable_report_dir_is_named(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(so.SweepUsageError, match=r"^--report-dir: report directory .* cannot be created"):
+        options("--cpu-replicas", "1", "--report-dir", str(blocker / "report"))
 
 
 def test_cases_are_grouped_by_count_and_strong_scaling_adds_configs(tmp_path):
-    opts, _ = options(cpu_replicas="4", gpus=["1", "2", "4"], batch_sizes=["8", "12"], scaling="both",
-                      allreduce_bytes=["1K"], report_dir=str(tmp_path))  # fmt: skip
+    opts, _ = options("--cpu-replicas", "4", "--gpus", "1", "2", "4", "--batch-sizes", "8", "12", "--scaling",
+                      "both", "--allreduce-bytes", "1K", "--report-dir", str(tmp_path))  # fmt: skip
     # strong: global 8 -> 4 per device on 2, 2 on 4; global 12 -> 6 on 2, 3 on 4
-    assert sh.training_configs(opts) == [(1, 8), (1, 12), (2, 4), (2, 6), (2, 8), (2, 12), (4, 2), (4, 3),
-                                         (4, 8), (4, 12)]  # fmt: skip
-    cases = sh.plan_cases(opts)
+    assert sweep_cases.training_configs(opts) == [(1, 8), (1, 12), (2, 4), (2, 6), (2, 8), (2, 12), (4, 2),
+                                                  (4, 3), (4, 8), (4, 12)]  # fmt: skip
+    cases = sweep_cases.plan_cases(opts)
     assert [c.gpus for c in cases] == sorted(c.gpus for c in cases)
     assert [c.id for c in cases if c.gpus == 2] == [
         "2dev-b4", "2dev-b6", "2dev-b8", "2dev-b12", "2dev-b4", "2dev-b6", "2dev-b8", "2dev-b12", "2dev-1KiB",
@@ -72,14 +142,14 @@ def test_cases_are_grouped_by_count_and_strong_scaling_adds_configs(tmp_path):
 
 
 def test_large_messages_run_fewer_iterations(tmp_path):
-    opts, _ = options(cpu_replicas="2", report_dir=str(tmp_path))
-    assert sh.allreduce_iters(opts, 1024) == 20
-    assert sh.allreduce_iters(opts, 256 * 2**20) == 4
-    assert sh.allreduce_iters(opts, 2 * 2**30) == 1
+    opts, _ = options("--cpu-replicas", "2", "--report-dir", str(tmp_path))
+    assert sweep_cases.allreduce_iters(opts, 1024) == 20
+    assert sweep_cases.allreduce_iters(opts, 256 * 2**20) == 4
+    assert sweep_cases.allreduce_iters(opts, 2 * 2**30) == 1
 
 
 def test_process_start_is_before_now():
     import time
 
-    started = sh.process_started_at()
+    started = sweep_env.process_started_at()
     assert started is None or started <= time.time()

@@ -1,0 +1,278 @@
+"""The sweep itself: one long-lived worker per device count (training/worker.py, started on the
+resolved devices), each case timed by pytest-benchmark, failures recorded, and the raw results
+(reports/results.py's schema) with the harness's own timing.
+
+No TensorFlow here: the workers import it, one process per device count.
+"""
+
+from __future__ import annotations
+
+import itertools
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sweep_cases import ALLREDUCE_BYTES_PER_ROUND, Case, allreduce_iters
+from sweep_env import environment, process_started_at
+from sweep_options import SweepOptions
+
+from diagnostics.inventory import Inventory
+from diagnostics.monitor import BackgroundSampler, utilization_by_gpu
+from reports.results import SCHEMA, failure_summary
+from training.devices import DevicePlan
+from training.worker_client import ALLREDUCE_UNROLL, WorkerClient, WorkerError
+
+UTILIZATION_INTERVAL_S = 0.5
+
+
+class CaseFailed(Exception):
+    """A case that failed and was recorded; `expected` (out of memory) is a skip, not a failure."""
+
+    def __init__(self, summary: str, expected: bool) -> None:
+        super().__init__(summary)
+        self.expected = expected
+
+
+def read_utilization() -> Inventory:
+    from diagnostics.nvml import read_inventory
+
+    return read_inventory(include_links=False, include_processes=False)
+
+
+def utilization(sampler: BackgroundSampler) -> dict[str, list[float]] | None:
+    """The samples as results.json keeps them: per NVML index (as text), None if there are none."""
+    per_gpu = {str(gpu): values for gpu, values in utilization_by_gpu(sampler.samples, sampler.gpus).items()}
+    return per_gpu if any(per_gpu.values()) else None
+
+
+@dataclass
+class Sweep:
+    options: SweepOptions
+    plan: DevicePlan
+    started_at: float = field(default_factory=lambda: process_started_at() or time.time())
+    train: list[dict[str, Any]] = field(default_factory=list)
+    input: list[dict[str, Any]] = field(default_factory=list)
+    allreduce: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    benchmark_seconds: float = 0.0
+    worker_start_seconds: float = 0.0
+    prepare_seconds: float = 0.0
+    close_seconds: float = 0.0
+    case_seconds: float = 0.0  # inside Sweep.run, from asking for a worker to the last answer
+    first_case_at: float | None = None
+    ready: dict[int, dict[str, Any]] = field(default_factory=dict)
+    _client: WorkerClient | None = None
+    _client_gpus: int | None = None
+    _start_failures: dict[int, WorkerError] = field(default_factory=dict)
+    _logs: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="gpudiag-sweep-")))
+    _starts: itertools.count[int] = field(default_factory=itertools.count)
+
+    @property
+    def unit(self) -> str:
+        return "GPU" if self.plan.kind == "gpu" else "CPU device"
+
+    def worker(self, gpus: int) -> WorkerClient:
+        """The live worker for this count; starts one (closing another count's) when needed."""
+        if self._client is not None and self._client_gpus == gpus and self._client.proc is not None:
+            return self._client
+        self.close_worker()
+        if gpus in self._start_failures:
+            raise self._start_failures[gpus]
+        client = WorkerClient(
+            self.plan.first(gpus).child_args(),  # the resolved devices: the worker selects nothing
+            self._logs / f"worker-{gpus}-{next(self._starts)}.log",
+            start_timeout=self.options.worker_start_timeout,
+        )
+        try:
+            self.ready[gpus] = client.start()
+        except WorkerError as exc:
+            self.worker_start_seconds += client.start_seconds
+            # a count whose worker cannot start will not start for the next case either
+            failure = WorkerError("start", f"worker for {gpus} {self.unit}(s) did not start: {exc}")
+            self._start_failures[gpus] = failure
+            raise failure from None
+        self.worker_start_seconds += client.start_seconds
+        self._client, self._client_gpus = client, gpus
+        return client
+
+    def close_worker(self) -> None:
+        started = time.perf_counter()
+        if self._client is not None:
+            self._client.close()
+        self._client, self._client_gpus = None, None
+        self.close_seconds += time.perf_counter() - started
+
+    def _record_failure(self, case: Case, exc: WorkerError) -> CaseFailed:
+        # after OOM, a crash or a hang the worker is of no further use: TF keeps GPU memory
+        if exc.kind in ("oom", "crash", "timeout"):
+            self.close_worker()
+        summary = failure_summary(
+            case.benchmark, case.gpus, exc.kind, case.batch_per_gpu, case.nbytes, unit=self.unit
+        )
+        self.failures.append(
+            {
+                "benchmark": case.benchmark,
+                "gpus": case.gpus,
+                "batch_per_gpu": case.batch_per_gpu,
+                "bytes": case.nbytes,
+                "error": exc.kind,
+                "message": str(exc),
+                "summary": summary,
+            }
+        )
+        return CaseFailed(f"{summary}: {exc}", expected=exc.kind == "oom")
+
+    def run(self, benchmark: Any, case: Case) -> dict[str, Any] | None:
+        """Run one case under pytest-benchmark; record its row or its failure (raises CaseFailed)."""
+        started = time.perf_counter()
+        if self.first_case_at is None:
+            self.first_case_at = time.time()
+        try:
+            return self._run(benchmark, case)
+        finally:
+            self.case_seconds += time.perf_counter() - started
+
+    def _run(self, benchmark: Any, case: Case) -> dict[str, Any] | None:
+        o = self.options
+        try:
+            client = self.worker(case.gpus)
+            if case.benchmark == "allreduce":
+                assert case.nbytes is not None
+                iters = allreduce_iters(o, case.nbytes)
+                request: dict[str, Any] = {"kind": "allreduce", "bytes": case.nbytes, "steps": iters}
+                warm_steps, steps = iters, iters
+            else:
+                request = {"kind": case.benchmark, "model": o.model, "batch_per_replica": case.batch_per_gpu}
+                warm_steps, steps = o.warmup_steps, o.steps
+            prepared = client.request({"cmd": "prepare", **request}, o.worker_timeout)
+            self.prepare_seconds += prepared["seconds"]
+            ready = self.ready[case.gpus]
+            watched = ready.get("gpu_indices", []) if case.benchmark == "train" else []
+            sampler = BackgroundSampler(read_utilization, watched, UTILIZATION_INTERVAL_S)
+            warmup_rounds = 1 if warm_steps > 0 else 0
+            calls = itertools.count()
+            warm: list[float] = []
+            measured: list[float] = []
+            answers: list[dict[str, Any]] = []
+
+            def setup() -> tuple[tuple[int, bool], dict[str, Any]]:
+                is_warm = next(calls) < warmup_rounds
+                return (warm_steps if is_warm else steps, is_warm), {}
+
+            def target(k: int, is_warm: bool) -> None:
+                sampler.active = not is_warm
+                answer = client.request({"cmd": "run", **request, "steps": k}, o.worker_timeout)
+                self.benchmark_seconds += answer["seconds"]
+                (warm if is_warm else measured).append(answer["seconds"])
+                answers.append(answer)
+
+            with sampler:
+                benchmark.pedantic(target, setup=setup, rounds=o.rounds, warmup_rounds=warmup_rounds)
+        except WorkerError as exc:
+            raise self._record_failure(case, exc) from None
+        if not measured:  # --benchmark-disable: ran once, measured nothing
+            return None
+        row: dict[str, Any] = {
+            "gpus": case.gpus,
+            "round_seconds": measured,
+            "warmup_seconds": warm,
+            "prepare_seconds": prepared["seconds"],
+            "devices": ready.get("devices"),
+            "gpu_names": ready.get("gpu_names"),
+        }
+        if case.benchmark == "allreduce":
+            # the worker runs whole traced calls of ALLREDUCE_UNROLL: it says how many it did
+            row.update({"bytes": case.nbytes, "iters": answers[-1].get("steps", steps)})
+            self.allreduce.append(row)
+        else:
+            row.update(
+                {
+                    "batch_per_gpu": case.batch_per_gpu,
+                    "global_batch": prepared["global_batch"],
+                    "steps": steps,
+                    "warmup_steps": warm_steps,
+                }
+            )
+            if case.benchmark == "train":
+                row.update(
+                    {
+                        "flops_per_sample": prepared.get("flops_per_sample"),
+                        "gradient_bytes": prepared.get("gradient_bytes"),
+                        "trainable_params": prepared.get("trainable_params"),
+                        "build_seconds": prepared.get("build_seconds"),
+                        "first_step_seconds": prepared.get("first_step_seconds"),
+                        "loss": answers[-1].get("loss"),
+                        "utilization": utilization(sampler),
+                    }
+                )
+                self.train.append(row)
+            else:
+                self.input.append(row)
+        return row
+
+    def has_data(self) -> bool:
+        return bool(self.train or self.input or self.allreduce or self.failures)
+
+    def results(self, complete: bool = True, other_tests_seconds: float = 0.0) -> dict[str, Any]:
+        """The raw results, the harness figure taken now (call it last, just before the report)."""
+        o = self.options
+        env = environment(self.plan)
+        if self.ready:
+            latest = self.ready[max(self.ready)]
+            env.update(
+                {
+                    "tensorflow": latest.get("tensorflow") or env.get("tensorflow"),
+                    "keras": latest.get("keras") or env.get("keras"),
+                    "devices": latest.get("devices"),
+                    "cross_device_ops": latest.get("cross_device_ops"),
+                }
+            )
+        return {
+            "schema": SCHEMA,
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+            "complete": complete,
+            "device_kind": self.plan.kind,
+            "fallback_reason": self.plan.fallback_reason,
+            "model": o.model,
+            "scaling": o.scaling,
+            "gpu_counts": list(o.gpu_counts),
+            "batch_sizes": list(o.batch_sizes),
+            "method": {
+                "steps_per_round": o.steps,
+                "rounds": o.rounds,
+                "warmup_steps": o.warmup_steps,
+                "warmup_rounds": 1 if o.warmup_steps else 0,
+                "allreduce_iters": o.allreduce_iters,
+                "allreduce_bytes_per_round": ALLREDUCE_BYTES_PER_ROUND,
+                "allreduce_unroll": ALLREDUCE_UNROLL,
+                "statistic": "median over rounds",
+                "timer": "time.perf_counter() inside the worker, around each round, ending on a host sync",
+                "seed": 42,
+            },
+            "environment": env,
+            "harness": self.harness(other_tests_seconds),
+            "train": self.train,
+            "input": self.input,
+            "allreduce": self.allreduce,
+            "failures": self.failures,
+        }
+
+    def harness(self, other_tests_seconds: float = 0.0) -> dict[str, Any]:
+        """Where the wall time went. Time in other benchmark modules of the same pytest run
+        (`other_tests_seconds`) is not the sweep's and is left out of its wall time."""
+        wall = time.time() - self.started_at - other_tests_seconds
+        return {
+            "wall_seconds": wall,
+            "benchmark_seconds": self.benchmark_seconds,
+            "worker_start_seconds": self.worker_start_seconds,
+            "prepare_seconds": self.prepare_seconds,
+            "close_seconds": self.close_seconds,
+            "case_seconds": self.case_seconds,
+            "startup_seconds": (self.first_case_at - self.started_at) if self.first_case_at else None,
+            "fraction": self.benchmark_seconds / wall if wall > 0 else None,
+            "wall_measured_from": "process start" if process_started_at() else "conftest import",
+            "other_tests_seconds": other_tests_seconds,
+        }
