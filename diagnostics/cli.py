@@ -1,7 +1,8 @@
 """`gpudiag check | list | snapshot | monitor`: argument parsing and rendering only.
 
-Exit codes: 0 ready (no check failed), 1 a check failed or there is no driver to read, 2 bad
-arguments or an unreadable inventory file. Errors are one line on stderr, never a traceback.
+Exit codes: 0 ready (no check failed), 1 a check failed (with --strict: or warned) or there is no
+driver to read, 2 bad arguments or an unreadable inventory file. Errors are one line on stderr, never
+a traceback. `--inventory FILE` takes a snapshot or an `nvidia-smi -q -x` dump.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any, NoReturn
 from common import files
 from diagnostics.checks import Context, Finding, describe, make_context, registry, run_checks
 from diagnostics.checks import summarize as summarize_findings
-from diagnostics.inventory import InventoryError
+from diagnostics.inventory import InventoryError, load_inventory
 from diagnostics.selection import SelectionError, SelectionOptions, add_selection_options
 
 PROG = "gpudiag"
@@ -52,18 +53,26 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="{check,list,snapshot,monitor}")
     sub.required = True
     check = sub.add_parser("check", help="run every readiness check")
-    check.add_argument("--inventory", metavar="FILE", help="replay a snapshot instead of the live machine")
+    check.add_argument(
+        "--inventory",
+        metavar="FILE",
+        help="replay a snapshot or an nvidia-smi -q -x dump instead of this machine",
+    )
     check.add_argument("--json", action="store_true", help="print only JSON on stdout")
+    check.add_argument("--strict", action="store_true", help="warnings fail too (exit 1), for CI gates")
     check.add_argument("--deep", action="store_true", help="also run TensorFlow in a child process")
     check.add_argument("--deep-timeout", type=_positive, default=180.0, metavar="S")
     check.add_argument("--list-checks", action="store_true", help="list the checks and exit")
     _selection_flags(check)
     lst = sub.add_parser("list", help="every GPU and whether the trainer would select it")
-    lst.add_argument("--inventory", metavar="FILE")
+    lst.add_argument("--inventory", metavar="FILE", help="a snapshot or an nvidia-smi -q -x dump")
     lst.add_argument("--json", action="store_true")
     _selection_flags(lst)
-    snap = sub.add_parser("snapshot", help="write the live inventory as JSON")
+    snap = sub.add_parser("snapshot", help="write this machine (GPUs, software, environment) as JSON")
     snap.add_argument("-o", "--output", metavar="FILE", help="file to write (atomically); default stdout")
+    snap.add_argument(
+        "--inventory", metavar="FILE", help="convert this snapshot or nvidia-smi -q -x dump instead"
+    )
     mon = sub.add_parser("monitor", help="sample GPU usage and flag imbalance")
     mon.add_argument("--interval", type=_positive, default=1.0, metavar="S")
     mon.add_argument("--duration", type=_positive, default=10.0, metavar="S")
@@ -110,7 +119,11 @@ def _print_findings(findings: Sequence[Finding], ctx: Context) -> None:
         for f in findings
     ]
     where = ctx.inventory.source if ctx.inventory is not None else "this machine"
-    print(f"gpudiag check on {'this machine' if where == 'live' else where}")
+    software = {
+        "recorded": "; software as recorded in it",
+        "replaying": "; it records no software, so this machine's is judged instead",
+    }.get(ctx.stack_origin, "")
+    print(f"gpudiag check on {'this machine' if where == 'live' else where}{software}")
     print(render_table(("check", "status", "GPUs", "message", "remedy"), rows, (None, None, 8, msg_w, fix_w)))
     print(summary_line(findings))
 
@@ -136,7 +149,10 @@ def cmd_check(ns: argparse.Namespace) -> int:
         )
     else:
         _print_findings(findings, ctx)
-    return 1 if any(f.status == "fail" for f in findings) else 0
+        if ns.strict and any(f.status == "warn" for f in findings):
+            print("--strict: warnings count as failures")
+    failing = ("fail", "warn") if ns.strict else ("fail",)
+    return 1 if any(f.status in failing for f in findings) else 0
 
 
 def cmd_list(ns: argparse.Namespace) -> int:
@@ -159,7 +175,9 @@ def cmd_list(ns: argparse.Namespace) -> int:
             }
             for c in sel.choices
         ]
-        print(json.dumps({"selected": sel.selected_indices, "gpus": gpus}, indent=2))
+        print(
+            json.dumps({"selected": sel.selected_indices, "gpus": gpus, "notes": list(sel.notes)}, indent=2)
+        )
         return 0
     rows = [
         (
@@ -179,23 +197,35 @@ def cmd_list(ns: argparse.Namespace) -> int:
     )
     chosen = ", ".join(map(str, sel.selected_indices)) or "none (the trainer would fall back to the CPU)"
     print(f"--device-mode {sel.mode}: selected GPUs {chosen}")
+    for note in sel.notes:
+        print(f"note: {note}")
     for warning in sel.warnings:
         print(f"warning: {warning}")
     return 0
 
 
 def cmd_snapshot(ns: argparse.Namespace) -> int:
-    from diagnostics.nvml import read_inventory
+    from diagnostics import nvml, snapshot
 
-    text = read_inventory().to_json()
+    if ns.inventory:
+        inventory = load_inventory(ns.inventory)  # a conversion keeps the file's own (or no) software
+    else:
+        inventory = snapshot.take_snapshot(read_live=lambda: nvml.read_inventory())
+    text = inventory.to_json()
     if ns.output:
         try:
             files.write_text(ns.output, text)
         except OSError as exc:
             raise UsageError(f"cannot write {ns.output}: {exc.strerror or exc}") from None
-        print(f"{PROG}: inventory written to {ns.output}", file=sys.stderr)
     else:
         sys.stdout.write(text)
+    if inventory.nvml_error and not ns.inventory:
+        where = f" to {ns.output}" if ns.output else ""
+        what = "with the error, software and environment"
+        print(f"{PROG}: {inventory.nvml_error}: snapshot written{where} {what}", file=sys.stderr)
+        return 1
+    if ns.output:
+        print(f"{PROG}: inventory written to {ns.output}", file=sys.stderr)
     return 0
 
 
@@ -206,9 +236,12 @@ def cmd_monitor(ns: argparse.Namespace) -> int:
     def read() -> Any:
         return read_inventory(include_links=False, include_processes=False)
 
+    from diagnostics.selection import Limits
+    from diagnostics.stack import read_stack
+
     first = read()
     args = _args(ns)
-    selection = args.select(first)
+    selection = args.select(first, Limits.of(os.environ, read_stack()))
     rows: list[monitor.Sample] = []
     print(monitor.HEADER, flush=True)
     try:

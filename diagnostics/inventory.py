@@ -1,7 +1,11 @@
-"""The GPU inventory: Gpu / Link / Inventory dataclasses and the snapshot format (gpudiag-inventory/1).
+"""The GPU inventory: Gpu / Link / Inventory dataclasses and the snapshot format (gpudiag-inventory/2,
+docs/inventory.schema.json; version 1 files still read).
 
 Everything that reasons about GPUs (selection, checks, the trainer's plan) works on these objects,
-so a recorded snapshot of another machine replays exactly like the live one.
+so a recorded snapshot of another machine replays exactly like the live one. A snapshot also carries
+the software and GPU-related environment of the machine it was taken on, and why NVML could not be
+read there, if it could not: a whole bug report. `load_inventory` also reads `nvidia-smi -q -x`
+dumps (diagnostics.nvidia_smi), recognised by their content.
 """
 
 from __future__ import annotations
@@ -14,8 +18,12 @@ from typing import Any
 
 from common import files
 from common.errors import UserError
+from diagnostics.stack import Stack, stack_from_dict
 
-SCHEMA_ID = "gpudiag-inventory/1"
+SCHEMA_ID = "gpudiag-inventory/2"
+# Every version this reader accepts. Version 2 added software, environment, nvml_error, origin, MIG
+# mode, and allows a null compute capability (an nvidia-smi dump of a GPU gpudiag does not know).
+READABLE_SCHEMAS = ("gpudiag-inventory/1", SCHEMA_ID)
 
 Megabytes = int
 
@@ -49,7 +57,7 @@ class Gpu:
     uuid: str
     pci_bus_id: str
     memory_total_mib: Megabytes
-    compute_capability: str
+    compute_capability: str | None  # "8.6"; None when neither NVML nor the product name tells
     display_active: bool | None
     memory_used_mib: Megabytes | None = None
     multiprocessor_count: int | None = None
@@ -62,6 +70,8 @@ class Gpu:
     ecc_uncorrected_volatile: int | None = None
     clocks_event_reasons: tuple[str, ...] | None = None
     processes: tuple[GpuProcess, ...] | None = None
+    mig_enabled: bool | None = None  # MIG mode on (nvidia-smi "MIG M.": Enabled)
+    mig_devices: tuple[str, ...] | None = None  # the MIG instances' UUIDs ("MIG-...") where known
 
     @property
     def memory_total_gb(self) -> float:
@@ -69,7 +79,9 @@ class Gpu:
         return self.memory_total_mib / 1024
 
     @property
-    def compute_capability_tuple(self) -> tuple[int, int]:
+    def compute_capability_tuple(self) -> tuple[int, int] | None:
+        if self.compute_capability is None:
+            return None
         major, minor = self.compute_capability.split(".")
         return int(major), int(minor)
 
@@ -102,6 +114,10 @@ class Inventory:
     captured_at: str | None = None
     host: str | None = None
     source: str = field(default="live", compare=False)
+    software: Stack | None = None  # what was installed where the snapshot was taken
+    environment: dict[str, str] | None = None  # its GPU-related variables (CUDA_VISIBLE_DEVICES, NCCL_*...)
+    nvml_error: str | None = None  # why NVML could not be read there (then there are no GPUs)
+    origin: str | None = None  # e.g. "nvidia-smi -q -x (nvsmi_device_v12.dtd)" for a converted dump
 
     def gpu(self, index: int) -> Gpu | None:
         return next((g for g in self.gpus if g.index == index), None)
@@ -123,6 +139,10 @@ class Inventory:
             "links": None
             if self.links is None
             else [{**asdict(lk), "gpus": list(lk.gpus)} for lk in self.links],
+            "origin": self.origin,
+            "nvml_error": self.nvml_error,
+            "software": None if self.software is None else self.software.to_dict(),
+            "environment": self.environment,
         }
         return data
 
@@ -138,9 +158,33 @@ class Inventory:
 
 
 def load_inventory(path: str | Path) -> Inventory:
-    """Read a snapshot file; any problem is one InventoryError naming the file (and the field)."""
-    data = files.read_json(path, InventoryError, "an inventory file")
-    return _parse_inventory(data, str(path))
+    """Read a snapshot file or an `nvidia-smi -q -x` dump (told apart by their content); any problem
+    is one InventoryError naming the file (and the field)."""
+    where = str(path)
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise InventoryError(f"{where}: no such file") from None
+    except IsADirectoryError:
+        raise InventoryError(f"{where}: is a directory, not an inventory file") from None
+    except OSError as exc:
+        raise InventoryError(f"{where}: cannot read: {exc.strerror or exc}") from None
+    from diagnostics import nvidia_smi  # only a dump needs the XML reader
+
+    if nvidia_smi.looks_like_xml(data):
+        try:
+            return _parse_inventory(nvidia_smi.to_snapshot(data), where)
+        except nvidia_smi.NotAnNvidiaSmiDump as exc:
+            raise InventoryError(f"{where}: {exc}") from None
+    try:
+        parsed = json.loads(data.decode("utf-8-sig"))
+    except UnicodeDecodeError:
+        raise InventoryError(
+            f"{where}: neither a JSON snapshot nor an nvidia-smi XML dump (not UTF-8 text)"
+        ) from None
+    except json.JSONDecodeError as exc:
+        raise InventoryError(f"{where}: not JSON ({exc.msg} at line {exc.lineno})") from None
+    return _parse_inventory(parsed, where)
 
 
 # -- parsing ---------------------------------------------------------------------------------
@@ -193,7 +237,7 @@ _JSON_NAMES = {
 def _parse_inventory(data: Any, source: str) -> Inventory:
     top = _Reader(data, source, "")
     schema = top.get("schema", (str,), required=True)
-    if schema != SCHEMA_ID:
+    if schema not in READABLE_SCHEMAS:
         raise InventoryError(f"{source}: field 'schema' is {schema!r}, expected {SCHEMA_ID!r}")
     for key in ("driver_version", "cuda_driver_version"):
         if key not in data:
@@ -209,6 +253,15 @@ def _parse_inventory(data: Any, source: str) -> Inventory:
     links = None
     if links_raw is not None:
         links = tuple(_parse_link(top.child(raw, f"links[{i}]")) for i, raw in enumerate(links_raw))
+    software = None
+    if top.get("software", (dict,)) is not None:
+        try:
+            software = stack_from_dict(data["software"])
+        except ValueError as exc:
+            raise InventoryError(f"{source}: field 'software': {exc}") from None
+    environment = top.get("environment", (dict,))
+    if environment is not None and not all(isinstance(v, str) for v in environment.values()):
+        raise InventoryError(f"{source}: field 'environment' must map variable names to strings")
     return Inventory(
         driver_version=top.get("driver_version", (str,)),
         cuda_driver_version=top.get("cuda_driver_version", (str,)),
@@ -217,6 +270,10 @@ def _parse_inventory(data: Any, source: str) -> Inventory:
         captured_at=top.get("captured_at", (str,)),
         host=top.get("host", (str,)),
         source=source,
+        software=software,
+        environment=None if environment is None else {str(k): v for k, v in environment.items()},
+        nvml_error=top.get("nvml_error", (str,)),
+        origin=top.get("origin", (str,)),
     )
 
 
@@ -224,8 +281,10 @@ def _parse_gpu(r: _Reader) -> Gpu:
     index = r.get("index", (int,), required=True)
     if index < 0:
         raise InventoryError(f"{r.source}: field '{r.path}.index' must be >= 0")
-    cc = r.get("compute_capability", (str,), required=True)
-    parts = cc.split(".")
+    if "compute_capability" not in r.data:
+        raise InventoryError(f"{r.source}: missing required field '{r.path}.compute_capability'")
+    cc = r.get("compute_capability", (str,))
+    parts = (cc or "0.0").split(".")
     if len(parts) != 2 or not all(p.isdigit() for p in parts):
         raise InventoryError(
             f"{r.source}: field '{r.path}.compute_capability' must look like \"8.6\", got {cc!r}"
@@ -248,6 +307,9 @@ def _parse_gpu(r: _Reader) -> Gpu:
             _parse_process(r.child(p, f"{r.path}.processes[{i}]")) for i, p in enumerate(procs_raw)
         )
     number = (int, float)
+    mig_devices = r.get("mig_devices", (list,))
+    if mig_devices is not None and not all(isinstance(m, str) for m in mig_devices):
+        raise InventoryError(f"{r.source}: field '{r.path}.mig_devices' must be a list of MIG UUIDs")
     return Gpu(
         index=index,
         name=r.get("name", (str,), required=True),
@@ -267,6 +329,8 @@ def _parse_gpu(r: _Reader) -> Gpu:
         ecc_uncorrected_volatile=r.get("ecc_uncorrected_volatile", (int,)),
         clocks_event_reasons=None if reasons is None else tuple(str(x) for x in reasons),
         processes=processes,
+        mig_enabled=r.get("mig_enabled", (bool,)),
+        mig_devices=None if mig_devices is None else tuple(mig_devices),
     )
 
 
@@ -300,4 +364,6 @@ def _gpu_to_dict(gpu: Gpu) -> dict[str, Any]:
         data["clocks_event_reasons"] = list(gpu.clocks_event_reasons)
     if gpu.processes is not None:
         data["processes"] = [asdict(p) for p in gpu.processes]
+    if gpu.mig_devices is not None:
+        data["mig_devices"] = list(gpu.mig_devices)
     return data

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 CUDA_DRIVER_TABLE = "https://docs.nvidia.com/cuda/cuda-toolkit-release-notes/index.html#id5"
 CUDA_GPUS = "https://developer.nvidia.com/cuda-gpus"
+CUDA_LEGACY_GPUS = "https://developer.nvidia.com/cuda-legacy-gpus"
 TF_BUILD_INFO = "tensorflow/python/platform/build_info.py of the official TensorFlow 2.21 wheel"
 
 
@@ -45,6 +46,14 @@ class Architecture:
 
 
 ARCHITECTURES: tuple[Architecture, ...] = (
+    # Kepler and Maxwell: CUDA 12 dropped Kepler and the R470 drivers were its last; TensorFlow 2.x
+    # wheels have had no kernels for either for years (sm_60 is the lowest TF 2.21 builds for).
+    Architecture(
+        "Kepler", ("3.0", "3.2", "3.5"), "5.0", "304.54", f"{CUDA_LEGACY_GPUS}; {CUDA_DRIVER_TABLE}"
+    ),
+    Architecture("Kepler", ("3.7",), "6.5", "340.29", f"{CUDA_LEGACY_GPUS}; {CUDA_DRIVER_TABLE}"),
+    Architecture("Maxwell", ("5.0",), "6.0", "331.62", f"{CUDA_LEGACY_GPUS}; {CUDA_DRIVER_TABLE}"),
+    Architecture("Maxwell", ("5.2", "5.3"), "6.5", "340.29", f"{CUDA_LEGACY_GPUS}; {CUDA_DRIVER_TABLE}"),
     Architecture("Pascal", ("6.0", "6.1", "6.2"), "8.0", "375.26", f"{CUDA_GPUS}; {CUDA_DRIVER_TABLE}"),
     Architecture("Volta", ("7.0", "7.2"), "9.0", "384.81", f"{CUDA_GPUS}; {CUDA_DRIVER_TABLE}"),
     Architecture("Turing", ("7.5",), "10.0", "410.48", f"{CUDA_GPUS}; {CUDA_DRIVER_TABLE}"),
@@ -54,14 +63,14 @@ ARCHITECTURES: tuple[Architecture, ...] = (
     Architecture("Hopper", ("9.0",), "11.8", "520.61.05", f"{CUDA_GPUS}; {CUDA_DRIVER_TABLE}"),
     Architecture(
         "Blackwell (data centre)",
-        ("10.0",),
+        ("10.0", "10.3"),
         "12.8",
         "570.26",
         f"{CUDA_GPUS}; CUDA 12.8 release notes (first toolkit with sm_100); {CUDA_DRIVER_TABLE}",
     ),
     Architecture(
         "Blackwell (GeForce RTX 50 / RTX PRO)",
-        ("12.0",),
+        ("12.0", "12.1"),
         "12.8",
         "570.26",
         f"{CUDA_GPUS}; CUDA 12.8 release notes (first toolkit with sm_120); {CUDA_DRIVER_TABLE}",
@@ -69,8 +78,73 @@ ARCHITECTURES: tuple[Architecture, ...] = (
 )
 
 
-def architecture_for(compute_capability: str) -> Architecture | None:
+def architecture_for(compute_capability: str | None) -> Architecture | None:
     return next((a for a in ARCHITECTURES if compute_capability in a.compute_capabilities), None)
+
+
+# -- compute capability from the product name --------------------------------------------------------
+# `nvidia-smi -q -x` does not report the compute capability, so a dump's GPUs get it from their
+# product name. Each row: a regular expression over the lowercased name (NVIDIA / Tesla / GeForce /
+# Quadro prefixes kept), the compute capability, and where it is listed. The first match wins, so
+# the more specific rows come first. A name no row matches ("Graphics Device", a future part) gets
+# None: the checks that need the compute capability then say they cannot tell.
+_MODELS: tuple[tuple[str, str, str], ...] = (
+    # Blackwell
+    (r"\bgb10\b", "12.1", CUDA_GPUS),
+    (r"\b(b300|gb300)\b", "10.3", CUDA_GPUS),
+    (r"\b(b100|b200|gb200)\b", "10.0", CUDA_GPUS),
+    (r"rtx (pro )?\d{4}\b.*blackwell|rtx 50[5-9]0", "12.0", CUDA_GPUS),
+    # Hopper
+    (r"\b(h100|h200|h800|h20|gh200)\b", "9.0", CUDA_GPUS),
+    # Ada Lovelace
+    (r"\b(l4|l40|l40s|l20)\b|rtx 40[5-9]0|rtx \d{4}\b.*\bada\b|rtx 6000 ada", "8.9", CUDA_GPUS),
+    # Ampere
+    (r"\b(a100|a800|a30)\b", "8.0", CUDA_GPUS),
+    (r"\bagx orin\b|\borin\b", "8.7", CUDA_GPUS),
+    (r"\b(a40|a16|a10g?|a2|a10m)\b|rtx 30[5-9]0|rtx a\d{3,4}\b|\ba\d{3,4}m?\b.*laptop", "8.6", CUDA_GPUS),
+    # Volta
+    (r"\bv100|titan v\b|quadro gv100", "7.0", CUDA_GPUS),
+    (r"\bxavier\b", "7.2", CUDA_GPUS),
+    # Turing
+    (r"\bt4\b|rtx 20[6-8]0|titan rtx|gtx 16[5-6]0|quadro rtx|\bt(400|500|550|600|1000|1200)\b", "7.5",
+     CUDA_GPUS),
+    # Pascal
+    (r"\bp100\b|quadro gp100", "6.0", CUDA_GPUS),
+    (r"\b(p40|p4|p6)\b|gtx 10[5-8]0|gt 1030|titan xp|titan x \(pascal\)|quadro p\d{3,4}\b", "6.1",
+     CUDA_GPUS),
+    (r"\bjetson tx2\b", "6.2", CUDA_GPUS),
+    # Maxwell
+    (r"\bm10\b|gtx 750|quadro k(620|1200|2200)\b|quadro m(500|520|600|1000|1200|2000)m?\b", "5.0",
+     CUDA_LEGACY_GPUS),
+    (r"\b(m60|m40|m6|m4)\b|gtx 9[5-8]0|gtx titan x\b|quadro m(4000|5000|6000)\b", "5.2", CUDA_LEGACY_GPUS),
+    (r"\bjetson nano\b|\btegra x1\b", "5.3", CUDA_LEGACY_GPUS),
+    # Kepler
+    (r"\bk80\b", "3.7", CUDA_LEGACY_GPUS),
+    (r"\b(k40m?|k40c|k20x?m?|k20c|k6000|k5200)\b|gtx titan( black| z)?$|gtx 780", "3.5", CUDA_LEGACY_GPUS),
+    (r"\b(k10|grid k520|k4200|k5000)\b|gtx 6[5-9]0|gtx 7[67]0", "3.0", CUDA_LEGACY_GPUS),
+)  # fmt: skip
+
+
+def compute_capability_for_name(name: str | None) -> str | None:
+    """The compute capability of a product name as nvidia-smi prints it ("Tesla K80" -> "3.7"), or None."""
+    if not name:
+        return None
+    text = " ".join(name.lower().replace("-", " ").split())
+    return next((cc for pattern, cc, _ in _MODELS if re.search(pattern, text)), None)
+
+
+def lowest_build_capability(build_caps: tuple[str, ...]) -> tuple[int, int] | None:
+    """The lowest compute capability a TensorFlow build has code for ("sm_60" -> (6, 0)), or None.
+
+    TensorFlow ignores a GPU below it ("Ignoring visible gpu device ... The minimum required Cuda
+    capability is 6.0"), so such a GPU can never be part of a run.
+    """
+    found = [
+        (int(m.group(1)), int(m.group(2)))
+        for cap in build_caps
+        if (m := re.fullmatch(r"(?:sm|compute)_(\d+)(\d)[a-z]?", cap))
+    ]
+    return min(found) if found else None
 
 
 # Minimum Linux driver for each CUDA toolkit (GA releases), from NVIDIA's table. The driver's own

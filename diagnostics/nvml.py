@@ -3,6 +3,11 @@
 `read_inventory()` returns an `Inventory`; everything else in the suite works on that object.
 A query a card does not support becomes None (null in a snapshot), never an exception; a missing
 driver becomes one `NvmlUnavailable` error that callers turn into a message.
+
+NVLink between two GPUs is decided by nvmlDeviceGetP2PStatus with the NVLink index, which also sees
+links through NVSwitch (DGX H100: every link's remote end is a switch, not the peer GPU); memory
+comes from nvmlDeviceGetMemoryInfo v2 where the library has it (v1 counts the driver's reserved
+memory as used on drivers >= 515).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from functools import partial
 from types import ModuleType
 from typing import Any, TypeVar
 
+from diagnostics import knowledge
 from diagnostics.inventory import Gpu, GpuProcess, Inventory, Link, Pcie
 
 T = TypeVar("T")
@@ -42,6 +48,8 @@ _CLOCK_EVENT_REASONS = {
     0x80: "hw_power_brake_slowdown",
 }
 _P2P_CAPS_INDEX_READ = 0  # pynvml.NVML_P2P_CAPS_INDEX_READ is the tuple (0,) by a typo
+_P2P_CAPS_INDEX_NVLINK = 2  # nvmlGpuP2PCapsIndex_enum: READ 0, WRITE 1, NVLINK 2
+_MIG_ENABLE = 1  # NVML_DEVICE_MIG_ENABLE
 _MIB = 1024**2
 
 
@@ -119,23 +127,58 @@ def read_inventory(include_links: bool = True, include_processes: bool = True) -
     )
 
 
+def _memory(s: _Session, h: Any) -> Any:
+    """nvmlDeviceGetMemoryInfo v2 (used excludes the driver's reservation), else v1."""
+    n = s.nvml
+    v2 = getattr(n, "nvmlMemory_v2", None)
+    if v2 is not None:
+        memory = s.opt(lambda: n.nvmlDeviceGetMemoryInfo(h, version=v2))
+        if memory is not None:
+            return memory
+    return s.opt(lambda: n.nvmlDeviceGetMemoryInfo(h))
+
+
+def _mig(s: _Session, h: Any) -> tuple[bool | None, tuple[str, ...] | None]:
+    """MIG mode (current) and, when it is on, the UUIDs of the MIG instances."""
+    n = s.nvml
+    if not hasattr(n, "nvmlDeviceGetMigMode"):  # nvidia-ml-py older than MIG
+        return None, None
+    modes = s.opt(lambda: n.nvmlDeviceGetMigMode(h))
+    if modes is None:
+        return None, None
+    enabled = modes[0] == _MIG_ENABLE
+    if not enabled:
+        return False, None
+    uuids = []
+    for i in range(s.opt(lambda: n.nvmlDeviceGetMaxMigDeviceCount(h)) or 0):
+        mig = s.opt(partial(n.nvmlDeviceGetMigDeviceHandleByIndex, h, i))
+        uuid = _opt_text(s, partial(n.nvmlDeviceGetUUID, mig)) if mig is not None else None
+        if uuid:
+            uuids.append(uuid)
+    return True, tuple(uuids)
+
+
 def _read_gpu(s: _Session, index: int, h: Any, include_processes: bool) -> Gpu:
     n = s.nvml
-    memory = s.opt(lambda: n.nvmlDeviceGetMemoryInfo(h))
+    memory = _memory(s, h)
     cc = s.opt(lambda: n.nvmlDeviceGetCudaComputeCapability(h))
     pci = s.opt(lambda: n.nvmlDeviceGetPciInfo(h))
     power_mw = s.opt(lambda: n.nvmlDeviceGetPowerUsage(h))
     limit_mw = s.opt(lambda: n.nvmlDeviceGetEnforcedPowerLimit(h))
     utilization = s.opt(lambda: n.nvmlDeviceGetUtilizationRates(h))
     attributes = s.opt(lambda: n.nvmlDeviceGetAttributes(h))
+    name = s.opt(lambda: _text(n.nvmlDeviceGetName(h))) or "unknown GPU"
+    mig_enabled, mig_devices = _mig(s, h)
     return Gpu(
         index=index,
-        name=s.opt(lambda: _text(n.nvmlDeviceGetName(h))) or "unknown GPU",
+        name=name,
         uuid=s.opt(lambda: _text(n.nvmlDeviceGetUUID(h))) or "",
         pci_bus_id=_text(pci.busId) if pci is not None else "",
         memory_total_mib=int(memory.total) // _MIB if memory is not None else 0,
         memory_used_mib=int(memory.used) // _MIB if memory is not None else None,
-        compute_capability=f"{cc[0]}.{cc[1]}" if cc is not None else "0.0",
+        compute_capability=f"{cc[0]}.{cc[1]}"
+        if cc is not None
+        else knowledge.compute_capability_for_name(name),
         multiprocessor_count=getattr(attributes, "multiprocessorCount", None),
         display_active=_feature(s.opt(lambda: n.nvmlDeviceGetDisplayActive(h))),
         display_mode=_feature(s.opt(lambda: n.nvmlDeviceGetDisplayMode(h))),
@@ -156,6 +199,8 @@ def _read_gpu(s: _Session, index: int, h: Any, include_processes: bool) -> Gpu:
         ),
         clocks_event_reasons=_clock_reasons(s, h),
         processes=_processes(s, h) if include_processes else None,
+        mig_enabled=mig_enabled,
+        mig_devices=mig_devices,
     )
 
 
@@ -215,7 +260,9 @@ def _read_links(s: _Session, handles: list[tuple[int, Any]], gpus: list[Gpu]) ->
         for b, hb in handles[a_pos + 1 :]:
             status = s.opt(partial(n.nvmlDeviceGetP2PStatus, ha, hb, _P2P_CAPS_INDEX_READ))
             level = s.opt(partial(n.nvmlDeviceGetTopologyCommonAncestor, ha, hb))
-            nvlinks = _nvlink_count(s, ha, bus_ids.get(b, ""))
+            over_nvlink = s.opt(partial(n.nvmlDeviceGetP2PStatus, ha, hb, _P2P_CAPS_INDEX_NVLINK)) == 0
+            # None: the GPU has no NVLink at all, whatever the P2P query said
+            nvlinks = _nvlink_count(s, ha, bus_ids.get(b, ""), over_nvlink)
             topology = "nvlink" if nvlinks else _TOPOLOGY.get(level) if level is not None else None
             links.append(
                 Link(
@@ -228,10 +275,14 @@ def _read_links(s: _Session, handles: list[tuple[int, Any]], gpus: list[Gpu]) ->
     return tuple(links)
 
 
-def _nvlink_count(s: _Session, handle: Any, peer_bus_id: str) -> int | None:
-    """Active NVLinks from `handle` to the GPU at `peer_bus_id`; None if NVLink is not supported."""
+def _nvlink_count(s: _Session, handle: Any, peer_bus_id: str, over_nvlink: bool = False) -> int | None:
+    """Active NVLinks from `handle` to the GPU at `peer_bus_id`; None if NVLink is not supported.
+
+    Through NVSwitch no link ends at the peer (each ends at a switch): where NVML reports NVLink P2P
+    to the peer, every active link of `handle` carries its traffic, so all of them count.
+    """
     n = s.nvml
-    count = 0
+    count = active = 0
     supported = False
     for link in range(getattr(n, "NVML_NVLINK_MAX_LINKS", 18)):
         state = s.opt(partial(n.nvmlDeviceGetNvLinkState, handle, link))
@@ -240,10 +291,13 @@ def _nvlink_count(s: _Session, handle: Any, peer_bus_id: str) -> int | None:
         supported = True
         if not state:
             continue
+        active += 1
         remote = s.opt(partial(n.nvmlDeviceGetNvLinkRemotePciInfo, handle, link))
         if remote is not None and _same_bus(_text(remote.busId), peer_bus_id):
             count += 1
-    return count if supported else None
+    if not supported:
+        return None
+    return count or (active if over_nvlink else 0)
 
 
 def _same_bus(a: str, b: str) -> bool:

@@ -5,21 +5,30 @@
 arguments by `to_args`. Child processes are never handed these flags to select again: they get the
 resolved devices (`device_args`).
 
+Besides the flags, `Limits` bound the choice: a CUDA_VISIBLE_DEVICES set before the run (a
+scheduler's grant: the choice stays within it), and what the installed TensorFlow can use (no GPU
+below the lowest compute capability its build has code for; no GPU in MIG mode, since TensorFlow
+sees one MIG instance per process at most).
+
 `select_gpus` never raises for a machine that simply has no suitable GPU: the result says so, with
-every GPU's reasons, and each reason names the flag that would change it. It raises SelectionError
-only for arguments that cannot mean anything (unknown or duplicate ids, a negative minimum).
+every GPU's reasons, and each reason names the flag or fix that would change it. It raises
+SelectionError only for arguments that cannot mean anything (unknown or duplicate ids, a negative
+minimum, --custom-gpus naming a GPU the limits rule out).
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from common.errors import UserError
+from diagnostics import knowledge
 from diagnostics.inventory import Gpu, Inventory
+from diagnostics.stack import Stack
+from diagnostics.visible import VisibleDevices, read_visible
 
 MODES = ("single", "multi", "custom")
 DEFAULT_MIN_MEMORY_GB = 8.0
@@ -43,12 +52,36 @@ class GpuChoice:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """What bounds a selection besides the flags (see the module docstring)."""
+
+    visible_devices: str | None = None  # CUDA_VISIBLE_DEVICES as set before the run; None: unset
+    device_order: str | None = None  # CUDA_DEVICE_ORDER as set before the run
+    min_compute_capability: tuple[int, int] | None = None  # the lowest the TensorFlow build can use
+    tensorflow: str = "the installed TensorFlow"  # how messages name that build
+
+    @classmethod
+    def of(cls, env: Mapping[str, str] | None, stack: Stack | None) -> Limits:
+        """The limits of a run with this environment and software (None: unknown, no limit)."""
+        env = env or {}
+        build = stack.tf_build if stack is not None else None
+        lowest = None
+        name = cls.tensorflow
+        if build is not None and build.is_cuda_build:
+            lowest = knowledge.lowest_build_capability(build.compute_capabilities)
+            name = f"TensorFlow {stack.tensorflow if stack else ''}".strip()
+        return cls(env.get("CUDA_VISIBLE_DEVICES"), env.get("CUDA_DEVICE_ORDER"), lowest, name)
+
+
+@dataclass(frozen=True)
 class Selection:
     mode: str
     min_memory_gb: float
     include_display: bool
     choices: tuple[GpuChoice, ...]
     selected: tuple[Gpu, ...] = field(default=())  # in use order (custom: as listed)
+    visible: VisibleDevices | None = None  # a CUDA_VISIBLE_DEVICES set before the run, resolved
+    notes: tuple[str, ...] = ()  # what bounded the choice besides the flags, one line each
 
     @property
     def selected_indices(self) -> list[int]:
@@ -95,8 +128,10 @@ class SelectionOptions:
             seen.add(i)
         return self
 
-    def select(self, inventory: Inventory) -> Selection:
-        return select_gpus(inventory, self.mode, self.custom_ids, self.min_memory_gb, self.include_display)
+    def select(self, inventory: Inventory, limits: Limits | None = None) -> Selection:
+        return select_gpus(
+            inventory, self.mode, self.custom_ids, self.min_memory_gb, self.include_display, limits
+        )
 
     def to_args(self) -> list[str]:
         """The flags that give these options again (defaults left out)."""
@@ -197,8 +232,34 @@ def memory_reason(gpu: Gpu, min_memory_gb: float) -> str | None:
     return f"{gpu.memory_total_gb:.1f} GB < {min_memory_gb:g} GB minimum: lower --min-gpu-memory"
 
 
+def hard_reasons(gpu: Gpu, limits: Limits | None, visible: VisibleDevices | None) -> list[str]:
+    """Why no mode may use this GPU: outside a pre-set CUDA_VISIBLE_DEVICES, or unusable by
+    TensorFlow (below its lowest compute capability, or in MIG mode)."""
+    reasons = []
+    if visible is not None and not visible.allows(gpu.index):
+        reasons.append(visible.reason())
+    cc = gpu.compute_capability_tuple
+    lowest = limits.min_compute_capability if limits is not None else None
+    if cc is not None and lowest is not None and cc < lowest:
+        arch = knowledge.architecture_for(gpu.compute_capability)
+        reasons.append(
+            f"compute capability {gpu.compute_capability}"
+            + (f" ({arch.name})" if arch else "")
+            + f" is below {lowest[0]}.{lowest[1]}, the lowest {limits.tensorflow if limits else ''} has code "
+            "for, so TensorFlow ignores it: train on GPUs of compute capability "
+            f"{lowest[0]}.{lowest[1]} or newer (or the CPU)"
+        )
+    if gpu.mig_enabled:
+        reasons.append(
+            "MIG mode is on: TensorFlow sees at most one MIG instance per process, so multi-GPU "
+            f"training needs MIG off: sudo nvidia-smi -i {gpu.index} -mig 0, then reset the GPU "
+            f"(nvidia-smi -r -i {gpu.index}) or reboot"
+        )
+    return reasons
+
+
 def exclusion_reasons(gpu: Gpu, min_memory_gb: float, include_display: bool) -> list[str]:
-    """Every reason the automatic (multi/single) filter leaves this GPU out."""
+    """Every reason the automatic (multi/single) filter leaves this GPU out, besides the limits."""
     reasons = []
     small = memory_reason(gpu, min_memory_gb)
     if small:
@@ -219,12 +280,21 @@ def select_gpus(
     custom_ids: Sequence[int] | None = None,
     min_memory_gb: float = DEFAULT_MIN_MEMORY_GB,
     include_display: bool = False,
+    limits: Limits | None = None,
 ) -> Selection:
     SelectionOptions(mode, tuple(custom_ids or ()), min_memory_gb, include_display).validate()
+    visible = read_visible(limits.visible_devices if limits else None, inventory.gpus)
+    notes = _notes(inventory, limits, visible)
     if mode == "custom":
-        return _select_custom(inventory, list(custom_ids or ()), min_memory_gb, include_display)
+        chosen = _select_custom(
+            inventory, list(custom_ids or ()), min_memory_gb, include_display, limits, visible
+        )
+        return Selection(*chosen, visible=visible, notes=notes)
 
-    reasons = {g.index: exclusion_reasons(g, min_memory_gb, include_display) for g in inventory.gpus}
+    reasons = {
+        g.index: hard_reasons(g, limits, visible) + exclusion_reasons(g, min_memory_gb, include_display)
+        for g in inventory.gpus
+    }
     eligible = [g for g in inventory.gpus if not reasons[g.index]]
     if mode == "single" and eligible:
         best = max(eligible, key=lambda g: (g.memory_total_mib, -g.index))
@@ -238,18 +308,42 @@ def select_gpus(
     choices = tuple(
         GpuChoice(g, selected=not reasons[g.index], reasons=tuple(reasons[g.index])) for g in inventory.gpus
     )
-    return Selection(mode, min_memory_gb, include_display, choices, tuple(eligible))
+    return Selection(
+        mode, min_memory_gb, include_display, choices, tuple(eligible), visible=visible, notes=notes
+    )
+
+
+def _notes(inventory: Inventory, limits: Limits | None, visible: VisibleDevices | None) -> tuple[str, ...]:
+    if visible is None:
+        return ()
+    notes = [visible.describe()]
+    mixed = len({(g.name, g.compute_capability) for g in inventory.gpus}) > 1
+    order = limits.device_order if limits else None
+    if visible.positional and mixed and order != "PCI_BUS_ID":
+        notes.append(
+            "its indices are read as nvidia-smi's; programs that do not set CUDA_DEVICE_ORDER=PCI_BUS_ID "
+            "(the trainer does) number these mixed GPUs fastest first instead"
+        )
+    return tuple(notes)
 
 
 def _select_custom(
-    inventory: Inventory, ids: list[int], min_memory_gb: float, include_display: bool
-) -> Selection:
+    inventory: Inventory,
+    ids: list[int],
+    min_memory_gb: float,
+    include_display: bool,
+    limits: Limits | None,
+    visible: VisibleDevices | None,
+) -> tuple[str, float, bool, tuple[GpuChoice, ...], tuple[Gpu, ...]]:
     known = {g.index: g for g in inventory.gpus}
     seen = set(ids)
     for i in ids:
         if i not in known:
             have = ", ".join(str(k) for k in sorted(known)) or "none"
             raise SelectionError(f"--custom-gpus: no GPU {i} on this machine (GPUs: {have})")
+        hard = hard_reasons(known[i], limits, visible)
+        if hard:
+            raise SelectionError(f"--custom-gpus: GPU {i} ({known[i].name}) cannot be used: {hard[0]}")
     choices = []
     for g in inventory.gpus:
         would_exclude = exclusion_reasons(g, min_memory_gb, include_display)
@@ -263,4 +357,4 @@ def _select_custom(
         else:
             choices.append(GpuChoice(g, False, ("not listed in --custom-gpus",)))
     selected = tuple(known[i] for i in ids)
-    return Selection("custom", min_memory_gb, include_display, tuple(choices), selected)
+    return "custom", min_memory_gb, include_display, tuple(choices), selected

@@ -7,10 +7,13 @@ import re
 from pathlib import Path
 
 import pytest
-from diag_support import OFFICIAL_STACK, ctx_for, run_one, statuses, worst
+from diag_support import FIXTURES, OFFICIAL_STACK, ctx_for, run_one, statuses, worst
 
-from diagnostics.checks import SECTIONS, Finding, registry, run_checks, summarize
+from diagnostics.checks import SECTIONS, Finding, make_context, registry, run_checks, summarize
 from diagnostics.checks import health as health_checks
+from diagnostics.checks.health import HOT_C
+from diagnostics.inventory import load_inventory
+from diagnostics.selection import SelectionOptions
 from diagnostics.stack import Stack, TfBuild
 
 ALL = [
@@ -201,3 +204,18 @@ def test_run_checks_stamps_ids_and_keeps_ids_a_check_sets_itself(monkeypatch):
 def test_finding_still_validates_its_status():
     with pytest.raises(ValueError):
         Finding("", "ok", "not a status")
+
+
+@pytest.mark.parametrize(("celsius", "expected"), [(HOT_C - 0.5, ["pass"]), (HOT_C, ["warn"])])
+def test_health_warns_from_exactly_hot_c(celsius, expected):
+    """The one threshold, at its boundary: HOT_C warns, half a degree below does not."""
+    dgx = load_inventory(FIXTURES / "inv-dgx-8xh100.json")
+    inventory = dataclasses.replace(
+        dgx,
+        gpus=tuple(dataclasses.replace(g, temperature_c=celsius if g.index == 0 else 40.0) for g in dgx.gpus),
+    )
+    ctx = make_context(SelectionOptions(), env={}, stack=OFFICIAL_STACK, read_live=lambda: inventory)
+    findings = run_one("health", ctx)
+    assert statuses(findings) == expected
+    if expected == ["warn"]:
+        assert findings[0].gpus == (0,) and f"{HOT_C:g} °C" in findings[0].message

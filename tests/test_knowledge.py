@@ -48,3 +48,42 @@ def test_peak_link_is_nvlink_else_pcie_and_frozen():
     assert a100 is not None and a100.link_gbps == a100.nvlink_gbps == 600.0
     assert "link_gbps" in dataclasses.asdict(a100)
     assert dataclasses.is_dataclass(Peak) and Peak.__dataclass_params__.frozen  # type: ignore[attr-defined]
+
+
+def test_compute_capability_from_product_names_kepler_to_blackwell():
+    """nvidia-smi dumps have no compute capability: the product name gives it, every row with a source."""
+    names = {
+        "Tesla K80": "3.7",
+        "Tesla K40m": "3.5",
+        "Tesla M10": "5.0",
+        "Tesla M60": "5.2",
+        "GeForce GTX 1070": "6.1",
+        "Tesla P100-PCIE-16GB": "6.0",
+        "Quadro P400": "6.1",
+        "Tesla V100-SXM2-16GB": "7.0",
+        "Tesla T4": "7.5",
+        "NVIDIA GeForce GTX 1660 Ti": "7.5",
+        "Quadro RTX 6000": "7.5",
+        "NVIDIA A100-SXM4-80GB": "8.0",
+        "NVIDIA A10G": "8.6",
+        "NVIDIA RTX A6000": "8.6",
+        "NVIDIA GeForce RTX 3060 Laptop GPU": "8.6",
+        "NVIDIA GeForce RTX 4090": "8.9",
+        "NVIDIA RTX 4000 SFF Ada Generation": "8.9",
+        "NVIDIA L40S": "8.9",
+        "NVIDIA H100 80GB HBM3": "9.0",
+        "NVIDIA H200": "9.0",
+        "NVIDIA B200": "10.0",
+        "NVIDIA GeForce RTX 5090": "12.0",
+        "NVIDIA RTX PRO 6000 Blackwell Workstation Edition": "12.0",
+    }
+    assert {name: knowledge.compute_capability_for_name(name) for name in names} == names
+    assert knowledge.compute_capability_for_name("Graphics Device") is None
+    assert all(source for _, _, source in knowledge._MODELS)
+    assert all(knowledge.architecture_for(cc) is not None for cc in names.values())
+
+
+def test_lowest_build_capability():
+    assert knowledge.lowest_build_capability(("sm_60", "sm_70", "compute_90")) == (6, 0)
+    assert knowledge.lowest_build_capability(("compute_90", "sm_100a")) == (9, 0)
+    assert knowledge.lowest_build_capability(()) is None

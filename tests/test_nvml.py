@@ -182,3 +182,71 @@ def test_checks_run_on_the_adapter_output(install):
     found = {(f.check, f.status) for f in run_checks(ctx)}
     assert ("pcie", "warn") in found and ("health", "warn") in found and ("memory", "warn") in found
     assert nvml.NO_DRIVER not in str(found)
+
+
+def test_nvlink_through_nvswitch_is_decided_by_p2p_status(install):
+    """DGX H100: every NVLink ends at an NVSwitch, never at the peer GPU; P2P status with the NVLink
+    index says the pair talks over NVLink, and all of the GPU's active links carry that traffic."""
+    m = fake_pynvml([{"i": 0, "name": "NVIDIA H100 80GB HBM3"}, {"i": 1, "name": "NVIDIA H100 80GB HBM3"}])
+    m.NVML_NVLINK_MAX_LINKS = 4
+    m.nvmlDeviceGetNvLinkState = lambda h, link: 1
+    m.nvmlDeviceGetNvLinkRemotePciInfo = lambda h, link: SimpleNamespace(
+        busId=b"00000000:E5:00.0"
+    )  # a switch
+    m.nvmlDeviceGetP2PStatus = lambda a, b, index: 0 if index in (0, 2) else 5
+    install(m)
+    link = read_inventory().links[0]  # type: ignore[index]
+    assert link.topology == "nvlink" and link.nvlink_count == 4 and link.p2p_read == "ok"
+
+
+def test_nvlink_hardware_without_nvlink_p2p_is_not_nvlink(install):
+    m = fake_pynvml([{"i": 0, "name": "A"}, {"i": 1, "name": "B"}])
+    m.nvmlDeviceGetNvLinkState = lambda h, link: 0  # links present, none active
+    m.nvmlDeviceGetP2PStatus = lambda a, b, index: 0 if index == 0 else 5
+    install(m)
+    link = read_inventory().links[0]  # type: ignore[index]
+    assert link.topology == "hostbridge" and link.nvlink_count == 0
+
+
+def test_memory_info_v2_is_used_where_the_library_has_it(install):
+    """v1 counts the driver's reserved memory as used on drivers >= 515; v2 does not."""
+    m = fake_pynvml([{"i": 0, "name": "NVIDIA GeForce RTX 4090"}])
+    m.nvmlMemory_v2 = 0x2000028
+
+    def memory(h, version=None):
+        used = 2 * 1024**2 if version == m.nvmlMemory_v2 else 600 * 1024**2
+        return SimpleNamespace(total=24 * 1024**3, used=used)
+
+    m.nvmlDeviceGetMemoryInfo = memory
+    install(m)
+    assert read_inventory().gpus[0].memory_used_mib == 2
+
+
+def test_mig_mode_and_instances_are_read(install):
+    m = fake_pynvml([{"i": 0, "name": "NVIDIA A100-SXM4-80GB"}, {"i": 1, "name": "NVIDIA A100-SXM4-80GB"}])
+    m.nvmlDeviceGetMigMode = lambda h: (1, 1) if h["i"] == 0 else (0, 0)
+    m.nvmlDeviceGetMaxMigDeviceCount = lambda h: 3
+    instances = {0: {"mig": "MIG-11111111-aaaa"}, 2: {"mig": "MIG-22222222-bbbb"}}
+
+    def by_index(h, i):
+        if i not in instances:
+            raise m.NVMLError_NotSupported()
+        return instances[i]
+
+    m.nvmlDeviceGetMigDeviceHandleByIndex = by_index
+    original_uuid = m.nvmlDeviceGetUUID
+    m.nvmlDeviceGetUUID = lambda h: h["mig"] if "mig" in h else original_uuid(h)
+    install(m)
+    g0, g1 = read_inventory().gpus
+    assert g0.mig_enabled is True and g0.mig_devices == ("MIG-11111111-aaaa", "MIG-22222222-bbbb")
+    assert g1.mig_enabled is False and g1.mig_devices is None
+
+
+def test_an_unreadable_compute_capability_comes_from_the_name(install):
+    install(
+        fake_pynvml(
+            [{"i": 0, "name": "Tesla K80"}, {"i": 1, "name": "Some Future GPU"}],
+            fail={"nvmlDeviceGetCudaComputeCapability": "NVMLError_NotSupported"},
+        )
+    )
+    assert [g.compute_capability for g in read_inventory().gpus] == ["3.7", None]

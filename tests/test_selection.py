@@ -134,3 +134,29 @@ def test_single_picks_a_gpu_of_maximal_memory(inv, min_gb):
 def test_custom_keeps_the_given_order(inv, data):
     ids = data.draw(st.permutations([g.index for g in inv.gpus]).map(lambda p: p[: max(1, len(p) // 2)]))
     assert select_gpus(inv, "custom", custom_ids=ids).selected_indices == list(ids)
+
+
+@given(inventories(), st.data(), st.sampled_from(["multi", "single"]))
+def test_limits_are_never_crossed(inv, data, mode):
+    """Whatever the machine: nothing outside a pre-set CUDA_VISIBLE_DEVICES, nothing in MIG mode,
+    nothing below the TensorFlow build's lowest compute capability is ever selected."""
+    import dataclasses
+
+    from diagnostics.selection import Limits
+
+    gpus = tuple(
+        dataclasses.replace(
+            g,
+            compute_capability=data.draw(st.sampled_from(["3.7", "5.2", "6.1", "8.0", None])),
+            mig_enabled=data.draw(st.none() | st.booleans()),
+        )
+        for g in inv.gpus
+    )
+    inv = dataclasses.replace(inv, gpus=gpus)
+    granted = data.draw(st.lists(st.integers(0, 9), max_size=4, unique=True))
+    limits = Limits(",".join(map(str, granted)), "PCI_BUS_ID", (6, 0), "TensorFlow 2.21.0")
+    sel = select_gpus(inv, mode, min_memory_gb=0, include_display=True, limits=limits)
+    for g in sel.selected:
+        assert g.index in granted and not g.mig_enabled
+        assert g.compute_capability_tuple is None or g.compute_capability_tuple >= (6, 0)
+    assert all(c.reasons for c in sel.choices if not c.selected)

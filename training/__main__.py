@@ -2,7 +2,8 @@
 
 Everything that can be checked without TensorFlow (flags, config and inventory files, data, the
 checkpoint directory) is checked before TensorFlow is imported, so bad input costs a fraction of a
-second, prints one line on stderr, exits 2 and writes nothing.
+second, prints one line on stderr, exits 2 and writes nothing. Then gpudiag's fast checks run on the
+selected GPUs (training.preflight): a failure exits 1 before TensorFlow starts, unless --skip-preflight.
 
 Exit codes come from the exception's class: a `common.errors.UserError` is bad input (2); a failed
 run (NaN loss, out of memory, no GPU with --require-gpu) is 1 with a message that says what to do;
@@ -86,6 +87,15 @@ def _main(argv: list[str]) -> int:
         return EXIT_FAILED
     for warning in plan.warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    if not config.skip_preflight:
+        from training import preflight
+
+        if preflight.report(preflight.preflight(plan), sys.stderr):
+            print(
+                "error: the preflight checks above failed: fix them, or add --skip-preflight to try anyway",
+                file=sys.stderr,
+            )
+            return EXIT_FAILED
     search = config.auto_batch_size and resume_from is None
     if config.dry_run:
         _print_dry_run(config, plan, resume_from, search)

@@ -54,7 +54,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--cpu-replicas", type=_number(int), metavar="N", help="train on N CPU logical devices")
     g.add_argument("--require-gpu", action="store_true", default=None, help="exit 1 instead of using the CPU")
     g.add_argument("--cross-device-ops", choices=CROSS_DEVICE_OPS)
-    g.add_argument("--inventory", metavar="FILE", help="plan for a recorded snapshot (only with --dry-run)")
+    g.add_argument(
+        "--inventory",
+        metavar="FILE",
+        help="plan for a recorded snapshot or an nvidia-smi -q -x dump (only with --dry-run)",
+    )
+    g.add_argument(
+        "--skip-preflight",
+        action="store_true",
+        default=None,
+        help="train even where gpudiag's checks of the selected GPUs fail",
+    )
     t = p.add_argument_group("training")
     t.add_argument("--model", help=f"one of {', '.join(models.names())} (default cnn)")
     t.add_argument(

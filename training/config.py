@@ -60,6 +60,7 @@ class TrainConfig:
     checkpoint_dir: str | None = None
     save_freq: str = "epoch"  # "epoch", or a number of steps as text ("200")
     auto_batch_size: bool = False
+    skip_preflight: bool = False  # train even where gpudiag's preflight checks fail
 
     def merged(self, overrides: Mapping[str, Any], origin: str) -> TrainConfig:
         """A copy with `overrides` applied; unknown keys and wrong types are a ConfigError."""
@@ -234,6 +235,23 @@ def nearest_valid_batches(global_batch_size: int, replicas: int) -> list[int]:
     below = global_batch_size - global_batch_size % replicas
     above = below + replicas
     return [b for b in (below, above) if b > 0]
+
+
+# The seed guide's global batch per GPU count (1 GPU 64-128, 2 GPUs 128-256, 4 GPUs 256-512): 64 to
+# 128 examples per GPU keep a GPU busy; fewer leave it waiting on the all-reduce and the host.
+ADVISED_PER_GPU = (64, 128)
+
+
+def batch_advice(global_batch_size: int, gpus: int) -> str | None:
+    """What the plan says when the per-GPU batch is small for the GPU count, or None."""
+    low, high = ADVISED_PER_GPU
+    if gpus < 1 or global_batch_size // gpus >= low:
+        return None
+    return (
+        f"{global_batch_size // gpus} examples per GPU is small for {gpus} GPU(s) (the guide: "
+        f"{low * gpus}-{high * gpus} global, {low}-{high} per GPU): try --global-batch-size {low * gpus} "
+        "(and scale --learning-rate with it)"
+    )
 
 
 def batch_not_divisible_message(global_batch_size: int, replicas: int) -> str:

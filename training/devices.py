@@ -3,7 +3,8 @@
 
 GPUs are made visible by UUID through CUDA_VISIBLE_DEVICES, never by position: CUDA numbers GPUs
 fastest-first unless CUDA_DEVICE_ORDER=PCI_BUS_ID, and TensorFlow silently skips GPUs with fewer
-than 8 multiprocessors, so "GPU 1" in TensorFlow need not be nvidia-smi's GPU 1.
+than 8 multiprocessors, so "GPU 1" in TensorFlow need not be nvidia-smi's GPU 1. A CUDA_VISIBLE_DEVICES
+set before the run (a scheduler's grant) bounds the plan, and setup only ever narrows it.
 """
 
 from __future__ import annotations
@@ -13,14 +14,16 @@ import contextlib
 import os
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from common.errors import UserError
 from diagnostics.inventory import Gpu, Inventory, load_inventory
 from diagnostics.nvml import NvmlUnavailable, read_inventory
-from diagnostics.selection import Selection, SelectionError, SelectionOptions, device_args
-from common.errors import UserError
+from diagnostics.selection import Limits, Selection, SelectionError, SelectionOptions, device_args
+from diagnostics.stack import Stack, read_stack
+from diagnostics.visible import read_visible
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -63,6 +66,7 @@ class DevicePlan:
     inventory: Inventory | None = None
     warnings: tuple[str, ...] = ()
     fallback_reason: str | None = None  # why a GPU run fell back to the CPU
+    stack: Stack | None = None  # the software the plan was made for (a replay's recorded one)
 
     @property
     def num_replicas(self) -> int:
@@ -130,11 +134,17 @@ def plan_devices(
             no_driver = str(exc)
     if options.mode == "custom" and inventory is None and cpu_replicas is None:
         raise SelectionError(f"--custom-gpus: cannot check GPU ids ({no_driver})")
-    chosen = options.select(inventory) if inventory is not None else None
+    chosen, stack = None, None
+    if inventory is not None:
+        # A replay is planned with its own software and CUDA_VISIBLE_DEVICES where it records them.
+        replay = inventory.source != "live"
+        stack = (inventory.software if replay else None) or read_stack()
+        env = (inventory.environment or {}) if replay else os.environ
+        chosen = options.select(inventory, Limits.of(env, stack))
     if cpu_replicas is not None:
-        return DevicePlan("cpu", (), cpu_replicas, chosen, inventory)
+        return DevicePlan("cpu", (), cpu_replicas, chosen, inventory, stack=stack)
     if chosen is not None and chosen.selected:
-        return DevicePlan("gpu", chosen.selected, 1, chosen, inventory, tuple(chosen.warnings))
+        return DevicePlan("gpu", chosen.selected, 1, chosen, inventory, tuple(chosen.warnings), stack=stack)
     if no_driver:
         reason = no_driver
     elif inventory is not None and not inventory.gpus:
@@ -142,9 +152,11 @@ def plan_devices(
     else:
         assert chosen is not None
         reason = "no GPU is eligible: " + " | ".join(chosen.explain())
+    if chosen is not None and chosen.notes:
+        reason += " (" + "; ".join(chosen.notes) + ")"
     if require_gpu:
         raise NoGpuError(f"--require-gpu: {reason}")
-    return DevicePlan("cpu", (), 1, chosen, inventory, (f"training on the CPU: {reason}",), reason)
+    return DevicePlan("cpu", (), 1, chosen, inventory, (f"training on the CPU: {reason}",), reason, stack)
 
 
 def add_device_args(parser: argparse.ArgumentParser) -> None:
@@ -190,9 +202,11 @@ def setup_device_strategy(plan: DevicePlan | None = None, cross_device_ops: str 
     # CUDA reads these once, when TensorFlow first touches the driver: set them before importing TF
     # does anything with devices. If CUDA was already initialised they are ignored, which the
     # device-count check below catches.
-    os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
     if plan.kind == "gpu":
-        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(g.uuid or str(g.index) for g in plan.gpus)
+        os.environ["CUDA_VISIBLE_DEVICES"] = narrowed_visible_devices(
+            plan, os.environ.get("CUDA_VISIBLE_DEVICES")
+        )
+    os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
     with start_up_noise_filtered(cpu_only=plan.kind == "cpu"):
         import tensorflow as tf
 
@@ -205,6 +219,20 @@ def setup_device_strategy(plan: DevicePlan | None = None, cross_device_ops: str 
         warnings.append(note)
     strategy = tf.distribute.MirroredStrategy(devices=plan.device_names, cross_device_ops=ops)
     return DeviceSetup(strategy, plan, cross_device_ops, warnings)
+
+
+def narrowed_visible_devices(plan: DevicePlan, preset: str | None) -> str:
+    """The CUDA_VISIBLE_DEVICES value for `plan`'s GPUs (by UUID). A value set before the run is a
+    bound: a planned GPU outside it is refused, since narrowing it is all the trainer may do."""
+    bound = read_visible(preset, plan.inventory.gpus) if plan.inventory is not None else None
+    outside = [g for g in plan.gpus if bound is not None and not bound.allows(g.index)]
+    if outside:
+        raise DeviceSetupError(
+            f"CUDA_VISIBLE_DEVICES={preset!r} was set before this run and does not include "
+            f"{', '.join(g.label() for g in outside)}: the trainer only narrows it, never widens it; plan "
+            "within it (`gpudiag list` shows which GPUs it allows) or have the scheduler grant them"
+        )
+    return ",".join(g.uuid or str(g.index) for g in plan.gpus)
 
 
 def _configure_devices(tf: Any, plan: DevicePlan) -> None:

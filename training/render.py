@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from training.config import TrainConfig
+from training.config import TrainConfig, batch_advice
 from training.devices import DevicePlan
 
 
@@ -23,9 +23,14 @@ def print_plan(config: TrainConfig, plan: DevicePlan, out: Any = None) -> None:
         print(f"GPUs ({config.selection.mode} mode):", file=out)
         for line in plan.selection.explain():
             print(f"  {line}", file=out)
+        for note in plan.selection.notes:
+            print(f"  note: {note}", file=out)
     print(
         f"global batch {config.global_batch_size} = {per_replica} per replica x {plan.num_replicas}", file=out
     )
+    advice = batch_advice(config.global_batch_size, len(plan.gpus)) if plan.kind == "gpu" else None
+    if advice:
+        print(f"  note: {advice}", file=out)
     print(f"model {config.model}, data {config.data or 'synthetic'}, {config.epochs} epoch(s)", file=out)
 
 

@@ -38,6 +38,7 @@ __all__ = [
     "registry",
     "run_check",
     "run_checks",
+    "run_preflight",
     "see",
     "stamp",
     "summarize",
@@ -107,6 +108,16 @@ def run_checks(ctx: Context, deep: bool = False, only: Sequence[str] | None = No
                 )
             )
     return findings
+
+
+# The checks the trainer runs on its selected GPUs before it imports TensorFlow: fast (no child
+# process, no TensorFlow) and about the software, driver and GPUs a run will use.
+PREFLIGHT = ("driver", "tensorflow", "cuda-version", "compute-capability", "nccl", "memory", "p2p", "health")
+
+
+def run_preflight(ctx: Context) -> list[Finding]:
+    """The PREFLIGHT checks on `ctx`'s selected GPUs; only their warnings and failures."""
+    return [f for f in run_checks(ctx, only=PREFLIGHT) if f.status in ("warn", "fail")]
 
 
 def summarize(findings: Sequence[Finding]) -> dict[str, int]:

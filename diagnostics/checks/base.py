@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from diagnostics.inventory import Gpu, Inventory, load_inventory
-from diagnostics.selection import Selection, SelectionOptions
+from diagnostics.selection import Limits, Selection, SelectionOptions
 from diagnostics.stack import Stack, read_stack
 
 STATUSES = ("pass", "warn", "fail", "skip")
@@ -32,6 +32,10 @@ SECTIONS = (
     "hot-or-throttling-gpus",
     "pcie-links",
     "wrong-results-across-replicas",
+    "old-and-mig-gpus",
+    "scheduler-assigned-gpus",
+    "containers",
+    "bug-reports-and-nvidia-smi-dumps",
 )
 
 
@@ -107,6 +111,9 @@ class Context:
     env: Mapping[str, str] = field(default_factory=dict)
     inventory_path: str | None = None
     deep_timeout_s: float = 180.0
+    # whose software `stack` is: "live" (this machine), "recorded" (the snapshot's own), "given"
+    # (a caller's), or "replaying" (this machine's, standing in for a snapshot that records none)
+    stack_origin: str = "live"
     cache: dict[str, Any] = field(default_factory=dict, compare=False)  # the --deep child's results
 
     @property
@@ -132,12 +139,15 @@ def make_context(
 ) -> Context:
     """Load the inventory (file or live NVML) and select GPUs exactly as the trainer does.
 
+    A snapshot that records its machine's software and environment is judged on those, not on this
+    machine's; an older one falls back to this machine's software (`stack_origin` says which).
     Raises InventoryError for an unusable file and SelectionError for flags that cannot mean anything.
     """
     inventory: Inventory | None = None
     nvml_error = None
     if inventory_path is not None:
         inventory = load_inventory(inventory_path)
+        nvml_error = inventory.nvml_error
     else:
         # Only a live read needs the NVML module.
         from diagnostics.nvml import NvmlUnavailable, read_inventory
@@ -146,17 +156,26 @@ def make_context(
             inventory = (read_live or read_inventory)()
         except NvmlUnavailable as exc:
             nvml_error = str(exc)
+    recorded = inventory.software if inventory_path is not None and inventory is not None else None
+    origin = "given" if stack else "recorded" if recorded else "replaying" if inventory_path else "live"
+    stack = stack or recorded or read_stack()
+    if inventory_path is not None and inventory is not None and inventory.environment is not None:
+        env = inventory.environment if env is None else env
+    environment = dict(os.environ if env is None else env)
+    # A replay is bounded by the CUDA_VISIBLE_DEVICES recorded with it, never by this machine's.
+    bound = (inventory.environment if inventory is not None else None) if inventory_path else environment
     selection = None
     if inventory is not None:
-        selection = args.select(inventory)
+        selection = args.select(inventory, Limits.of(bound, stack))
     return Context(
-        stack=stack or read_stack(),
+        stack=stack,
         inventory=inventory,
         nvml_error=nvml_error,
         selection=selection,
         args=args,
-        env=dict(os.environ if env is None else env),
+        env=environment,
         inventory_path=inventory_path,
+        stack_origin=origin,
     )
 
 

@@ -20,9 +20,10 @@ def driver(ctx: Context) -> list[Finding]:
         return [fail(ctx.nvml_error or "no NVIDIA driver found", f"{_INSTALL} {see('no-driver-or-no-gpu')}")]
     inv = ctx.inventory
     if inv.driver_version is None:
+        why = f": {inv.nvml_error}" if inv.nvml_error else ""
         return [
             fail(
-                f"no NVIDIA driver in this inventory ({inv.source})",
+                f"no NVIDIA driver in this inventory ({inv.source}){why}",
                 f"{_INSTALL} {see('no-driver-or-no-gpu')}",
             )
         ]

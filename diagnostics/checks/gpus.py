@@ -50,9 +50,18 @@ def code_for(compute_capability: str, build_caps: tuple[str, ...]) -> tuple[str,
 def compute_capability(ctx: Context) -> list[Finding]:
     """Each selected GPU's compute capability against the kernels TensorFlow was built with."""
     build = ctx.stack.tf_build
-    gpus = ctx.in_scope
+    unknown = [g for g in ctx.in_scope if g.compute_capability is None]
+    gpus = [g for g in ctx.in_scope if g.compute_capability is not None]
+    unknown_note = [
+        skip(
+            f"{gpu_list(unknown)}: compute capability unknown (an nvidia-smi dump does not list it and "
+            "gpudiag's table of product names does not know this name), so whether TensorFlow has "
+            "kernels for it cannot be told",
+            gpus=tuple(g.index for g in unknown),
+        )
+    ]
     if not gpus:
-        return [skip("no GPU to check")]
+        return unknown_note if unknown else [skip("no GPU to check")]
     if build is None or not build.is_cuda_build or not build.compute_capabilities:
         return [skip("TensorFlow's CUDA build facts are not available")]
     caps = ", ".join(build.compute_capabilities)
@@ -62,6 +71,7 @@ def compute_capability(ctx: Context) -> list[Finding]:
     )
     findings, native = [], []
     for gpu in gpus:
+        assert gpu.compute_capability is not None
         kind, code = code_for(gpu.compute_capability, build.compute_capabilities)
         arch = knowledge.architecture_for(gpu.compute_capability)
         arch_name = arch.name if arch else "unknown architecture"
@@ -89,19 +99,18 @@ def compute_capability(ctx: Context) -> list[Finding]:
         why = (
             f"{gpu.label()} has compute capability {gpu.compute_capability} ({arch_name}), and TensorFlow "
             f"{ctx.stack.tensorflow} has no native kernels for it (built for {caps}): only {code} PTX, "
-            "which the driver JIT-compiles at first start (can take many minutes, or fail with "
-            "CUDA_ERROR_INVALID_PTX)"
+            "which the driver JIT-compiles at start: minutes at each start unless CUDA_CACHE_MAXSIZE is "
+            "raised so the compiled kernels stay cached (or it fails with CUDA_ERROR_INVALID_PTX)"
         )
-        if gpu.compute_capability_tuple[0] > knowledge.XLA_MAX_NATIVE_CC_MAJOR:
+        cc_major = int(gpu.compute_capability.split(".")[0])
+        if cc_major > knowledge.XLA_MAX_NATIVE_CC_MAJOR:
             why += f", and XLA's bundled ptxas cannot target sm_{sm} (XLA/jit_compile fails)"
         remedy = (
             BLACKWELL_REMEDY.format(sm=sm, cc=gpu.compute_capability)
-            if gpu.compute_capability_tuple[0] >= 10
+            if cc_major >= 10
             else f"use a TensorFlow build with sm_{sm} kernels; expect a slow first start"
-        )
-        section = (
-            "rtx-5090-and-blackwell" if gpu.compute_capability_tuple[0] >= 10 else "driver-and-cuda-versions"
-        )
+        ) + "; meanwhile export CUDA_CACHE_MAXSIZE=4294967296 so the JIT runs once"
+        section = "rtx-5090-and-blackwell" if cc_major >= 10 else "driver-and-cuda-versions"
         if not driver_ok or driver_cuda_ok is False:
             findings.append(
                 fail(
@@ -120,11 +129,11 @@ def compute_capability(ctx: Context) -> list[Finding]:
                 gpus=tuple(
                     g.index
                     for g in gpus
-                    if code_for(g.compute_capability, build.compute_capabilities)[0] == "native"
+                    if code_for(g.compute_capability or "0.0", build.compute_capabilities)[0] == "native"
                 ),
             ),
         )
-    return findings
+    return findings + (unknown_note if unknown else [])
 
 
 def display(ctx: Context) -> list[Finding]:
@@ -232,17 +241,30 @@ def _flags(reasons: list[str]) -> list[str]:
     return hints
 
 
+def _section(reasons: list[str]) -> str:
+    """The guide's section for the reasons nothing was selected."""
+    text = " ".join(reasons)
+    if "CUDA_VISIBLE_DEVICES" in text:
+        return "scheduler-assigned-gpus"
+    if "MIG mode" in text or "the lowest TensorFlow" in text:
+        return "old-and-mig-gpus"
+    return "strategy-not-working"
+
+
 def selection(ctx: Context) -> list[Finding]:
     """Which GPUs the trainer would use; nothing selected, or mixed models, is reported."""
     sel = ctx.selection
     if sel is None or not ctx.gpus:
         return [skip("no GPU to select: the trainer would fall back to the CPU")]
+    bound = "".join(f"; {note}" for note in sel.notes)
     if not sel.selected:
         reasons = [r for c in sel.choices for r in c.reasons]
         return [
             fail(
-                "no GPU selected (the trainer would fall back to the CPU): " + " | ".join(sel.explain()),
-                "; ".join(_flags(reasons)) + f" {see('strategy-not-working')}",
+                "no GPU selected (the trainer would fall back to the CPU): "
+                + " | ".join(sel.explain())
+                + bound,
+                "; ".join(_flags(reasons)) + f" {see(_section(reasons))}",
                 gpus=tuple(g.index for g in ctx.gpus),
             )
         ]
@@ -279,7 +301,7 @@ def selection(ctx: Context) -> list[Finding]:
         findings.append(
             passed(
                 f"--device-mode {sel.mode}: {len(sel.selected)} GPU(s) selected "
-                f"({gpu_list(sel.selected)}){note}",
+                f"({gpu_list(sel.selected)}){note}{bound}",
                 gpus=ids,
             )
         )
@@ -295,7 +317,10 @@ def device_order(ctx: Context) -> list[Finding]:
     order = env.get("CUDA_DEVICE_ORDER", "FASTEST_FIRST")
     visible = env.get("CUDA_VISIBLE_DEVICES")
     mixed = len({(g.name, g.compute_capability) for g in ctx.gpus}) > 1
-    trainer_note = "the trainer sets CUDA_DEVICE_ORDER=PCI_BUS_ID and CUDA_VISIBLE_DEVICES by UUID itself"
+    trainer_note = (
+        "the trainer sets CUDA_DEVICE_ORDER=PCI_BUS_ID and narrows CUDA_VISIBLE_DEVICES to its GPUs by "
+        "UUID itself, never beyond what it was set to"
+    )
     if order != "PCI_BUS_ID" and mixed:
         findings.append(
             warn(

@@ -37,6 +37,13 @@ def tensorflow(ctx: Context) -> list[Finding]:
     else:
         what = "CPU-only build"
     message = f"TensorFlow {st.tensorflow}{dist} ({what}), {keras}"
+    if st.system_libraries:
+        found = ", ".join(f"{name} {version}" for name, version in sorted(st.system_libraries.items()))
+        message += f"; system-wide: {found}"
+    if ctx.stack_origin == "replaying":
+        message += " (this machine's software: the inventory records none)"
+    elif ctx.stack_origin == "recorded":
+        message += " (as recorded in the inventory)"
     has_gpus = bool(ctx.gpus)
     if not build.is_cuda_build and has_gpus:
         return [
@@ -48,14 +55,17 @@ def tensorflow(ctx: Context) -> list[Finding]:
     major = (knowledge.parse_version(st.keras) or (0,))[0]
     if st.keras is None or major < 3:
         return [warn(f"{message}: TensorFlow 2.16+ needs Keras 3", "pip install 'keras>=3.15,<4'")]
-    missing = [w for w in CUDA_WHEELS if w not in st.cuda_wheels]
+    # NVIDIA's containers install CUDA and cuDNN system-wide, not as wheels: either will do.
+    missing = [w for w in CUDA_WHEELS if not st.provides(w)]
+    cuda_major = (build.cuda_version or "12").split(".")[0]
     if build.is_cuda_build and has_gpus and missing:
         return [
             warn(
-                f"{message}; the CUDA libraries it loads are not pip-installed "
-                f"({', '.join(missing)}): unless CUDA {build.cuda_version} and cuDNN "
-                f"{build.cudnn_version} are installed system-wide, TensorFlow finds no GPU",
-                f"{PIP_CUDA} {see('strategy-not-working')}",
+                f"{message}; the CUDA libraries it loads are neither pip-installed nor found by the "
+                f"loader ({', '.join(missing)}): without CUDA {build.cuda_version} and cuDNN "
+                f"{build.cudnn_version}, TensorFlow finds no GPU",
+                f"{PIP_CUDA}, or put a system CUDA {cuda_major} and cuDNN {build.cudnn_version} on the "
+                f"loader's path (LD_LIBRARY_PATH) {see('containers')}",
             )
         ]
     return [passed(message)]
@@ -97,19 +107,20 @@ def cuda_version(ctx: Context) -> list[Finding]:
 def nccl(ctx: Context) -> list[Finding]:
     """The installed NCCL against known-bad versions for the selected GPUs."""
     selected = ctx.selected
-    version = ctx.stack.nccl
+    version = ctx.stack.nccl_version
+    where = {"pip": "", "system": " (system-wide)", "none": ""}[ctx.stack.nccl_origin]
     if len(selected) < 2:
         return [
             skip(
-                f"NCCL {version or 'not pip-installed'}; fewer than 2 GPUs selected, "
+                f"NCCL {version or 'not installed'}{where}; fewer than 2 GPUs selected, "
                 "so no all-reduce between GPUs"
             )
         ]
     if version is None:
         return [
             warn(
-                "NCCL is not pip-installed (nvidia-nccl-cu12): MirroredStrategy's default NCCL "
-                "all-reduce needs it unless a system NCCL is on the library path",
+                "NCCL is neither pip-installed (nvidia-nccl-cu12) nor found by the loader: "
+                "MirroredStrategy's default NCCL all-reduce needs it",
                 f"{PIP_CUDA}, or train with --cross-device-ops hierarchical {see('nccl-hangs')}",
             )
         ]
@@ -117,19 +128,25 @@ def nccl(ctx: Context) -> list[Finding]:
     hits: dict[str, list[int]] = {}
     rows = {}
     for gpu in selected:
-        row = knowledge.known_bad("nccl", version, gpu.compute_capability_tuple[0])
+        cc = gpu.compute_capability_tuple
+        row = knowledge.known_bad("nccl", version, cc[0]) if cc is not None else None
         if row:
             hits.setdefault(row.problem, []).append(gpu.index)
             rows[row.problem] = row
     for problem, indices in hits.items():
         row = rows[problem]
         names = ", ".join(g.label() for g in selected if g.index in indices)
+        upgrade = (
+            f"pip install 'nvidia-nccl-cu12>={row.fixed_in}'"
+            if ctx.stack.nccl_origin == "pip"
+            else f"install NCCL {row.fixed_in} or newer system-wide (a newer container release)"
+        )
         findings.append(
             fail(
-                f"NCCL {version} on {names}: {problem}",
-                f"pip install 'nvidia-nccl-cu12>={row.fixed_in}' (source: {row.source}); until then "
+                f"NCCL {version}{where} on {names}: {problem}",
+                f"{upgrade} (source: {row.source}); until then "
                 f"--cross-device-ops hierarchical avoids NCCL {see('nccl-hangs')}",
                 gpus=tuple(indices),
             )
         )
-    return findings or [passed(f"NCCL {version}: no known problem with the selected GPUs")]
+    return findings or [passed(f"NCCL {version}{where}: no known problem with the selected GPUs")]
