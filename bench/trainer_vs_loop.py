@@ -1,9 +1,14 @@
-"""Child process for bench/test_trainer_speed.py: the trainer against a minimal hand-written loop.
+"""Child process for bench/test_trainer_speed.py: the trainer against a minimal hand-written loop
+and against Keras `model.fit`, and the input pipeline alone.
 
-Both run in this one process, on the same MirroredStrategy, model, data and optimizer, in
-alternating rounds so that drift in a shared, noisy machine hits both alike. Prints one JSON line.
+All run in this one process, on the same MirroredStrategy, model, data and optimizer, in
+alternating rounds so that drift in a shared, noisy machine hits them alike. Every contender is
+timed the same way, from outside: the wall time of one call that runs a round's steps and ends on
+a host sync, after warm-up steps that traced it. The trainer's own meter is reported beside it as a
+cross-check. Prints one JSON line.
 
-usage: python bench/trainer_vs_loop.py [--cpu-replicas N] [--rounds R] [--steps S] [--model cnn]
+usage: python bench/trainer_vs_loop.py (--cpu-replicas N | --visible-gpus UUID...) [--rounds R]
+       [--steps S] [--model cnn] [--global-batch-size B]
 """
 
 from __future__ import annotations
@@ -20,21 +25,21 @@ from dataclasses import replace
 
 from training import data, models
 from training.config import TrainConfig
-from training.devices import plan_devices, setup_device_strategy
+from training.devices import add_device_args, plan_from_args, setup_device_strategy
 
 WARMUP_STEPS = 3
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--cpu-replicas", type=int, default=2)
+    add_device_args(parser)  # the devices the parent planned
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--model", default="cnn")
     parser.add_argument("--global-batch-size", type=int, default=128)
     args = parser.parse_args()
 
-    setup = setup_device_strategy(plan_devices(cpu_replicas=args.cpu_replicas))
+    setup = setup_device_strategy(plan_from_args(args))
     import keras
     import tensorflow as tf
 
@@ -70,23 +75,41 @@ def main() -> None:
             tf.distribute.ReduceOp.SUM, strategy.run(replica_step, args=next(it)), axis=None
         )
 
-    def hand_round(steps: int) -> float:
-        for _ in range(WARMUP_STEPS):
-            hand_step(iterator)
-        loss = hand_step(iterator)
-        float(loss)  # wait for the warm-up steps before starting the clock
+    def timed(run_steps) -> float:
+        """Samples/s of one call that runs the round's steps and ends on a host sync."""
         start = time.perf_counter()
-        for _ in range(steps - WARMUP_STEPS):
-            loss = hand_step(iterator)
-        float(loss)
-        return (steps - WARMUP_STEPS) * gb / (time.perf_counter() - start)
+        run_steps()
+        return args.steps * gb / (time.perf_counter() - start)
 
-    def trainer_round(steps: int) -> float:
-        # the real fit loop, progress bar included (its output thrown away)
+    def hand_steps(steps: int) -> None:
+        loss = hand_step(iterator)
+        for _ in range(steps - 1):
+            loss = hand_step(iterator)
+        float(loss)  # the host sync: every step has run
+
+    meter_rates: list[float] = []
+
+    def trainer_steps(steps: int) -> None:
+        # the real fit loop, progress bar and callbacks included (its output thrown away); fit
+        # reads its last loss back on the host before it returns
         with contextlib.redirect_stdout(io.StringIO()):
             result = trainer.fit(epochs=1, steps_per_epoch=steps, verbose=1)
-        assert result.meter is not None and result.meter.samples_per_sec is not None
-        return result.meter.samples_per_sec
+        if steps == args.steps and result.meter is not None and result.meter.samples_per_sec:
+            meter_rates.append(result.meter.samples_per_sec)
+
+    # Keras' own fit under the same strategy: same model family, data pipeline, optimizer and loss
+    with strategy.scope():
+        fit_model = models.build(args.model, examples.input_shape, examples.num_classes)
+        fit_model.compile(
+            optimizer=keras.optimizers.SGD(learning_rate=config.learning_rate, momentum=0.9),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+        )
+    fit_data = data.make_dataset(examples, gb, config.seed)
+
+    def fit_steps(steps: int) -> None:
+        history = fit_model.fit(fit_data, epochs=1, steps_per_epoch=steps, verbose=0)
+        float(history.history["loss"][-1])
 
     pipe_iter = iter(trainer.dist_dataset)
 
@@ -98,12 +121,14 @@ def main() -> None:
         tf.nest.map_structure(lambda t: t.values[0].numpy() if hasattr(t, "values") else t.numpy(), batch)
         return steps * gb / (time.perf_counter() - start)
 
-    trainer_round(WARMUP_STEPS + 2)  # trace both steps before anything is timed
-    hand_round(WARMUP_STEPS + 2)
-    rates: dict[str, list[float]] = {"trainer": [], "hand_loop": [], "input_pipeline": []}
+    contenders = {"trainer": trainer_steps, "hand_loop": hand_steps, "keras_fit": fit_steps}
+    for run in contenders.values():  # trace each step function before anything is timed
+        run(WARMUP_STEPS)
+    rates: dict[str, list[float]] = {name: [] for name in (*contenders, "input_pipeline")}
     for _ in range(args.rounds):
-        rates["trainer"].append(trainer_round(args.steps))
-        rates["hand_loop"].append(hand_round(args.steps))
+        for name, run in contenders.items():
+            run(WARMUP_STEPS)  # back in the caches after the others ran
+            rates[name].append(timed(lambda run=run: run(args.steps)))
         rates["input_pipeline"].append(input_round(args.steps * 4))
     medians = {k: statistics.median(v) for k, v in rates.items()}
     print(
@@ -115,17 +140,26 @@ def main() -> None:
                 "rounds": args.rounds,
                 "steps_per_round": args.steps,
                 "warmup_steps": WARMUP_STEPS,
+                "device_kind": setup.plan.kind,
+                "devices": setup.plan.describe(),
+                "timer": "wall time of one call of --steps steps ending on a host sync, after warm-up",
                 "rates": rates,
                 "median_samples_per_sec": medians,
-                # paired: each round's trainer against the hand loop run right after it, so that the
-                # load from other processes on a shared machine cancels out
-                "trainer_over_hand_loop": statistics.median(
-                    t / h for t, h in zip(rates["trainer"], rates["hand_loop"], strict=True)
-                ),
+                "trainer_meter_samples_per_sec": statistics.median(meter_rates) if meter_rates else None,
+                # paired: each round's contenders ran one right after the other, so that the load
+                # from other processes on a shared machine cancels out
+                "trainer_over_hand_loop": paired(rates["trainer"], rates["hand_loop"]),
+                "keras_fit_over_hand_loop": paired(rates["keras_fit"], rates["hand_loop"]),
+                "trainer_over_keras_fit": paired(rates["trainer"], rates["keras_fit"]),
                 "input_over_training": medians["input_pipeline"] / medians["trainer"],
             }
         )
     )
+
+
+def paired(a: list[float], b: list[float]) -> float:
+    """The median of the per-round ratios a/b."""
+    return statistics.median(x / y for x, y in zip(a, b, strict=True))
 
 
 if __name__ == "__main__":

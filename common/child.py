@@ -47,10 +47,18 @@ def is_out_of_memory(error: BaseException | str) -> bool:
     return bool(_OOM.search(error))
 
 
+# The lines of a TensorFlow error that say where, not what ("Graph execution error:", the Python
+# stack of the node, the node's name, a hint about allocation reports).
+_WHERE_NOT_WHAT = re.compile(r"^(Graph execution error:|Detected at node|File \"|\[\[|Hint: |\[Op:)")
+
+
 def first_line(error: BaseException) -> str:
-    """An exception's message in one line (TensorFlow's run to pages), at most 500 characters."""
+    """An exception's message in one line, at most 500 characters: for TensorFlow's, which run to
+    pages, the first line that says what went wrong ("OOM when allocating tensor ...")."""
     text = getattr(error, "message", None) or str(error)
-    return (str(text).strip().splitlines() or [type(error).__name__])[0][:500]
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    what = [line for line in lines if not _WHERE_NOT_WHAT.match(line)]
+    return (what or lines or [type(error).__name__])[0][:500]
 
 
 def child_environment(env: Mapping[str, str] | None = None, **extra: str) -> dict[str, str]:

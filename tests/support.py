@@ -14,16 +14,25 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+# A pynvml that finds no driver (tests/fakes/no_driver/pynvml.py): first on a child's PYTHONPATH.
+NO_DRIVER_PATH = Path(__file__).resolve().parent / "fakes" / "no_driver"
 
 
 def child_env(**extra: str) -> dict[str, str]:
+    """A child's environment on a simulated GPU-less machine: NVML finds no driver and CUDA no GPU,
+    whatever this machine has, so a test means the same on a GPU host as on the build machine."""
     env = dict(os.environ)
     env.update({"TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": ""})
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(NO_DRIVER_PATH), str(ROOT), env.get("PYTHONPATH")]))
     for key in [k for k in env if k.startswith("TRAINING_")]:
         del env[key]
     env.update(extra)
     return env
+
+
+def installed_script(name: str) -> Path:
+    """An entry point installed beside this interpreter (pip install -e . puts it there)."""
+    return Path(sys.executable).parent / name
 
 
 def run_module(

@@ -1,25 +1,25 @@
-"""The gpudiag command: the real no-driver path and bad input through the installed `gpudiag`
-script; everything else through main() in-process, to keep the suite fast."""
+"""The gpudiag command: the no-driver path and bad input through the installed `gpudiag` script
+(the one beside this interpreter: a missing script is a failure, not a skip), on a simulated
+machine without a driver; everything else through main() in-process, to keep the suite fast."""
 
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 
 import pytest
 from diag_support import FIXTURES
+from support import child_env, installed_script
 
 from diagnostics import cli
 
-GPUDIAG = shutil.which("gpudiag")
-needs_script = pytest.mark.skipif(GPUDIAG is None, reason="gpudiag is not installed (pip install -e .)")
+GPUDIAG = installed_script("gpudiag")
 
 
 def gpudiag(*args: str) -> subprocess.CompletedProcess[str]:
-    assert GPUDIAG is not None
-    return subprocess.run([GPUDIAG, *args], capture_output=True, text=True, timeout=60)
+    assert GPUDIAG.exists(), f"{GPUDIAG} is missing: install the project (pip install -e .)"
+    return subprocess.run([str(GPUDIAG), *args], capture_output=True, text=True, timeout=60, env=child_env())
 
 
 def run(capsys, *args: str) -> tuple[int, str, str]:
@@ -32,9 +32,8 @@ def fixture(name: str) -> str:
     return str(FIXTURES / name)
 
 
-@needs_script
 def test_no_driver_machine_check_fails_cleanly_without_importing_tensorflow():
-    """On this GPU-less machine: driver fails with NVML's message, exit 1, valid JSON, no TensorFlow."""
+    """On a machine without a driver: driver fails with NVML's message, exit 1, valid JSON, no TensorFlow."""
     proc = gpudiag("check", "--json")
     assert proc.returncode == 1, proc.stderr
     data = json.loads(proc.stdout)
@@ -43,7 +42,6 @@ def test_no_driver_machine_check_fails_cleanly_without_importing_tensorflow():
     assert data["summary"]["fail"] == 1 and "Traceback" not in proc.stderr
 
 
-@needs_script
 def test_no_driver_snapshot_list_and_monitor_say_one_line():
     for args in (("snapshot",), ("list",), ("monitor", "--duration", "1")):
         proc = gpudiag(*args)
@@ -51,7 +49,6 @@ def test_no_driver_snapshot_list_and_monitor_say_one_line():
         assert len(proc.stderr.strip().splitlines()) == 1 and "driver" in proc.stderr, args
 
 
-@needs_script
 @pytest.mark.parametrize(
     "args",
     [

@@ -11,8 +11,7 @@ from hypothesis import strategies as st
 
 from training import faults
 from training.__main__ import main
-from training.batch_size import oom_message
-from training.batch_size import FINE_BELOW, GRANULARITY, find_largest_batch
+from training.batch_size import FINE_BELOW, GRANULARITY, find_largest_batch, oom_message
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,8 @@ The timeout path uses a fake child that hangs, so it costs no TensorFlow start."
 from __future__ import annotations
 
 import json
+import os
+import re
 import sys
 
 import pytest
@@ -17,26 +19,55 @@ from diagnostics.selection import SelectionOptions
 
 
 @pytest.mark.slow
-def test_check_deep_on_cpu_logical_devices(capsys):
-    """No driver here: the probe runs the trainer's setup over 2 logical CPUs and every deep check passes."""
+def test_check_deep_on_cpu_logical_devices(capsys, no_driver):
+    """No driver: the probe runs the trainer's setup over 2 logical CPUs and every deep check passes."""
     code = cli.main(["check", "--deep", "--json", "--deep-timeout", "240"])
     data = json.loads(capsys.readouterr().out)
     deep = {f["check"]: f for f in data["findings"] if f["check"] in probe.DEEP_CHECKS}
     assert set(deep) == set(probe.DEEP_CHECKS)
     assert all(f["status"] == "pass" for f in deep.values()), deep
     assert "2 replica(s)" in deep["strategy"]["message"] and "mirrored" in deep["strategy"]["message"]
-    assert code == 1  # the driver check still fails on this GPU-less machine
+    assert code == 1  # the driver check still fails on a machine without a driver
+
+
+def _probe_with(inject: str) -> probe.ProbeResult:
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", probe.INJECT_ENV: inject}
+    return probe.run_probe(probe.probe_command(cpu_replicas=2), 240, env)
+
+
+def _status(result: probe.ProbeResult, check: str) -> str:
+    return str(result.findings[check][0]["status"])
 
 
 @pytest.mark.slow
-def test_replica_consistency_catches_a_corrupted_replica():
-    result = probe.run_probe(
-        probe.probe_command(cpu_replicas=2),
-        240,
-        {**__import__("os").environ, probe.INJECT_ENV: "corrupt"},
-    )
-    assert result.findings["replica-consistency"][0]["status"] == "fail", result
-    assert result.findings["strategy"][0]["status"] == "pass"
+def test_each_deep_check_fails_on_a_fault_just_over_its_tolerance():
+    """One child, three faults: an uneven batch split (strategy), one device's matrix product off
+    by 2x the tolerance (gpu-smoke), and replica 0's gradients shifted so that the weights after
+    the real all-reduce differ by 2x the tolerance (replica-consistency)."""
+    over = 2 * probe.RELATIVE_TOLERANCE
+    result = _probe_with(f"strategy,gpu-smoke:{over},replica-consistency:{over}")
+    assert _status(result, "strategy") == "fail", result
+    assert "was split into [5, 4], not 2 x 4" in result.findings["strategy"][0]["message"]
+    assert _status(result, "gpu-smoke") == "fail" and "/cpu:0" in result.findings["gpu-smoke"][0]["message"]
+    consistency = result.findings["replica-consistency"][0]
+    assert consistency["status"] == "fail"
+    assert relative_difference(consistency) == pytest.approx(over, rel=0.1)
+
+
+@pytest.mark.slow
+def test_deep_checks_pass_a_fault_just_under_their_tolerance():
+    """Half the tolerance (about 50x float32 noise) is still a pass: the threshold is where it says."""
+    under = probe.RELATIVE_TOLERANCE / 2
+    result = _probe_with(f"gpu-smoke:{under},replica-consistency:{under}")
+    assert {c: _status(result, c) for c in probe.DEEP_CHECKS} == dict.fromkeys(probe.DEEP_CHECKS, "pass")
+    assert relative_difference(result.findings["replica-consistency"][0]) == pytest.approx(under, rel=0.1)
+
+
+def relative_difference(finding: dict) -> float:
+    """The figure a replica-consistency message reports (the injected shift plus float32 noise)."""
+    match = re.search(r"relative difference ([0-9.e+-]+)", finding["message"])
+    assert match, finding
+    return float(match.group(1))
 
 
 def hanging_child(stage: str) -> list[str]:

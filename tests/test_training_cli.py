@@ -62,7 +62,7 @@ def test_require_gpu_without_a_gpu_exits_1(capsys, fixture_path):
     assert err.startswith("error: --require-gpu: no GPU is eligible")
 
 
-def test_require_gpu_on_this_machine_without_a_driver(capsys):
+def test_require_gpu_on_a_machine_without_a_driver(capsys, no_driver):
     code, _out, err = run(capsys, "--dry-run", "--require-gpu")
     assert code == 1
     assert "no NVIDIA driver found" in err
@@ -194,3 +194,17 @@ def test_dry_run_on_the_2x4090_workstation(capsys, fixture_path):
     code, out, err = run(capsys, "--dry-run", "--inventory", path, "--include-display-gpus")
     assert code == 0, err
     assert "2 replica(s) on GPUs" in out and "global batch 128 = 64 per replica x 2" in out
+
+
+def test_a_bug_is_an_internal_error_not_bad_input(capsys, monkeypatch):
+    """Only the project's UserError classes mean bad input (exit 2): a ValueError from a bug is exit 1
+    with an "internal error" line, so the property tests cannot mistake a bug for a user error."""
+    import training.__main__ as trainer
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(trainer, "plan_devices", broken)
+    code, _out, err = run(capsys, "--dry-run")
+    assert code == 1
+    assert err.startswith("error: internal error: ValueError: a bug (rerun with GPUDIAG_DEBUG=1")

@@ -27,6 +27,21 @@ from training.devices import (
 _channel: Channel | None = None
 
 
+def injected(check: str) -> float | None:
+    """The fault GPUDIAG_PROBE_INJECT asks this check to see, or None: a self-test hook, not for users.
+
+    "CHECK[:SIZE],...": `strategy` splits a global batch unevenly; `gpu-smoke:S` makes device 0's
+    matrix product off by a relative S; `replica-consistency:S` adds to replica 0's gradients what
+    moves every weight by a relative S through the real all-reduce (so S just over or just under
+    RELATIVE_TOLERANCE tests the threshold itself).
+    """
+    for part in os.environ.get(INJECT_ENV, "").split(","):
+        name, _, size = part.strip().partition(":")
+        if name == check:
+            return float(size) if size else 1.0
+    return None
+
+
 def _emit(event: str, check: str, **fields: Any) -> None:
     assert _channel is not None
     _channel.send({"event": event, "check": check, **fields})
@@ -101,7 +116,7 @@ def _check_strategy(tf: Any, setup: Any, gpus: list[int]) -> None:
         copies = strategy.experimental_local_results(getattr(var, "value", var))
         if len(copies) != setup.num_replicas:
             problems.append(f"{owner} variable {var.name} has {len(copies)} copies, not {setup.num_replicas}")
-    global_batch = 4 * setup.num_replicas
+    global_batch = 4 * setup.num_replicas + (1 if injected("strategy") else 0)
     ds = tf.data.Dataset.from_tensor_slices(np.zeros((global_batch * 2, 8), "float32")).batch(global_batch)
     first = next(iter(strategy.experimental_distribute_dataset(ds)))
     parts = strategy.experimental_local_results(first)
@@ -133,6 +148,9 @@ def _check_smoke(tf: Any, setup: Any, gpus: list[int]) -> None:
         t0 = time.monotonic()
         with tf.device(name):
             got = tf.linalg.matmul(tf.constant(a), tf.constant(b)).numpy()
+        off = injected("gpu-smoke")
+        if off and name == setup.plan.device_names[0]:
+            got = got * (1 + off)
         timings.append(f"{name} {time.monotonic() - t0:.2f} s")
         error = float(np.max(np.abs(got - expected)) / np.max(np.abs(expected)))
         if not error < RELATIVE_TOLERANCE:
@@ -158,10 +176,17 @@ def _check_smoke(tf: Any, setup: Any, gpus: list[int]) -> None:
         )
 
 
+LEARNING_RATE = 0.1
+
+
 def _one_step(
-    tf: Any, keras: Any, strategy: Any, weights: list[Any], x: Any, y: Any, inject: bool
+    tf: Any, keras: Any, strategy: Any, weights: list[Any], x: Any, y: Any, shift: Sequence[float] = ()
 ) -> list[Any]:
-    """One SGD step on the global batch (x, y) under `strategy` (None: no strategy, one device)."""
+    """One SGD step on the global batch (x, y) under `strategy` (None: no strategy, one device).
+
+    `shift`, per variable, is added to replica 0's gradient (the self-test's fault): the all-reduce
+    sums it into every replica's update, so each weight moves by LEARNING_RATE x shift more.
+    """
     global_batch = int(x.shape[0])
 
     def build() -> tuple[Any, Any]:
@@ -169,7 +194,7 @@ def _one_step(
             [keras.Input((x.shape[1],)), keras.layers.Dense(16, activation="tanh"), keras.layers.Dense(1)]
         )
         model.set_weights(weights)
-        return model, keras.optimizers.SGD(0.1)
+        return model, keras.optimizers.SGD(LEARNING_RATE)
 
     if strategy is None:
         model, optimizer = build()
@@ -191,10 +216,11 @@ def _one_step(
             per_example = tf.square(model(xb) - yb)[:, 0]
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
         grads = tape.gradient(loss, model.trainable_variables)
-        if inject:
+        if shift:
             ctx = tf.distribute.get_replica_context()
-            # replica 0 adds garbage: what a broken P2P path or all-reduce does to one GPU's share
-            grads = [g + tf.cast(tf.equal(ctx.replica_id_in_sync_group, 0), g.dtype) for g in grads]
+            # replica 0's share goes wrong: what a broken P2P path or all-reduce does to one GPU
+            first = tf.cast(tf.equal(ctx.replica_id_in_sync_group, 0), grads[0].dtype)
+            grads = [g + first * d for g, d in zip(grads, shift, strict=True)]
         optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
 
     strategy.run(step, args=batch)
@@ -218,10 +244,11 @@ def _check_consistency(tf: Any, setup: Any, gpus: list[int]) -> None:
         np.zeros(1, "float32"),
     ]
     with tf.device(setup.plan.device_names[0]):
-        reference = _one_step(tf, keras, None, weights, x, y, inject=False)
-    replicas = _one_step(
-        tf, keras, setup.strategy, weights, x, y, inject=os.environ.get(INJECT_ENV) == "corrupt"
-    )
+        reference = _one_step(tf, keras, None, weights, x, y)
+    off = injected("replica-consistency")
+    # the gradient shift that moves each weight by `off` relative to its variable's largest weight
+    shift = [off * float(np.max(np.abs(r))) / LEARNING_RATE for r in reference] if off else []
+    replicas = _one_step(tf, keras, setup.strategy, weights, x, y, shift)
     worst = 0.0
     for ref, copies in zip(reference, replicas, strict=True):
         for copy in copies:
