@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Any
 
 import pytest
@@ -89,6 +89,13 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
     finally:
         if _case_of(item) is None:
             item.config.stash[_OTHER_TESTS_SECONDS].append(time.perf_counter() - started)
+
+
+@pytest.fixture
+def harness_now(sweep: Sweep, pytestconfig: pytest.Config) -> Callable[[], dict[str, Any]]:
+    """The sweep's harness figure when called, other benchmark modules' time left out (as in the report)."""
+    other: list[float] = pytestconfig.stash[_OTHER_TESTS_SECONDS]
+    return lambda: sweep.harness(other_tests_seconds=math.fsum(other))
 
 
 @pytest.fixture(scope="session")

@@ -17,15 +17,16 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from common import files
+from common.errors import UserError
 from diagnostics.checks import Context, Finding, describe, make_context, registry, run_checks
 from diagnostics.checks import summarize as summarize_findings
-from diagnostics.inventory import InventoryError, load_inventory
-from diagnostics.selection import SelectionError, SelectionOptions, add_selection_options
+from diagnostics.inventory import load_inventory
+from diagnostics.selection import SelectionOptions, add_selection_options
 
 PROG = "gpudiag"
 
 
-class UsageError(Exception):
+class UsageError(UserError):
     """Bad arguments: one line on stderr, exit 2."""
 
 
@@ -275,7 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         ns = build_parser().parse_args(argv)
         return COMMANDS[ns.command](ns)
-    except (UsageError, InventoryError, SelectionError) as exc:
+    except UserError as exc:  # bad input of any kind: flags, inventory files, selection
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     except NvmlUnavailable as exc:
