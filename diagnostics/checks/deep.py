@@ -5,8 +5,12 @@ only start it once, then turn what it reported, or the fact that it hung or cras
 
 from __future__ import annotations
 
-from diagnostics import probe
+from typing import TYPE_CHECKING
+
 from diagnostics.checks.base import Context, Finding, see
+
+if TYPE_CHECKING:  # the probe's child machinery is for --deep only: gpudiag check does not load it
+    from diagnostics.probe import ProbeResult
 
 CPU_REPLICAS = 2  # without a selected GPU, MirroredStrategy runs over two logical CPU devices
 
@@ -27,16 +31,18 @@ _HANG_REMEDY = {
 }
 
 
-def _results(ctx: Context) -> probe.ProbeResult | str:
+def _results(ctx: Context) -> ProbeResult | str:
     """The child's result (run once per Context), or why it was not run."""
     if "probe" in ctx.cache:
-        cached: probe.ProbeResult | str = ctx.cache["probe"]
+        cached: ProbeResult | str = ctx.cache["probe"]
         return cached
-    result: probe.ProbeResult | str
+    result: ProbeResult | str
     if ctx.inventory_path is not None:
         result = "not run on a recorded inventory: --deep tests the live machine"
     else:
         cpu = None if ctx.selected else CPU_REPLICAS
+        from diagnostics import probe
+
         command = probe.probe_command(ctx.selected, cpu)
         result = probe.run_probe(command, ctx.deep_timeout_s, dict(ctx.env))
     ctx.cache["probe"] = result
