@@ -1,6 +1,7 @@
 """The suite's own import graph, read with `ast` (nothing is imported): which first-party module
 imports which, at module level or inside a function. `tests/test_import_contract.py` holds the
-rules to it; `python tests/import_graph.py` prints the graph's size, any cycle and the largest files.
+rules to it; `python tests/import_graph.py [ROOT]` prints the graph's size, any cycle and the largest
+files (of this checkout, or of another one at ROOT).
 """
 
 from __future__ import annotations
@@ -75,8 +76,8 @@ class Graph:
         return {m: len(p.read_text(encoding="utf-8").splitlines()) for m, p in self.files.items()}
 
 
-def module_name(path: Path) -> str:
-    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+def module_name(path: Path, root: Path = ROOT) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
@@ -102,7 +103,7 @@ def read_graph(root: Path = ROOT) -> Graph:
     graph = Graph()
     for package in PACKAGES:
         for path in sorted((root / package).rglob("*.py")):
-            graph.files[module_name(path)] = path
+            graph.files[module_name(path, root)] = path
     for module, path in graph.files.items():
         tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
         graph.imports[module] = list(_imports(tree, module, path.name == "__init__.py"))
@@ -110,12 +111,12 @@ def read_graph(root: Path = ROOT) -> Graph:
 
 
 def main() -> int:
-    graph = read_graph()
+    graph = read_graph(Path(sys.argv[1]).resolve() if len(sys.argv) > 1 else ROOT)
     edges = graph.edges
     print(f"{len(graph.files)} modules, {sum(len(v) for v in edges.values())} first-party import edges")
     print(f"cycles: {graph.cycles() or 'none'}")
     largest = sorted(graph.line_counts().items(), key=lambda kv: -kv[1])[:8]
-    print("largest: " + ", ".join(f"{graph.files[m].relative_to(ROOT)} {n}" for m, n in largest))
+    print("largest: " + ", ".join(f"{'/'.join(graph.files[m].parts[-2:])} {n}" for m, n in largest))
     return 0
 
 
