@@ -56,7 +56,7 @@ def main() -> None:
     gb = args.global_batch_size
     with strategy.scope():
         model = models.build(args.model, examples.input_shape, examples.num_classes)
-        optimizer = keras.optimizers.SGD(learning_rate=config.learning_rate, momentum=0.9)
+        optimizer = keras.optimizers.SGD(learning_rate=config.base_learning_rate, momentum=0.9)
         optimizer.build(model.trainable_variables)
         loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
         dist = strategy.experimental_distribute_dataset(data.make_dataset(examples, gb, config.seed))
@@ -101,7 +101,7 @@ def main() -> None:
     with strategy.scope():
         fit_model = models.build(args.model, examples.input_shape, examples.num_classes)
         fit_model.compile(
-            optimizer=keras.optimizers.SGD(learning_rate=config.learning_rate, momentum=0.9),
+            optimizer=keras.optimizers.SGD(learning_rate=config.base_learning_rate, momentum=0.9),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             metrics=["accuracy"],
         )

@@ -68,6 +68,13 @@ TRAINER_FLAGS: dict[str, st.SearchStrategy[list[str]] | None] = {
     "--global-batch-size": _ints.map(lambda v: [v]),
     "--learning-rate": _floats.map(lambda v: [v]),
     "--optimizer": st.sampled_from(["sgd", "adam", "lion"]).map(lambda v: [v]),
+    "--scale-learning-rate": st.sampled_from(["none", "linear", "sqrt", "cubic"]).map(lambda v: [v]),
+    "--reference-batch-size": _ints.map(lambda v: [v]),
+    "--warmup-epochs": _floats.map(lambda v: [v]),
+    "--validation-split": st.sampled_from(["0.2", "0.5", "0.01", "0", "1", "-1", "nan", "x"]).map(
+        lambda v: [v]
+    ),
+    "--validation-data": _paths.map(lambda v: [v]),
     "--seed": _ints.map(lambda v: [v]),
     "--mixed-precision": None,
     "--jit-compile": None,
@@ -127,6 +134,37 @@ def test_trainer_flags_always_exit_0_1_or_2(argv, fault):
     """Any mix of flags, values, files and GPUDIAG_FAULT: 0, 1 or 2, and bad input is one line."""
     code, _out, err = call(trainer_cli.main, argv, {"GPUDIAG_FAULT": fault})
     assert_clean_exit(code, err, "")
+
+
+EVALUATE_FLAGS: dict[str, st.SearchStrategy[list[str]] | None] = {
+    name: TRAINER_FLAGS[name]
+    for name in (
+        "--device-mode", "--custom-gpus", "--min-gpu-memory", "--include-display-gpus", "--cpu-replicas",
+        "--require-gpu", "--cross-device-ops", "--skip-preflight", "--data", "--seed", "--global-batch-size",
+        "--config", "--summary-json", "--quiet", "--no-such-flag", "--epochs",
+    )
+    if name in TRAINER_FLAGS
+} | {"--skip-preflight": None}  # fmt: skip
+
+
+@st.composite
+def evaluate_argv(draw: st.DrawFn) -> list[str]:
+    """`evaluate MODEL [flags]` where MODEL is never a Keras model: it ends before TensorFlow."""
+    model = draw(_paths)
+    names = draw(st.lists(st.sampled_from(sorted(EVALUATE_FLAGS)), max_size=5, unique=True))
+    groups = [
+        [name, *(draw(values) if (values := EVALUATE_FLAGS[name]) is not None else [])] for name in names
+    ]
+    groups.append([model])
+    return ["evaluate", *(token for group in draw(st.permutations(groups)) for token in group)]
+
+
+@SETTINGS
+@given(evaluate_argv())
+def test_evaluate_flags_always_exit_0_1_or_2(argv):
+    code, _out, err = call(trainer_cli.main, argv)
+    assert_clean_exit(code, err, "")
+    assert code == 2  # no path here is a Keras model
 
 
 _inventories = st.sampled_from([*map(str, INVENTORIES), FILES["empty.json"], FILES["missing"], FILES["file"]])

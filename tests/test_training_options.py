@@ -38,7 +38,8 @@ def test_each_option_trains(tmp_path):
         "xla-reduce-to-one": ["--model", "cnn", "--jit-compile", "--cross-device-ops", "reduce-to-one",
                               "--global-batch-size", "32"],
         "resnet50-nccl": ["--model", "resnet50", "--cross-device-ops", "nccl", "--global-batch-size", "4"],
-        "image-folder": ["--data", str(images), "--global-batch-size", "8", "--optimizer", "plain-sgd"],
+        "image-folder": ["--data", str(images), "--global-batch-size", "8", "--optimizer", "plain-sgd",
+                         "--validation-data", str(images)],
     }  # fmt: skip
     procs = {}
     for name, args in runs.items():
@@ -78,3 +79,5 @@ def test_each_option_trains(tmp_path):
 
     folder, _ = results["image-folder"]
     assert folder["examples"] == 32 and folder["data"].endswith("images")
+    assert folder["validation_examples"] == 32 and math.isfinite(folder["final_val_loss"])
+    assert folder["learning_rate"] == 0.01  # plain SGD's default

@@ -1,4 +1,5 @@
 """`python -m training`: parse flags, plan the devices, train, print the summary, exit 0 / 1 / 2.
+`python -m training evaluate MODEL.keras --data PATH`: the same for evaluating a saved model.
 
 Everything that can be checked without TensorFlow (flags, config and inventory files, data, the
 checkpoint directory) is checked before TensorFlow is imported, so bad input costs a fraction of a
@@ -28,11 +29,12 @@ from typing import Any
 from common import files
 from common.child import is_out_of_memory
 from common.errors import UserError
-from training import batch_size, render, resume
+from training import batch_size, models, render, resume
 from training import faults as faults_mod
-from training.cli import parse_config
-from training.config import TrainConfig, batch_not_divisible_message
-from training.devices import DevicePlan, DeviceSetupError, NoGpuError, plan_devices
+from training import validation as validation_mod
+from training.cli import parse_config, parse_evaluate
+from training.config import TrainConfig, batch_not_divisible_message, resolve_steps_per_epoch
+from training.devices import DevicePlan, DeviceSetup, DeviceSetupError, NoGpuError, plan_devices
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 DEBUG_ENV = "GPUDIAG_DEBUG"
@@ -41,6 +43,9 @@ DEBUG_ENV = "GPUDIAG_DEBUG"
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        # a subcommand in front of the flat trainer flags: `python -m training [flags]` is unchanged
+        if argv[:1] == ["evaluate"]:
+            return _evaluate(argv[1:])
         return _main(argv)
     except KeyboardInterrupt:
         print("\nstopped by SIGINT outside the training loop: nothing more was saved", file=sys.stderr)
@@ -76,8 +81,11 @@ def _main(argv: list[str]) -> int:
             from training import data
 
             examples = data.load(config.data, config.seed)
-            if examples.dropped:
-                print(f"warning: {examples.drop_detail}", file=sys.stderr)
+            _warn_dropped(examples)
+        # (training, validation): held out, or loaded and checked against the training data
+        examples, validation = validation_mod.prepare(config, examples)
+        if validation is not None and config.validation_data:
+            _warn_dropped(validation, "--validation-data: ")
         config, resume_from = resume.check_before_start(config, plan, examples)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -85,20 +93,11 @@ def _main(argv: list[str]) -> int:
     except NoGpuError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    for warning in plan.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
-    if not config.skip_preflight:
-        from training import preflight
-
-        if preflight.report(preflight.preflight(plan), sys.stderr):
-            print(
-                "error: the preflight checks above failed: fix them, or add --skip-preflight to try anyway",
-                file=sys.stderr,
-            )
-            return EXIT_FAILED
+    if not _preflight_passes(config, plan):
+        return EXIT_FAILED
     search = config.auto_batch_size and resume_from is None
     if config.dry_run:
-        _print_dry_run(config, plan, resume_from, search)
+        _print_dry_run(config, plan, resume_from, search, examples)
         return EXIT_OK
     assert examples is not None
     if search:
@@ -106,11 +105,43 @@ def _main(argv: list[str]) -> int:
         if found is None:
             return EXIT_FAILED
         config = replace(config, global_batch_size=found)
-    return _train(config, plan, examples, quiet, argv)
+    return _train(config, plan, examples, validation, quiet, argv)
 
 
-def _print_dry_run(config: TrainConfig, plan: DevicePlan, resume_from: str | None, search: bool) -> None:
-    render.print_plan(config, plan)
+def _warn_dropped(examples: Any, prefix: str = "") -> None:
+    if examples.dropped:
+        print(f"warning: {prefix}{examples.drop_detail}", file=sys.stderr)
+
+
+def _preflight_passes(config: TrainConfig, plan: DevicePlan) -> bool:
+    """Print the plan's warnings and gpudiag's preflight findings; False where a check failed."""
+    for warning in plan.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if config.skip_preflight:
+        return True
+    from training import preflight
+
+    if preflight.report(preflight.preflight(plan), sys.stderr):
+        print(
+            "error: the preflight checks above failed: fix them, or add --skip-preflight to try anyway",
+            file=sys.stderr,
+        )
+        return False
+    return True
+
+
+def _steps_per_epoch(config: TrainConfig, examples: Any) -> int:
+    if examples is None:  # --dry-run on synthetic data: its size is known without generating it
+        from training.data import SYNTHETIC_EXAMPLES
+
+        return resolve_steps_per_epoch(config, validation_mod.training_size(config, SYNTHETIC_EXAMPLES))
+    return resolve_steps_per_epoch(config, len(examples))
+
+
+def _print_dry_run(
+    config: TrainConfig, plan: DevicePlan, resume_from: str | None, search: bool, examples: Any
+) -> None:
+    render.print_plan(config, plan, steps_per_epoch=_steps_per_epoch(config, examples))
     if config.checkpoint_dir:
         print(
             f"checkpoints: will resume from {resume_from}"
@@ -146,12 +177,8 @@ def resume_command(argv: Sequence[str]) -> str:
     return shlex.join(["python", "-m", "training", *argv])
 
 
-def _train(config: TrainConfig, plan: DevicePlan, examples: Any, quiet: bool, argv: list[str]) -> int:
-    with _sigterm_raises():
-        return _train_inner(config, plan, examples, quiet, argv)
-
-
-def _train_inner(config: TrainConfig, plan: DevicePlan, examples: Any, quiet: bool, argv: list[str]) -> int:
+def _start_devices(config: TrainConfig, plan: DevicePlan) -> DeviceSetup | None:
+    """TensorFlow starts here, on the planned devices; None (said on stderr) where it cannot."""
     # TensorFlow's C++ start-up chatter hides the messages that matter; keep errors only
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3" if plan.kind == "cpu" else "2")
     from training.devices import setup_device_strategy
@@ -160,14 +187,30 @@ def _train_inner(config: TrainConfig, plan: DevicePlan, examples: Any, quiet: bo
         setup = setup_device_strategy(plan, config.cross_device_ops)
     except DeviceSetupError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return None
     for warning in setup.warnings[len(plan.warnings) :]:
         print(f"warning: {warning}", file=sys.stderr)
+    return setup
+
+
+def _train(
+    config: TrainConfig, plan: DevicePlan, examples: Any, validation: Any, quiet: bool, argv: list[str]
+) -> int:
+    with _sigterm_raises():
+        return _train_inner(config, plan, examples, validation, quiet, argv)
+
+
+def _train_inner(
+    config: TrainConfig, plan: DevicePlan, examples: Any, validation: Any, quiet: bool, argv: list[str]
+) -> int:
+    setup = _start_devices(config, plan)
+    if setup is None:
+        return EXIT_FAILED
     from training import train
 
-    render.print_plan(config, plan, sys.stderr)
+    render.print_plan(config, plan, sys.stderr, steps_per_epoch=_steps_per_epoch(config, examples))
     try:
-        summary = train.run(config, setup, examples, verbose=0 if quiet else 1)
+        summary = train.run(config, setup, examples, verbose=0 if quiet else 1, validation=validation)
     except train.TrainingInterrupted as exc:
         print(f"\n{exc}", file=sys.stderr)
         if exc.checkpoint:
@@ -190,9 +233,58 @@ def _train_inner(config: TrainConfig, plan: DevicePlan, examples: Any, quiet: bo
         print(f"\nerror: {message}", file=sys.stderr)
         return EXIT_FAILED
     render.print_summary(summary)
+    _write_summary(config, summary)
+    return EXIT_OK
+
+
+def _write_summary(config: TrainConfig, summary: dict[str, Any]) -> None:
     if config.summary_json:
         files.write_text(config.summary_json, json.dumps(summary, indent=2) + "\n")
         print(f"summary written to {config.summary_json}")
+
+
+def _evaluate(argv: list[str]) -> int:
+    """`python -m training evaluate MODEL.keras [--data PATH] [device flags]`."""
+    try:
+        model_path, config, quiet = parse_evaluate(argv)
+        models.check_model_file(model_path)  # a file that is not a Keras model: exit 2, before TensorFlow
+        plan = plan_devices(config.selection, config.cpu_replicas, config.require_gpu)
+        if config.global_batch_size % plan.num_replicas:
+            raise UserError(batch_not_divisible_message(config.global_batch_size, plan.num_replicas))
+        from training import data
+
+        examples = data.load(config.data, config.seed)
+        _warn_dropped(examples)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except NoGpuError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if not _preflight_passes(config, plan):
+        return EXIT_FAILED
+    with _sigterm_raises():
+        setup = _start_devices(config, plan)
+        if setup is None:
+            return EXIT_FAILED
+        from training import evaluate
+
+        render.print_devices(config, plan, sys.stderr)
+        try:
+            summary = evaluate.run(model_path, config, setup, examples, verbose=0 if quiet else 1)
+        except UserError as exc:  # a file Keras cannot load, or data that does not fit the model
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            print(
+                f"error: {batch_size.oom_message(config.global_batch_size, setup.num_replicas)}",
+                file=sys.stderr,
+            )
+            return EXIT_FAILED
+    render.print_evaluation(summary)
+    _write_summary(config, summary)
     return EXIT_OK
 
 

@@ -174,8 +174,14 @@ class Restored:
 def describe_mismatch(saved: Mapping[str, Any], current: Mapping[str, Any]) -> str | None:
     """None when the fingerprints agree; otherwise which settings differ, saved vs now."""
     keys = sorted(set(saved) | set(current))
+
+    def value(settings: Mapping[str, Any], key: str) -> str:
+        return repr(settings[key]) if key in settings else "not set"
+
     diffs = [
-        f"{k} {saved.get(k)!r} there, {current.get(k)!r} here" for k in keys if saved.get(k) != current.get(k)
+        f"{k} {value(saved, k)} there, {value(current, k)} here"
+        for k in keys
+        if saved.get(k) != current.get(k)
     ]
     return "; ".join(diffs) or None
 
@@ -288,9 +294,15 @@ def _sha256(path: Path) -> tuple[str, int]:
 
 def fingerprint(config: TrainConfig, num_examples: int, steps_per_epoch: int) -> dict[str, Any]:
     """The settings a checkpoint can only be resumed under: they fix the weights' shapes, the
-    optimizer's variables and which batch comes next. The learning rate and the number of epochs
-    are left out on purpose: lowering the rate after a NaN, or training longer, are resumes too."""
-    return {
+    optimizer's variables, which batch comes next and how the rate moves from step to step. The
+    base learning rate and the number of epochs are left out on purpose: lowering the rate after a
+    NaN, or training longer, are resumes too. So is --validation-data: it changes what is reported,
+    not what is trained.
+
+    `num_examples` counts the training examples (after --validation-split). The settings added
+    since the first checkpoints (split, scaling, warm-up) are recorded only where they are used,
+    so that a checkpoint written without them still resumes."""
+    found: dict[str, Any] = {
         "model": config.model,
         "optimizer": config.optimizer,
         "mixed_precision": config.mixed_precision,
@@ -300,3 +312,11 @@ def fingerprint(config: TrainConfig, num_examples: int, steps_per_epoch: int) ->
         "examples": int(num_examples),
         "steps_per_epoch": int(steps_per_epoch),
     }
+    if config.validation_split is not None:
+        found["validation_split"] = config.validation_split
+    if config.scale_learning_rate != "none":
+        found["scale_learning_rate"] = config.scale_learning_rate
+        found["reference_batch_size"] = config.reference_batch_size
+    if config.warmup_epochs > 0:
+        found["warmup_epochs"] = config.warmup_epochs
+    return found

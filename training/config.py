@@ -22,8 +22,12 @@ from training import models  # the registry of names: no TensorFlow at import
 
 GLOBAL_BATCH_SIZE = 128
 DEFAULT_EPOCHS = 2
-DEFAULT_LEARNING_RATE = 0.01
 DEFAULT_SEED = 42
+# Each optimizer's usual starting rate, used where --learning-rate is not given: SGD's 0.01 makes
+# Adam diverge (loss 8.9 after 5 steps on the default CNN); 0.001 is Adam's own default.
+OPTIMIZERS = ("sgd", "plain-sgd", "adam")
+DEFAULT_LEARNING_RATES = {"sgd": 0.01, "plain-sgd": 0.01, "adam": 0.001}
+SCALING_RULES = ("none", "linear", "sqrt")
 ENV_PREFIX = "TRAINING_"
 
 
@@ -43,8 +47,13 @@ class TrainConfig:
     epochs: int = DEFAULT_EPOCHS
     steps_per_epoch: int | None = None
     global_batch_size: int = GLOBAL_BATCH_SIZE
-    learning_rate: float = DEFAULT_LEARNING_RATE
+    learning_rate: float | None = None  # None: the optimizer's default (base_learning_rate)
     optimizer: str = "sgd"
+    scale_learning_rate: str = "none"  # "linear" or "sqrt": by global batch / reference batch
+    reference_batch_size: int = GLOBAL_BATCH_SIZE
+    warmup_epochs: float = 0.0  # linear learning-rate warm-up (not --warmup-steps, the throughput's)
+    validation_split: float | None = None  # a fraction of the data held out for validation
+    validation_data: str | None = None
     seed: int = DEFAULT_SEED
     mixed_precision: bool = False
     jit_compile: bool = False
@@ -80,6 +89,14 @@ class TrainConfig:
             changes["selection"] = replace(self.selection, **selection)
         return replace(self, **changes)
 
+    @property
+    def base_learning_rate(self) -> float:
+        """--learning-rate, or the optimizer's usual rate where it is not given: the one place
+        "not given" is resolved (before any scaling by the global batch: training.learning_rate)."""
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return DEFAULT_LEARNING_RATES[self.optimizer]
+
 
 def setting_names() -> set[str]:
     """Every key a config file, a TRAINING_* variable or a flag may set."""
@@ -109,7 +126,12 @@ def _coerce(key: str, value: Any, current: Any, origin: str) -> Any:
     return value
 
 
-_OPTIONAL_TYPES: dict[str, type] = {"steps_per_epoch": int, "cpu_replicas": int}
+_OPTIONAL_TYPES: dict[str, type] = {
+    "steps_per_epoch": int,
+    "cpu_replicas": int,
+    "learning_rate": float,
+    "validation_split": float,
+}
 
 
 def parse_save_freq(text: str) -> int | None:
@@ -197,8 +219,21 @@ def validate(c: TrainConfig) -> TrainConfig:
         raise ConfigError(f"--steps-per-epoch must be a positive integer, got {c.steps_per_epoch}")
     if c.warmup_steps < 0:
         raise ConfigError(f"--warmup-steps must be >= 0, got {c.warmup_steps}")
-    if not (c.learning_rate > 0 and math.isfinite(c.learning_rate)):
+    if c.learning_rate is not None and not (c.learning_rate > 0 and math.isfinite(c.learning_rate)):
         raise ConfigError(f"--learning-rate must be a positive number, got {c.learning_rate:g}")
+    _check_choice("--optimizer", c.optimizer, OPTIMIZERS)
+    _check_choice("--scale-learning-rate", c.scale_learning_rate, SCALING_RULES)
+    if c.reference_batch_size < 1:
+        raise ConfigError(f"--reference-batch-size must be a positive integer, got {c.reference_batch_size}")
+    if not (c.warmup_epochs >= 0 and math.isfinite(c.warmup_epochs)):
+        raise ConfigError(f"--warmup-epochs must be a number of epochs >= 0, got {c.warmup_epochs:g}")
+    if c.validation_split is not None and not 0 < c.validation_split < 1:
+        raise ConfigError(
+            f"--validation-split must be a fraction between 0 and 1, both excluded, "
+            f"got {c.validation_split:g}"
+        )
+    if c.validation_split is not None and c.validation_data:
+        raise ConfigError("--validation-split and --validation-data both name validation data: give one")
     if c.inventory and not c.dry_run:
         raise ConfigError("--inventory replays a recorded machine and only works with --dry-run")
     if c.save_model and not c.save_model.endswith(".keras"):
@@ -215,6 +250,12 @@ def validate(c: TrainConfig) -> TrainConfig:
     if c.checkpoint_dir:
         _check_checkpoint_dir(c.checkpoint_dir)
     return c
+
+
+def _check_choice(flag: str, value: str, choices: tuple[str, ...]) -> None:
+    # argparse checks the flag; a config file or a TRAINING_* variable is checked here
+    if value not in choices:
+        raise ConfigError(f"unknown {flag} {value!r}: choose {', '.join(choices)}")
 
 
 def _check_checkpoint_dir(path: str) -> None:
@@ -250,7 +291,7 @@ def batch_advice(global_batch_size: int, gpus: int) -> str | None:
     return (
         f"{global_batch_size // gpus} examples per GPU is small for {gpus} GPU(s) (the guide: "
         f"{low * gpus}-{high * gpus} global, {low}-{high} per GPU): try --global-batch-size {low * gpus} "
-        "(and scale --learning-rate with it)"
+        "(with --scale-learning-rate linear, the learning rate follows it)"
     )
 
 

@@ -38,6 +38,7 @@ class Examples:
     source: str
     dropped: int = 0
     drop_detail: str = ""
+    class_names: tuple[str, ...] = ()  # an image folder's class folders, in label order
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -67,28 +68,29 @@ def synthetic(
     return Examples(x.astype(np.float32), y, num_classes, f"synthetic ({num_examples} examples)")
 
 
-def load(path: str | None, seed: int, num_classes: int | None = None) -> Examples:
-    """Load and filter the data named by --data (None: synthetic)."""
+def load(path: str | None, seed: int, num_classes: int | None = None, flag: str = "--data") -> Examples:
+    """Load and filter the data named by --data (None: synthetic); `flag` names it in errors."""
     if path is None:
         return synthetic(seed)
     p = Path(path)
     if not p.exists():
-        raise DataError(f"--data {path}: no such file or folder")
+        raise DataError(f"{flag} {path}: no such file or folder")
     if p.is_dir():
-        return filter_examples(*_load_image_folder(p), source=f"image folder {path}")
+        x, y, names = _load_image_folder(p, flag)
+        return filter_examples(x, y, len(names), f"image folder {path}", flag, class_names=names)
     if p.suffix != ".npz":
-        raise DataError(f"--data {path}: expected a .npz file or an image folder (one subfolder per class)")
-    x, y, classes = _load_npz(p, num_classes)
-    return filter_examples(x, y, classes, source=f"{path}")
+        raise DataError(f"{flag} {path}: expected a .npz file or an image folder (one subfolder per class)")
+    x, y, classes = _load_npz(p, num_classes, flag)
+    return filter_examples(x, y, classes, f"{path}", flag)
 
 
-def _load_npz(path: Path, num_classes: int | None) -> tuple[np.ndarray, np.ndarray, int]:
+def _load_npz(path: Path, num_classes: int | None, flag: str) -> tuple[np.ndarray, np.ndarray, int]:
     try:
         with np.load(path, allow_pickle=False) as archive:
             missing = [k for k in ("x", "y") if k not in archive.files]
             if missing:
                 raise DataError(
-                    f"--data {path}: missing array {missing[0]!r} (a .npz needs arrays 'x' and 'y'; "
+                    f"{flag} {path}: missing array {missing[0]!r} (a .npz needs arrays 'x' and 'y'; "
                     f"found {', '.join(archive.files) or 'none'})"
                 )
             x, y = archive["x"], archive["y"]
@@ -97,29 +99,36 @@ def _load_npz(path: Path, num_classes: int | None) -> tuple[np.ndarray, np.ndarr
     except DataError:
         raise
     except PermissionError:
-        raise DataError(f"--data {path}: permission denied") from None
+        raise DataError(f"{flag} {path}: permission denied") from None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise DataError(f"--data {path}: not a readable .npz file ({exc})") from None
+        raise DataError(f"{flag} {path}: not a readable .npz file ({exc})") from None
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     if x.ndim < 2 or y.ndim != 1:
         raise DataError(
-            f"--data {path}: x must be (examples, features...) and y (examples,), "
+            f"{flag} {path}: x must be (examples, features...) and y (examples,), "
             f"got x{tuple(x.shape)} and y{tuple(y.shape)}"
         )
     if x.shape[0] != y.shape[0]:
-        raise DataError(f"--data {path}: x has {x.shape[0]} examples but y has {y.shape[0]}")
+        raise DataError(f"{flag} {path}: x has {x.shape[0]} examples but y has {y.shape[0]}")
     if not (np.issubdtype(x.dtype, np.number) and np.issubdtype(y.dtype, np.number)):
-        raise DataError(f"--data {path}: x and y must be numeric, got {x.dtype} and {y.dtype}")
+        raise DataError(f"{flag} {path}: x and y must be numeric, got {x.dtype} and {y.dtype}")
     if num_classes is None:
         valid = y[np.isfinite(y) & (y >= 0)] if np.issubdtype(y.dtype, np.floating) else y[y >= 0]
         num_classes = int(valid.max()) + 1 if valid.size else 0
     if num_classes < 2:
-        raise DataError(f"--data {path}: need labels of at least 2 classes, found {num_classes}")
+        raise DataError(f"{flag} {path}: need labels of at least 2 classes, found {num_classes}")
     return x, y, num_classes
 
 
-def filter_examples(x: np.ndarray, y: np.ndarray, num_classes: int, source: str) -> Examples:
+def filter_examples(
+    x: np.ndarray,
+    y: np.ndarray,
+    num_classes: int,
+    source: str,
+    flag: str = "--data",
+    class_names: tuple[str, ...] = (),
+) -> Examples:
     """Drop examples with non-finite features or labels outside [0, num_classes), and say how many."""
     x = np.asarray(x, dtype=np.float32)
     finite_x = np.isfinite(x.reshape(len(x), -1)).all(axis=1)
@@ -136,14 +145,15 @@ def filter_examples(x: np.ndarray, y: np.ndarray, num_classes: int, source: str)
             f"{int((~good_label).sum())} with labels outside [0, {num_classes})"
         )
     if not keep.any():
-        raise DataError(f"--data {source}: no usable examples left ({detail})")
-    return Examples(x[keep], y_float[keep].astype(np.int32), num_classes, source, dropped, detail)
+        raise DataError(f"{flag} {source}: no usable examples left ({detail})")
+    labels = y_float[keep].astype(np.int32)
+    return Examples(x[keep], labels, num_classes, source, dropped, detail, tuple(class_names))
 
 
-def _load_image_folder(folder: Path) -> tuple[np.ndarray, np.ndarray, int]:
+def _load_image_folder(folder: Path, flag: str) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
     classes = sorted(d.name for d in folder.iterdir() if d.is_dir())
     if len(classes) < 2:
-        raise DataError(f"--data {folder}: an image folder needs one subfolder per class (at least 2)")
+        raise DataError(f"{flag} {folder}: an image folder needs one subfolder per class (at least 2)")
     from PIL import Image, UnidentifiedImageError  # Pillow comes with Keras/matplotlib
 
     images, labels = [], []
@@ -155,14 +165,14 @@ def _load_image_folder(folder: Path) -> tuple[np.ndarray, np.ndarray, int]:
                 with Image.open(file) as img:
                     rgb = img.convert("RGB").resize(IMAGE_SIZE[::-1])
             except (OSError, UnidentifiedImageError) as exc:
-                raise DataError(f"--data {folder}: cannot read image {file}: {exc}") from None
+                raise DataError(f"{flag} {folder}: cannot read image {file}: {exc}") from None
             images.append(np.asarray(rgb, dtype=np.float32) / 255.0)
             labels.append(label)
     if not images:
         raise DataError(
-            f"--data {folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in the class folders"
+            f"{flag} {folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in the class folders"
         )
-    return np.stack(images), np.asarray(labels, dtype=np.int32), len(classes)
+    return np.stack(images), np.asarray(labels, dtype=np.int32), tuple(classes)
 
 
 def make_dataset(
@@ -190,6 +200,20 @@ def make_dataset(
     ds = ds.batch(global_batch_size, drop_remainder=True)
     options = tf.data.Options()
     options.deterministic = True  # same seed, same batches: runs are comparable
+    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def make_eval_dataset(examples: Examples, global_batch_size: int) -> tf.data.Dataset:
+    """Every example once, in order, in global batches; the last batch keeps what is left.
+
+    Distributed, a partial last batch is split as evenly as the replicas allow (some may get
+    none): evaluation sums over examples, so each counts exactly once on any replica count.
+    """
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((examples.x, examples.y)).batch(global_batch_size)
+    options = tf.data.Options()
+    options.deterministic = True
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 

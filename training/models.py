@@ -1,12 +1,16 @@
 """The model registry: `build(name, input_shape, num_classes)` returns an uncompiled Keras model;
-`model_flops_per_sample` estimates what one training example costs (for the scaling report).
+`model_flops_per_sample` estimates what one training example costs (for the scaling report);
+`check_model_file` tells, without TensorFlow, whether a file is a saved Keras model.
 
 Models are built inside `strategy.scope()` by the caller so that their variables are mirrored.
 """
 
 from __future__ import annotations
 
+import json
+import zipfile
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from common.errors import UserError
@@ -43,6 +47,26 @@ def check_name(name: str) -> None:
 def build(name: str, input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
     check_name(name)
     return _REGISTRY[name](tuple(input_shape), num_classes)
+
+
+def check_model_file(path: str) -> None:
+    """A .keras file as `model.save()` writes it: a zip archive whose config.json describes a model.
+    Anything else is bad input (ModelError), found before TensorFlow starts."""
+    p = Path(path)
+    if not p.is_file():
+        raise ModelError(f"evaluate {path}: {'is a folder' if p.is_dir() else 'no such file'}")
+    not_a_model = (
+        f"evaluate {path}: not a Keras model (a .keras file that model.save() or --save-model wrote)"
+    )
+    try:
+        with zipfile.ZipFile(p) as archive:
+            config = json.loads(archive.read("config.json"))
+    except PermissionError:
+        raise ModelError(f"evaluate {path}: permission denied") from None
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError):
+        raise ModelError(not_a_model) from None
+    if not isinstance(config, dict) or "class_name" not in config:
+        raise ModelError(not_a_model)
 
 
 @register("cnn")

@@ -64,7 +64,8 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     steps: int = 0  # steps run by this call
     meter: ThroughputMeter | None = None
-    train_seconds: float = 0.0
+    train_seconds: float = 0.0  # the whole loop, validation included
+    validation_seconds: float = 0.0  # evaluating the validation data after each epoch
     stopped_early: bool = False
     global_step: int = 0  # steps the model has trained in all, resumed ones included
     last_checkpoint: str | None = None

@@ -1,4 +1,5 @@
-"""What the trainer prints: the device plan before training, the summary table after it."""
+"""What the trainer prints: the device plan before training, the summary table after it, and the
+results of `python -m training evaluate`."""
 
 from __future__ import annotations
 
@@ -7,9 +8,28 @@ from typing import Any
 
 from training.config import TrainConfig, batch_advice
 from training.devices import DevicePlan
+from training.learning_rate import rate_plan
 
 
-def print_plan(config: TrainConfig, plan: DevicePlan, out: Any = None) -> None:
+def print_plan(
+    config: TrainConfig, plan: DevicePlan, out: Any = None, steps_per_epoch: int | None = None
+) -> None:
+    """Devices, batch, model, data, validation and the learning rate in use (with its warm-up in
+    steps where `steps_per_epoch` is known)."""
+    out = out or sys.stdout
+    print_devices(config, plan, out)
+    print(f"model {config.model}, data {config.data or 'synthetic'}, {config.epochs} epoch(s)", file=out)
+    after_each = "evaluated after each epoch"
+    if config.validation_split is not None:
+        held_out = f"{config.validation_split * 100:g}%"
+        print(f"validation: {held_out} of the data held out, {after_each}", file=out)
+    elif config.validation_data:
+        print(f"validation: {config.validation_data}, {after_each}", file=out)
+    print(f"optimizer {config.optimizer}, {rate_plan(config).describe(steps_per_epoch)}", file=out)
+
+
+def print_devices(config: TrainConfig, plan: DevicePlan, out: Any = None) -> None:
+    """The replicas, their devices and how the global batch splits over them."""
     out = out or sys.stdout
     per_replica = config.global_batch_size // plan.num_replicas
     print(
@@ -31,19 +51,19 @@ def print_plan(config: TrainConfig, plan: DevicePlan, out: Any = None) -> None:
     advice = batch_advice(config.global_batch_size, len(plan.gpus)) if plan.kind == "gpu" else None
     if advice:
         print(f"  note: {advice}", file=out)
-    print(f"model {config.model}, data {config.data or 'synthetic'}, {config.epochs} epoch(s)", file=out)
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}"
+    return str(v)
 
 
 def print_summary(summary: dict[str, Any], out: Any = None) -> None:
     out = out or sys.stdout
     from tabulate import tabulate
-
-    def fmt(v: Any) -> str:
-        if v is None:
-            return "n/a"
-        if isinstance(v, float):
-            return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}"
-        return str(v)
 
     keys = [
         "model",
@@ -56,16 +76,35 @@ def print_summary(summary: dict[str, Any], out: Any = None) -> None:
         "steps",
         "final_loss",
         "final_accuracy",
+        "final_val_loss",
+        "final_val_accuracy",
+        "learning_rate",
         "samples_per_sec",
         "samples_per_sec_per_replica",
         "train_seconds",
         "wall_seconds",
     ]
-    rows = [(k, fmt(summary[k])) for k in keys]
+    rows = [(k, _fmt(summary[k])) for k in keys]
     if summary["samples_per_sec"] is None:
         rows[keys.index("samples_per_sec")] = (
             "samples_per_sec",
             f"n/a: every step was a warm-up step (--warmup-steps {summary['warmup_steps']})",
         )
+    if summary["validation_data"] is None:
+        rows = [row for row in rows if not row[0].startswith("final_val_")]
+    else:
+        at = next(i for i, row in enumerate(rows) if row[0] == "final_val_loss")
+        rows.insert(at, ("validation", summary["validation_data"]))
     rows.insert(3, ("devices", "\n".join(summary["devices"])))
+    print(tabulate(rows, tablefmt="simple"), file=out)
+
+
+def print_evaluation(summary: dict[str, Any], out: Any = None) -> None:
+    """The results of `python -m training evaluate`."""
+    out = out or sys.stdout
+    from tabulate import tabulate
+
+    keys = ["model_path", "data", "examples", "replicas", "global_batch_size", "loss", "accuracy"]
+    rows = [(k, _fmt(summary[k])) for k in keys]
+    rows.insert(4, ("devices", "\n".join(summary["devices"])))
     print(tabulate(rows, tablefmt="simple"), file=out)

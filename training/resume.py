@@ -16,6 +16,7 @@ from training.checkpoint import CheckpointError, CheckpointStore, Manifest, desc
 from training.config import TrainConfig, resolve_steps_per_epoch
 from training.devices import DevicePlan
 from training.progress import EpochSums, ThroughputMeter, TrainResult
+from training.validation import training_size
 
 
 @dataclass
@@ -103,12 +104,12 @@ def check_before_start(
         batch = saved["global_batch_size"]
         if batch > 0 and batch % plan.num_replicas == 0:
             config = replace(config, global_batch_size=batch)
-    if examples is not None:
+    if examples is not None:  # the training examples, after any --validation-split
         num_examples = len(examples)
     else:  # --dry-run on synthetic data: its size is known without generating it
         from training.data import SYNTHETIC_EXAMPLES
 
-        num_examples = SYNTHETIC_EXAMPLES
+        num_examples = training_size(config, SYNTHETIC_EXAMPLES)
     current = fingerprint(config, num_examples, resolve_steps_per_epoch(config, num_examples))
     check_fingerprint(saved, current, config.checkpoint_dir)
     return config, f"{found.name} ({found.manifest.where()})"

@@ -13,6 +13,7 @@ import tensorflow as tf
 from training.config import TrainConfig
 from training.data import Examples
 from training.devices import DeviceSetup
+from training.learning_rate import rate_plan
 from training.progress import TrainResult
 
 
@@ -22,6 +23,7 @@ def build_summary(
     examples: Examples,
     result: TrainResult,
     *,
+    validation: Examples | None = None,
     global_batch_size: int,
     per_replica_batch_size: int,
     steps_per_epoch: int,
@@ -32,6 +34,7 @@ def build_summary(
     final = result.history[-1] if result.history else {}
     rate = result.meter.samples_per_sec if result.meter else None
     plan = setup.plan
+    learning = rate_plan(config)
     return {
         "model": config.model,
         "data": examples.source,
@@ -51,8 +54,13 @@ def build_summary(
         "checkpoint_dir": config.checkpoint_dir,
         "last_checkpoint": result.last_checkpoint,
         "warmup_steps": config.warmup_steps,
-        "learning_rate": config.learning_rate,
         "optimizer": config.optimizer,
+        "learning_rate": learning.target,  # after scaling and warm-up: what training ran at
+        "base_learning_rate": learning.base,
+        "scale_learning_rate": learning.rule,
+        "reference_batch_size": learning.reference_batch_size,
+        "warmup_epochs": learning.warmup_epochs,
+        "warmup_learning_rate_steps": learning.warmup_steps(steps_per_epoch),
         "seed": config.seed,
         "mixed_precision": config.mixed_precision,
         "dtype_policy": keras.config.dtype_policy().name,  # what --mixed-precision set, as Keras has it
@@ -60,11 +68,16 @@ def build_summary(
         "stopped_early": result.stopped_early,
         "final_loss": final.get("loss"),
         "final_accuracy": final.get("accuracy"),
+        "validation_data": validation.source if validation is not None else None,
+        "validation_examples": len(validation) if validation is not None else None,
+        "final_val_loss": final.get("val_loss"),
+        "final_val_accuracy": final.get("val_accuracy"),
         "history": result.history,
         "samples_per_sec": rate,
         "samples_per_sec_per_replica": rate / setup.num_replicas if rate else None,
         "setup_seconds": setup_seconds,
         "train_seconds": result.train_seconds,
+        "validation_seconds": result.validation_seconds,
         "wall_seconds": wall_seconds,
         "tensorflow_version": tf.__version__,
         "keras_version": keras.__version__,

@@ -8,7 +8,8 @@ and a compiled model that `model.save()` writes as usual.
 
 The loop's other concerns have modules of their own: progress.py (position, running sums,
 throughput), checkpointing.py (when to save, resuming), signals.py (SIGINT/SIGTERM), errors.py
-(how a run ends early) and summary.py (the summary dict).
+(how a run ends early), optimizers.py (the optimizer and its learning-rate schedule), evaluate.py
+(validation after each epoch) and summary.py (the summary dict).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ from training.config import (
 )
 from training.devices import DeviceSetup
 from training.errors import TrainingDiverged, TrainingInterrupted
+from training.evaluate import VAL_PREFIX, Evaluator
+from training.optimizers import build_optimizer, make_optimizer
 from training.progress import ThroughputMeter, TrainResult
 from training.resume import StartPoint, resume_latest
 from training.signals import GracefulStop
@@ -59,7 +62,13 @@ __all__ = [
 class Trainer:
     """Model, optimizer and the distributed step for one run on one DeviceSetup."""
 
-    def __init__(self, config: TrainConfig, setup: DeviceSetup, examples: data_mod.Examples) -> None:
+    def __init__(
+        self,
+        config: TrainConfig,
+        setup: DeviceSetup,
+        examples: data_mod.Examples,
+        validation: data_mod.Examples | None = None,
+    ) -> None:
         self.config, self.setup, self.examples = config, setup, examples
         self.strategy = setup.strategy
         replicas = setup.num_replicas
@@ -72,10 +81,8 @@ class Trainer:
         keras.utils.set_random_seed(config.seed)
         with self.strategy.scope():
             self.model = models.build(config.model, examples.input_shape, examples.num_classes)
-            optimizer = make_optimizer(config.optimizer, config.learning_rate)
-            if config.mixed_precision:
-                optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-            self.optimizer = optimizer
+            # the warm-up is counted in steps: as many per epoch as run() will train
+            self.optimizer = build_optimizer(config, resolve_steps_per_epoch(config, len(examples)))
             # Create the optimizer's slots now: variables first created inside the traced step
             # make tf.function wrap it in an initialisation cond, which fails under
             # MirroredStrategy with 2+ replicas ("You must feed a value for placeholder tensor").
@@ -92,6 +99,11 @@ class Trainer:
             self.dist_dataset = data_mod.distribute(self.strategy, dataset)
         self.iterator = iter(self.dist_dataset)
         self.train_step = self._make_train_step()
+        self.evaluator = (
+            Evaluator(self.strategy, self.model, validation, self.global_batch_size)
+            if validation is not None
+            else None
+        )
         # None unless GPUDIAG_FAULT is set (tests); every hook below is skipped then
         self.faults = faults_mod.from_env()
 
@@ -246,6 +258,8 @@ class Trainer:
                     if self.model.stop_training:
                         break
                 meter.pause()
+                if self.evaluator is not None:
+                    logs = {**logs, **self._validate(cbs, result)}
                 cbs.on_epoch_end(epoch, logs)
                 result.history.append({"epoch": epoch + 1, **logs})
                 result.stopped_early = bool(self.model.stop_training)
@@ -271,6 +285,17 @@ class Trainer:
             epochs=epochs,
             steps=steps,
         )
+
+    def _validate(self, cbs: keras.callbacks.CallbackList, result: TrainResult) -> dict[str, float]:
+        """The validation figures after an epoch, as fit's logs name them (val_loss, val_accuracy);
+        Keras' on_test_* hooks run as in fit, TensorBoard writing them to its validation folder."""
+        assert self.evaluator is not None
+        started = time.perf_counter()
+        cbs.on_test_begin()
+        figures = self.evaluator.evaluate(cbs.on_test_batch_begin, cbs.on_test_batch_end)
+        cbs.on_test_end(figures)
+        result.validation_seconds += time.perf_counter() - started
+        return {f"{VAL_PREFIX}{name}": value for name, value in figures.items()}
 
     def _step(self, result: TrainResult, meter: ThroughputMeter) -> tuple[float, float]:
         """One global step, counted in `result`; returns its loss and its correct predictions."""
@@ -306,16 +331,6 @@ class Trainer:
         return [np.asarray(w) for w in self.model.get_weights()]
 
 
-def make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimizer:
-    if name == "sgd":
-        return keras.optimizers.SGD(learning_rate=learning_rate, momentum=0.9)
-    if name == "plain-sgd":
-        return keras.optimizers.SGD(learning_rate=learning_rate)
-    if name == "adam":
-        return keras.optimizers.Adam(learning_rate=learning_rate)
-    raise ValueError(f"unknown optimizer {name!r}: choose sgd, plain-sgd or adam")
-
-
 def save_model_atomically(model: keras.Model, path: str) -> None:
     """model.save() to a temporary .keras file beside the target, then rename over it."""
     with replacing(path, suffix=".keras") as tmp:
@@ -333,14 +348,16 @@ def run(
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: int = 1,
     notify: Callable[[str], None] = _to_stderr,
+    validation: data_mod.Examples | None = None,
 ) -> dict[str, Any]:
     """Train as configured and return the summary (what --summary-json writes).
 
     With config.checkpoint_dir: resume from the newest good checkpoint there (and say so through
     `notify`), save as --save-freq asks, and on SIGINT/SIGTERM save and raise TrainingInterrupted.
+    With `validation` (held out by training.validation), evaluate on it after each epoch.
     """
     started = time.perf_counter()
-    trainer = Trainer(config, setup, examples)
+    trainer = Trainer(config, setup, examples, validation)
     steps_per_epoch = resolve_steps_per_epoch(config, len(examples))
     all_callbacks = list(callbacks)
     if config.log_dir:
@@ -369,6 +386,7 @@ def run(
         setup,
         examples,
         result,
+        validation=validation,
         global_batch_size=trainer.global_batch_size,
         per_replica_batch_size=trainer.per_replica_batch_size,
         steps_per_epoch=steps_per_epoch,

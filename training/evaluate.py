@@ -1,0 +1,161 @@
+"""Evaluation under the strategy: the loss and accuracy of a model over a finite data set, after
+each epoch (--validation-split, --validation-data) and for `python -m training evaluate MODEL.keras`.
+
+Each replica sums its examples' losses and correct predictions, the sums are added across
+replicas, and the totals are divided by the number of examples. Every example counts exactly
+once: the last, partial global batch is kept (not dropped) and split as evenly as the replicas
+allow, some getting none, and an empty batch adds nothing to any sum. So the result does not
+depend on how the examples are spread: 1, 2 and 4 replicas give the same numbers (a test checks).
+The sums are float64: float32 sums in another order would differ in the last digits.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from training import data as data_mod
+from training.config import TrainConfig
+from training.devices import DeviceSetup
+from training.models import ModelError
+
+VAL_PREFIX = "val_"
+
+
+class Evaluator:
+    """Evaluates `model` on `examples` in global batches of `global_batch_size` under `strategy`."""
+
+    def __init__(
+        self, strategy: Any, model: keras.Model, examples: data_mod.Examples, global_batch_size: int
+    ):
+        self.strategy, self.model, self.examples = strategy, model, examples
+        self.batches = math.ceil(len(examples) / global_batch_size)
+        dataset = data_mod.make_eval_dataset(examples, global_batch_size)
+        self.dist_dataset = data_mod.distribute(strategy, dataset)
+        loss_fn = keras.losses.SparseCategoricalCrossentropy(
+            from_logits=not _outputs_probabilities(model), reduction=None
+        )
+
+        def replica_sums(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+            outputs = model(x, training=False)
+            y = tf.cast(y, tf.int32)
+            predicted = tf.argmax(outputs, axis=-1, output_type=tf.int32)
+            return tf.stack(
+                [
+                    tf.reduce_sum(tf.cast(loss_fn(y, outputs), tf.float64)),
+                    tf.reduce_sum(tf.cast(tf.equal(predicted, y), tf.float64)),
+                    tf.cast(tf.shape(y)[0], tf.float64),
+                ]
+            )
+
+        @tf.function
+        def step(iterator: Any) -> tf.Tensor:
+            """[loss sum, correct predictions, examples] of one global batch, over all replicas."""
+            x, y = next(iterator)
+            per_replica = strategy.run(replica_sums, args=(x, y))
+            return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+        self.step = step
+
+    def evaluate(
+        self,
+        on_batch_begin: Callable[[int], None] | None = None,
+        on_batch_end: Callable[[int, dict[str, float]], None] | None = None,
+    ) -> dict[str, float]:
+        """{"loss": mean loss per example, "accuracy": fraction correct}; the callbacks get the
+        running figures after each batch (for a progress bar and Keras' on_test_batch_* hooks)."""
+        iterator = iter(self.dist_dataset)
+        totals = np.zeros(3, np.float64)
+        logs: dict[str, float] = {}
+        # weight regularisation is part of the loss, as in training (none in the built-in models)
+        regularization = float(sum(float(v) for v in self.model.losses)) if self.model.losses else 0.0
+        for batch in range(self.batches):
+            if on_batch_begin is not None:
+                on_batch_begin(batch)
+            totals += self.step(iterator).numpy()
+            logs = {"loss": totals[0] / totals[2] + regularization, "accuracy": totals[1] / totals[2]}
+            if on_batch_end is not None:
+                on_batch_end(batch, logs)
+        return {k: float(v) for k, v in logs.items()}
+
+
+def _outputs_probabilities(model: keras.Model) -> bool:
+    """Whether the last layer ends in a softmax (a model from elsewhere); the trainer's output logits."""
+    activation = getattr(model.layers[-1], "activation", None) if model.layers else None
+    return activation is keras.activations.softmax
+
+
+def load_model(path: str, strategy: Any) -> keras.Model:
+    """A saved .keras model, its variables on the strategy's devices; unreadable is bad input."""
+    with strategy.scope():
+        try:
+            # the optimizer is not needed to evaluate, and not building it saves its variables
+            return keras.models.load_model(path, compile=False)
+        except Exception as exc:  # what Keras raises for a damaged file varies: all are the file's fault
+            first = " ".join(str(exc).split())[:300]
+            raise ModelError(
+                f"evaluate {path}: cannot load the Keras model: {type(exc).__name__}: {first}"
+            ) from None
+
+
+def check_fits(model: keras.Model, examples: data_mod.Examples, path: str) -> None:
+    """The data must have the model's input shape and no more classes than it has outputs."""
+    inputs, outputs = model.input_shape, model.output_shape
+    if isinstance(inputs, list) or isinstance(outputs, list):
+        raise ModelError(f"evaluate {path}: a model with several inputs or outputs is not a classifier")
+    expected, got = tuple(inputs[1:]), examples.input_shape
+    if len(expected) != len(got) or any(d not in (None, g) for d, g in zip(expected, got, strict=True)):
+        raise ModelError(
+            f"evaluate {path}: the model takes inputs of shape {expected}, "
+            f"but {examples.source} has examples of shape {got}"
+        )
+    if outputs[-1] is None or outputs[-1] < examples.num_classes:
+        raise ModelError(
+            f"evaluate {path}: the model has {outputs[-1]} outputs, but {examples.source} has "
+            f"{examples.num_classes} classes"
+        )
+
+
+def run(
+    model_path: str, config: TrainConfig, setup: DeviceSetup, examples: data_mod.Examples, verbose: int = 1
+) -> dict[str, Any]:
+    """Evaluate a saved model on `examples`; returns the summary (what --summary-json writes)."""
+    started = time.perf_counter()
+    model = load_model(model_path, setup.strategy)
+    check_fits(model, examples, model_path)
+    evaluator = Evaluator(setup.strategy, model, examples, config.global_batch_size)
+    callbacks = keras.callbacks.CallbackList(
+        [], add_progbar=verbose > 0, model=model, verbose=verbose, epochs=1, steps=evaluator.batches
+    )
+    callbacks.on_test_begin()
+    began = time.perf_counter()
+    results = evaluator.evaluate(callbacks.on_test_batch_begin, callbacks.on_test_batch_end)
+    seconds = time.perf_counter() - began
+    callbacks.on_test_end(results)
+    plan = setup.plan
+    return {
+        "model_path": model_path,
+        "model": model.name,
+        "data": examples.source,
+        "examples": len(examples),
+        "examples_dropped": examples.dropped,
+        "loss": results["loss"],
+        "accuracy": results["accuracy"],
+        "device_kind": plan.kind,
+        "devices": plan.describe(),
+        "replicas": setup.num_replicas,
+        "global_batch_size": config.global_batch_size,
+        "per_replica_batch_size": config.global_batch_size // setup.num_replicas,
+        "batches": evaluator.batches,
+        "evaluate_seconds": seconds,
+        "wall_seconds": time.perf_counter() - started,
+        "tensorflow_version": tf.__version__,
+        "keras_version": keras.__version__,
+        "warnings": list(setup.warnings),
+    }
