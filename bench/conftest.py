@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from sweep import CaseFailed, Sweep
 from sweep_cases import BENCHMARKS, Case, plan_cases
+from sweep_env import machine_info as gpu_machine_info
 from sweep_options import PREFIX, SweepOptions, SweepUsageError, add_sweep_options, check_options
 
 from diagnostics.selection import add_selection_options
@@ -47,6 +48,13 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_OTHER_TESTS_SECONDS] = []
 
 
+def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict[str, Any]) -> None:
+    """GPU details (NVML inventory, driver, TensorFlow/NCCL versions; no TensorFlow import) in
+    pytest-benchmark's machine info, so that --benchmark-json and --benchmark-compare files carry them."""
+    if _OPTIONS in config.stash:
+        machine_info.update(gpu_machine_info(config.stash[_OPTIONS][1]))
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "sweep_case" not in metafunc.fixturenames:
         return
@@ -63,17 +71,20 @@ def _case_of(item: pytest.Item) -> Case | None:
     return case if isinstance(case, Case) else None  # an empty parameter set holds NOTSET
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Run the sweep's cases grouped by device count (one worker start per count), in plan order."""
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run the sweep's cases grouped by (device count, cross-device ops): one worker start for
+    each, in plan order."""
     positions = [i for i, item in enumerate(items) if _case_of(item) is not None]
     if not positions:
         return
     order = {b: i for i, b in enumerate(BENCHMARKS)}
+    options, _plan = config.stash[_OPTIONS]
+    ops_order = {o: i for i, o in enumerate(options.cross_device_ops)}
 
-    def key(item: pytest.Item) -> tuple[int, int]:
+    def key(item: pytest.Item) -> tuple[int, int, int]:
         case = _case_of(item)
         assert case is not None
-        return case.gpus, order[case.benchmark]
+        return case.gpus, ops_order[case.cross_device_ops], order[case.benchmark]
 
     ours = sorted((items[i] for i in positions), key=key)  # stable: keeps size/batch order
     for i, item in zip(positions, ours, strict=True):
@@ -131,7 +142,7 @@ def _extra_info(case: Case, row: dict[str, Any]) -> dict[str, Any]:
     import statistics
 
     seconds = statistics.median(row["round_seconds"])
-    info: dict[str, Any] = {"benchmark": case.benchmark, "devices": case.gpus}
+    info: dict[str, Any] = {"benchmark": case.benchmark, "devices": case.gpus, **case.variant}
     if case.benchmark == "allreduce":
         info.update({"bytes": row["bytes"], "algbw_gbps": row["bytes"] * row["iters"] / seconds / 1e9})
     else:

@@ -1,6 +1,6 @@
-"""The sweep itself: one long-lived worker per device count (training/worker.py, started on the
-resolved devices), each case timed by pytest-benchmark, failures recorded, and the raw results
-(reports/results.py's schema) with the harness's own timing.
+"""The sweep itself: one long-lived worker per (device count, cross-device ops) (training/worker.py,
+started on the resolved devices), each case timed by pytest-benchmark, failures recorded, and the
+raw results (reports/results.py's schema) with the harness's own timing and the variants measured.
 
 No TensorFlow here: the workers import it, one process per device count.
 """
@@ -15,13 +15,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sweep_cases import ALLREDUCE_BYTES_PER_ROUND, Case, allreduce_iters
+from sweep_cases import ALLREDUCE_BYTES_PER_ROUND, Case, allreduce_iters, not_applicable
 from sweep_env import environment, process_started_at
 from sweep_options import SweepOptions
 
 from diagnostics.inventory import Inventory
 from diagnostics.monitor import BackgroundSampler, utilization_by_gpu
 from reports.results import SCHEMA, failure_summary
+from reports.variants import AXES, is_default, label
 from training.devices import DevicePlan
 from training.worker_client import ALLREDUCE_UNROLL, WorkerClient, WorkerError
 
@@ -48,6 +49,13 @@ def utilization(sampler: BackgroundSampler) -> dict[str, list[float]] | None:
     return per_gpu if any(per_gpu.values()) else None
 
 
+def data_request(options: SweepOptions) -> dict[str, Any]:
+    """What the worker trains and feeds on: the user's data, or synthetic images of a size."""
+    if options.data is not None:
+        return {"data": str(options.data)}
+    return {"image_size": options.image_size} if options.image_size is not None else {}
+
+
 @dataclass
 class Sweep:
     options: SweepOptions
@@ -63,10 +71,10 @@ class Sweep:
     close_seconds: float = 0.0
     case_seconds: float = 0.0  # inside Sweep.run, from asking for a worker to the last answer
     first_case_at: float | None = None
-    ready: dict[int, dict[str, Any]] = field(default_factory=dict)
+    ready: dict[tuple[int, str], dict[str, Any]] = field(default_factory=dict)  # by (count, ops)
     _client: WorkerClient | None = None
-    _client_gpus: int | None = None
-    _start_failures: dict[int, WorkerError] = field(default_factory=dict)
+    _client_key: tuple[int, str] | None = None
+    _start_failures: dict[tuple[int, str], WorkerError] = field(default_factory=dict)
     _logs: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="gpudiag-sweep-")))
     _starts: itertools.count[int] = field(default_factory=itertools.count)
 
@@ -74,35 +82,41 @@ class Sweep:
     def unit(self) -> str:
         return "GPU" if self.plan.kind == "gpu" else "CPU device"
 
-    def worker(self, gpus: int) -> WorkerClient:
-        """The live worker for this count; starts one (closing another count's) when needed."""
-        if self._client is not None and self._client_gpus == gpus and self._client.proc is not None:
+    def worker(self, gpus: int, ops: str = "auto") -> WorkerClient:
+        """The live worker for this count and cross-device ops (a strategy property, fixed per
+        process); starts one (closing another's) when needed."""
+        key = (gpus, ops)
+        if self._client is not None and self._client_key == key and self._client.proc is not None:
             return self._client
         self.close_worker()
-        if gpus in self._start_failures:
-            raise self._start_failures[gpus]
+        if key in self._start_failures:
+            raise self._start_failures[key]
         client = WorkerClient(
-            self.plan.first(gpus).child_args(),  # the resolved devices: the worker selects nothing
-            self._logs / f"worker-{gpus}-{next(self._starts)}.log",
+            # the resolved devices: the worker selects nothing
+            [*self.plan.first(gpus).child_args(), "--cross-device-ops", ops],
+            self._logs / f"worker-{gpus}-{ops}-{next(self._starts)}.log",
             start_timeout=self.options.worker_start_timeout,
         )
         try:
-            self.ready[gpus] = client.start()
+            self.ready[key] = client.start()
         except WorkerError as exc:
             self.worker_start_seconds += client.start_seconds
             # a count whose worker cannot start will not start for the next case either
-            failure = WorkerError("start", f"worker for {gpus} {self.unit}(s) did not start: {exc}")
-            self._start_failures[gpus] = failure
+            what = f"{gpus} {self.unit}(s)" + (
+                "" if ops == AXES["cross_device_ops"] else f", {ops} all-reduce"
+            )
+            failure = WorkerError("start", f"worker for {what} did not start: {exc}")
+            self._start_failures[key] = failure
             raise failure from None
         self.worker_start_seconds += client.start_seconds
-        self._client, self._client_gpus = client, gpus
+        self._client, self._client_key = client, key
         return client
 
     def close_worker(self) -> None:
         started = time.perf_counter()
         if self._client is not None:
             self._client.close()
-        self._client, self._client_gpus = None, None
+        self._client, self._client_key = None, None
         self.close_seconds += time.perf_counter() - started
 
     def _record_failure(self, case: Case, exc: WorkerError) -> CaseFailed:
@@ -112,12 +126,15 @@ class Sweep:
         summary = failure_summary(
             case.benchmark, case.gpus, exc.kind, case.batch_per_gpu, case.nbytes, unit=self.unit
         )
+        if not is_default(case.variant):
+            summary += f" ({label(case.variant)})"
         self.failures.append(
             {
                 "benchmark": case.benchmark,
                 "gpus": case.gpus,
                 "batch_per_gpu": case.batch_per_gpu,
                 "bytes": case.nbytes,
+                "variant": case.variant,
                 "error": exc.kind,
                 "message": str(exc),
                 "summary": summary,
@@ -138,7 +155,7 @@ class Sweep:
     def _run(self, benchmark: Any, case: Case) -> dict[str, Any] | None:
         o = self.options
         try:
-            client = self.worker(case.gpus)
+            client = self.worker(case.gpus, case.cross_device_ops)
             if case.benchmark == "allreduce":
                 assert case.nbytes is not None
                 iters = allreduce_iters(o, case.nbytes)
@@ -146,10 +163,13 @@ class Sweep:
                 warm_steps, steps = iters, iters
             else:
                 request = {"kind": case.benchmark, "model": o.model, "batch_per_replica": case.batch_per_gpu}
+                request.update(data_request(o))
+                if case.benchmark == "train":
+                    request.update(jit_compile=case.jit_compile, mixed_precision=case.mixed_precision)
                 warm_steps, steps = o.warmup_steps, o.steps
             prepared = client.request({"cmd": "prepare", **request}, o.worker_timeout)
             self.prepare_seconds += prepared["seconds"]
-            ready = self.ready[case.gpus]
+            ready = self.ready[(case.gpus, case.cross_device_ops)]
             watched = ready.get("gpu_indices", []) if case.benchmark == "train" else []
             sampler = BackgroundSampler(read_utilization, watched, UTILIZATION_INTERVAL_S)
             warmup_rounds = 1 if warm_steps > 0 else 0
@@ -183,6 +203,8 @@ class Sweep:
             "devices": ready.get("devices"),
             "gpu_names": ready.get("gpu_names"),
         }
+        if case.variant:
+            row["variant"] = case.variant
         if case.benchmark == "allreduce":
             # the worker runs whole traced calls of ALLREDUCE_UNROLL: it says how many it did
             row.update({"bytes": case.nbytes, "iters": answers[-1].get("steps", steps)})
@@ -203,6 +225,9 @@ class Sweep:
                         "gradient_bytes": prepared.get("gradient_bytes"),
                         "trainable_params": prepared.get("trainable_params"),
                         "build_seconds": prepared.get("build_seconds"),
+                        "dtype_policy": prepared.get("dtype_policy"),
+                        "input_shape": prepared.get("input_shape"),
+                        "examples": prepared.get("examples"),
                         "first_step_seconds": prepared.get("first_step_seconds"),
                         "loss": answers[-1].get("loss"),
                         "utilization": utilization(sampler),
@@ -221,7 +246,9 @@ class Sweep:
         o = self.options
         env = environment(self.plan)
         if self.ready:
-            latest = self.ready[max(self.ready)]
+            # the largest count's worker, the baseline cross-device ops where it started
+            baseline_ops = o.cross_device_ops[0]
+            latest = self.ready[max(self.ready, key=lambda k: (k[0], k[1] == baseline_ops))]
             env.update(
                 {
                     "tensorflow": latest.get("tensorflow") or env.get("tensorflow"),
@@ -237,6 +264,8 @@ class Sweep:
             "device_kind": self.plan.kind,
             "fallback_reason": self.plan.fallback_reason,
             "model": o.model,
+            "image_size": o.image_size,
+            "data": str(o.data) if o.data is not None else None,
             "scaling": o.scaling,
             "gpu_counts": list(o.gpu_counts),
             "batch_sizes": list(o.batch_sizes),
@@ -251,6 +280,20 @@ class Sweep:
                 "statistic": "median over rounds",
                 "timer": "time.perf_counter() inside the worker, around each round, ending on a host sync",
                 "seed": 42,
+            },
+            "variants": {
+                "axes": {
+                    "jit_compile": list(o.jit_compile),
+                    "mixed_precision": list(o.mixed_precision),
+                    "cross_device_ops": list(o.cross_device_ops),
+                },
+                # what every other variant's speedup is measured against: each axis' first value
+                "baseline": {
+                    "jit_compile": o.jit_compile[0],
+                    "mixed_precision": o.mixed_precision[0],
+                    "cross_device_ops": o.cross_device_ops[0],
+                },
+                "not_applicable": not_applicable(o),
             },
             "environment": env,
             "harness": self.harness(other_tests_seconds),

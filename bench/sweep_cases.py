@@ -1,14 +1,21 @@
 """The sweep's benchmark cases: which (device count, batch per device) configurations the weak and
-strong series need, every case in the order the workers run them, and all-reduces per round.
+strong series need, every variant of each (XLA x mixed precision x cross-device ops), the variants
+these devices cannot run, every case in the order the workers run them, and all-reduces per round.
+
+Training runs for every variant; the all-reduce for every cross-device ops (the only axis it
+depends on); the input pipeline, which depends on none, once per device count.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
+from typing import Any
 
 from sweep_options import SweepOptions
 
 from reports.results import format_bytes
+from reports.variants import AXES_OF
 from training.worker_client import ALLREDUCE_UNROLL
 
 BENCHMARKS = ("train", "input", "allreduce")
@@ -22,11 +29,29 @@ class Case:
     gpus: int
     batch_per_gpu: int | None = None
     nbytes: int | None = None
+    jit_compile: bool = False
+    mixed_precision: bool = False
+    cross_device_ops: str = "auto"  # also the worker the case runs in: one per (count, ops)
+
+    @property
+    def variant(self) -> dict[str, Any]:
+        """The values of the axes this benchmark depends on (what its results row carries)."""
+        return {axis: getattr(self, axis) for axis in AXES_OF[self.benchmark]}
 
     @property
     def id(self) -> str:
         what = f"b{self.batch_per_gpu}" if self.nbytes is None else format_bytes(self.nbytes).replace(" ", "")
-        return f"{self.gpus}dev-{what}"
+        variant = self.variant
+        tags = [
+            tag
+            for tag, on in (
+                ("xla", variant.get("jit_compile")),
+                ("mixed", variant.get("mixed_precision")),
+                (str(variant.get("cross_device_ops")), variant.get("cross_device_ops", "auto") != "auto"),
+            )
+            if on
+        ]
+        return "-".join([f"{self.gpus}dev", what, *tags])
 
 
 def training_configs(options: SweepOptions) -> list[tuple[int, int]]:
@@ -47,16 +72,46 @@ def training_configs(options: SweepOptions) -> list[tuple[int, int]]:
     return sorted(configs)
 
 
+def cross_device_ops_not_applicable(options: SweepOptions, gpus: int, ops: str) -> str | None:
+    """Why `ops` cannot be measured on `gpus` of these devices, or None where it can."""
+    if ops == "nccl" and options.device_kind != "gpu":
+        return "NCCL all-reduce needs GPUs: these are CPU logical devices"
+    if gpus == 1 and ops != options.cross_device_ops[0]:
+        return "one device has nothing to all-reduce: only the first cross-device ops runs"
+    return None
+
+
+def not_applicable(options: SweepOptions) -> list[dict[str, Any]]:
+    """The variants recorded as not applicable instead of run, per device count, with the reason."""
+    out = []
+    for n in options.gpu_counts:
+        for ops in options.cross_device_ops:
+            reason = cross_device_ops_not_applicable(options, n, ops)
+            if reason:
+                out.append({"gpus": n, "variant": {"cross_device_ops": ops}, "reason": reason})
+    return out
+
+
 def plan_cases(options: SweepOptions) -> list[Case]:
-    """Every benchmark, grouped by device count so each count's worker starts once."""
+    """Every benchmark and variant, grouped by (device count, cross-device ops) so that each
+    worker starts once."""
     configs = training_configs(options)
     cases = []
     for n in options.gpu_counts:
         batches = [b for m, b in configs if m == n]
-        cases += [Case("train", n, b) for b in batches]
-        cases += [Case("input", n, b) for b in batches]
-        if n > 1:  # one replica has nothing to all-reduce with
-            cases += [Case("allreduce", n, nbytes=s) for s in options.allreduce_bytes]
+        runnable = [o for o in options.cross_device_ops if not cross_device_ops_not_applicable(options, n, o)]
+        for i, ops in enumerate(runnable):
+            for batch in batches:
+                cases += [
+                    Case("train", n, batch, jit_compile=jit, mixed_precision=mixed, cross_device_ops=ops)
+                    for jit, mixed in itertools.product(options.jit_compile, options.mixed_precision)
+                ]
+            if i == 0:  # the pipeline depends on no variant: measured once, in the first worker
+                cases += [Case("input", n, b, cross_device_ops=ops) for b in batches]
+            if n > 1:  # one replica has nothing to all-reduce with
+                cases += [
+                    Case("allreduce", n, nbytes=s, cross_device_ops=ops) for s in options.allreduce_bytes
+                ]
     return cases
 
 

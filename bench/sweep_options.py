@@ -16,9 +16,10 @@ from typing import Any
 
 from common.errors import UserError
 from diagnostics.selection import SelectionError, SelectionOptions
+from reports.variants import AXES
 from reports.write import ReportDirError, check_report_dir
 from training import models
-from training.devices import DeviceFlagError, DevicePlan, plan_devices
+from training.devices import CROSS_DEVICE_OPS, DeviceFlagError, DevicePlan, plan_devices
 
 # pytest's option destinations share one namespace: every sweep option's dest starts with this
 PREFIX = "sweep_"
@@ -59,6 +60,13 @@ class SweepOptions:
     worker_timeout: float
     worker_start_timeout: float
     harness_min_share: float = DEFAULT_HARNESS_MIN_SHARE
+    # the variant axes: each a list, the default value first where it was given
+    jit_compile: tuple[bool, ...] = (False,)
+    mixed_precision: tuple[bool, ...] = (False,)
+    cross_device_ops: tuple[str, ...] = ("auto",)
+    device_kind: str = "cpu"  # the plan's: which cross-device ops can run here
+    image_size: int | None = None  # synthetic images of this side (None: the trainer's 32x32x3)
+    data: Path | None = None  # the user's data (.npz or image folder) instead of synthetic tensors
 
 
 # -- converters: one command-line value each; argparse prefixes the flag to their message ---------
@@ -73,6 +81,14 @@ def share(text: str) -> float:
     if not 0 <= value <= 1:
         raise argparse.ArgumentTypeError(f"must be from 0 to 1, got {text}")
     return value
+
+
+def on_off(text: str) -> bool:
+    """One value of --jit-compile / --mixed-precision: on or off."""
+    value = text.strip().lower()
+    if value not in ("on", "off"):
+        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from 'on', 'off')")
+    return value == "on"
 
 
 def _integers(text: str, minimum: int) -> tuple[int, ...]:
@@ -241,6 +257,47 @@ def add_sweep_options(add: Callable[..., Any]) -> None:
         help="seconds a worker may take to start TensorFlow (default 600)",
     )
     add(
+        "--jit-compile",
+        nargs="+",
+        type=on_off,
+        dest=PREFIX + "jit_compile",
+        metavar="{off,on}",
+        help="variant axis: XLA for each replica's step, e.g. `off on` measures both (default off)",
+    )
+    add(
+        "--mixed-precision",
+        nargs="+",
+        type=on_off,
+        dest=PREFIX + "mixed_precision",
+        metavar="{off,on}",
+        help="variant axis: mixed_float16 with loss scaling, e.g. `off on` (default off)",
+    )
+    add(
+        "--cross-device-ops",
+        nargs="+",
+        choices=CROSS_DEVICE_OPS,
+        dest=PREFIX + "cross_device_ops",
+        metavar="OPS",
+        help=f"variant axis: the strategy's all-reduce, any of {', '.join(CROSS_DEVICE_OPS)} (default auto; "
+        "one worker per device count and value; those these devices cannot run are recorded as not "
+        "applicable)",
+    )
+    add(
+        "--image-size",
+        type=positive_int,
+        dest=PREFIX + "image_size",
+        metavar="N",
+        help="synthetic N x N x 3 images (default 32; 224 compares with published ResNet-50 figures)",
+    )
+    add(
+        "--data",
+        type=Path,
+        dest=PREFIX + "data",
+        metavar="PATH",
+        help="measure on this data (.npz or image folder, as `python -m training --data`) instead of "
+        "synthetic tensors",
+    )
+    add(
         "--harness-min-share",
         type=share,
         default=DEFAULT_HARNESS_MIN_SHARE,
@@ -269,6 +326,14 @@ def _sorted_set(values: Iterable[int | tuple[int, ...]] | None) -> tuple[int, ..
     return tuple(sorted(flat))
 
 
+def axis_values(axis: str, given: Iterable[Any] | None) -> tuple[Any, ...]:
+    """A variant axis' values without repeats, its default first where given (the baseline the
+    report measures the others against), the rest in the order given."""
+    default = AXES[axis]
+    values = list(dict.fromkeys(given)) if given else [default]
+    return tuple(sorted(values, key=lambda v: v != default))
+
+
 def check_options(get: Callable[[str], Any]) -> tuple[SweepOptions, DevicePlan]:
     """The sweep's options and device plan from the converted option values; raises
     SweepUsageError for the first problem. Creates nothing on disk.
@@ -281,6 +346,11 @@ def check_options(get: Callable[[str], Any]) -> tuple[SweepOptions, DevicePlan]:
         check_report_dir(report_dir)
     except ReportDirError as exc:
         raise SweepUsageError(f"--report-dir: {exc}") from None
+    data: Path | None = get("data")
+    if data is not None and get("image_size") is not None:
+        raise SweepUsageError("--image-size sets the size of synthetic images: drop it with --data")
+    if data is not None and not data.exists():
+        raise SweepUsageError(f"--data {data}: no such file or folder")
     selection = SelectionOptions.from_values(get)
     cpu_replicas: int | None = get("cpu_replicas")
     try:
@@ -316,5 +386,11 @@ def check_options(get: Callable[[str], Any]) -> tuple[SweepOptions, DevicePlan]:
         worker_timeout=get("worker_timeout"),
         worker_start_timeout=get("worker_start_timeout"),
         harness_min_share=get("harness_min_share"),
+        jit_compile=axis_values("jit_compile", get("jit_compile")),
+        mixed_precision=axis_values("mixed_precision", get("mixed_precision")),
+        cross_device_ops=axis_values("cross_device_ops", get("cross_device_ops")),
+        device_kind=plan.kind,
+        image_size=get("image_size"),
+        data=data.absolute() if data is not None else None,
     )
     return options, plan

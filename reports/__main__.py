@@ -1,4 +1,6 @@
-"""`python -m reports RESULTS.json [--out DIR]`: re-render a saved sweep's report (exit 0 / 2)."""
+"""`python -m reports RESULTS.json [--out DIR]`: re-render a saved sweep's report (exit 0 / 2).
+`python -m reports compare BASE.json NEW.json [--threshold 5%]`: compare two sweeps (exit 0 when no
+case regressed, 1 when one did, 2 for bad input)."""
 
 from __future__ import annotations
 
@@ -7,15 +9,55 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from reports.results import ResultsError, load
+from reports.compare import DEFAULT_THRESHOLD, compare, parse_threshold, render
+from reports.results import ResultsError, load, read
 from reports.write import ReportDirError, write_report
 
 
+def _threshold(text: str) -> float:
+    try:
+        return parse_threshold(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--threshold ")) from None
+
+
+def compare_main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m reports compare",
+        description="Compare two sweeps' results.json (or scaling.json) files case by case. Exit 1 "
+        "when a case regressed: its rate fell by more than the threshold and the two 95%% "
+        "confidence intervals do not overlap, or it failed in NEW; 0 otherwise; 2 for bad input.",
+    )
+    parser.add_argument("base", metavar="BASE.json")
+    parser.add_argument("new", metavar="NEW.json")
+    parser.add_argument(
+        "--threshold",
+        type=_threshold,
+        default=DEFAULT_THRESHOLD,
+        metavar="PCT",
+        help=f"smallest change that counts, in percent (default {DEFAULT_THRESHOLD:.0%})",
+    )
+    args = parser.parse_args(argv)
+    names = (args.base, args.new)
+    try:
+        base, new = read(args.base), read(args.new)
+        comparison = compare(base, new, args.threshold, names)
+    except ResultsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    sys.stdout.write(render(comparison, names))
+    return 1 if comparison.regressed else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["compare"]:
+        return compare_main(argv[1:])
     parser = argparse.ArgumentParser(
         prog="python -m reports",
         description="Render scaling.md, scaling.json and the plots from a sweep's results.json "
-        "(or from a scaling.json, which carries its results).",
+        "(or from a scaling.json, which carries its results). "
+        "`python -m reports compare BASE.json NEW.json` compares two runs.",
     )
     parser.add_argument("results", metavar="RESULTS.json")
     parser.add_argument("--out", metavar="DIR", help="output folder (default: the results file's folder)")

@@ -1,6 +1,6 @@
 """From raw sweep results to the measured figures of the report: throughput, speedup, scaling
 efficiency, all-reduce bandwidth, input-pipeline headroom, fraction of datasheet peak, GPU
-utilisation.
+utilisation (all of the baseline variant), and the variants side by side (reports.variant_figures).
 
 Pure: a results dict in, a JSON-ready dict out. reports/figures.py adds the recommendations argued
 from these figures (reports/recommend.py, which reads this module) to make scaling.json's "figures".
@@ -18,6 +18,8 @@ from diagnostics.knowledge import peak_for
 from diagnostics.monitor import lagging
 from reports import stats
 from reports.results import format_bytes
+from reports.variant_figures import variant_figures
+from reports.variants import baseline_results
 
 
 @dataclass(frozen=True)
@@ -214,7 +216,10 @@ def allreduce_seconds(allreduce: list[dict[str, Any]], gpus: int, nbytes: float)
 
 
 def analyse(results: dict[str, Any]) -> dict[str, Any]:
-    """Every measured figure, JSON-ready (reports.figures.report_figures adds the recommendations)."""
+    """Every measured figure, JSON-ready (reports.figures.report_figures adds the recommendations).
+
+    The scaling figures are the baseline variant's; the variants side by side are "variants"."""
+    full, results = results, baseline_results(results)
     train = train_rows(results)
     return {
         "title": title(results),
@@ -223,6 +228,7 @@ def analyse(results: dict[str, Any]) -> dict[str, Any]:
         "series": series(results, train),
         "allreduce": allreduce_rows(results),
         "input": input_rows(results, train),
-        "failures": list(results.get("failures", [])),
+        "variants": variant_figures(full),
+        "failures": list(full.get("failures", [])),
         "harness": results.get("harness") or {},
     }

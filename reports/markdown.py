@@ -6,6 +6,7 @@ from typing import Any
 
 from tabulate import tabulate
 
+from reports.markdown_variants import variants_section
 from reports.recommend import EFFICIENCY_TARGET, INPUT_HEADROOM_MIN
 from reports.results import format_bytes
 
@@ -296,6 +297,13 @@ def environment_section(results: dict[str, Any]) -> list[str]:
     return out
 
 
+def _data_description(results: dict[str, Any]) -> str:
+    if results.get("data"):
+        return f"data {results['data']} (the trainer's own loading and pipeline)"
+    size = results.get("image_size")
+    return f"synthetic {size}x{size}x3 images" if size else "synthetic data"
+
+
 def method_section(results: dict[str, Any], figures: dict[str, Any]) -> list[str]:
     m = results.get("method", {})
     lines = [
@@ -317,8 +325,15 @@ def method_section(results: dict[str, Any], figures: dict[str, Any]) -> list[str
         "from order statistics when there are at least 6 rounds, else Student's t interval of the mean. "
         "CV = standard deviation / mean of the per-round rates.",
         f"- Model {results.get('model')}; scaling mode {results.get('scaling')}; random seed "
-        f"{m.get('seed')}; synthetic data.",
+        f"{m.get('seed')}; {_data_description(results)}.",
     ]
+    if figures.get("variants"):
+        lines.append(
+            "- Variants: training ran for every combination of the axes, each in the worker of its "
+            "cross-device ops (one process per device count and cross-device ops); the all-reduce ran "
+            "per cross-device ops; the input pipeline, which depends on no axis, once per device "
+            "count. The scaling tables and plots above are the baseline variant's."
+        )
     harness = figures.get("harness") or {}
     if harness.get("fraction") is not None:
         lines.append(
@@ -343,6 +358,7 @@ def render(results: dict[str, Any], figures: dict[str, Any], plots: list[str]) -
             "",
         ]
     lines += ["## Training throughput", "", *throughput_section(figures), *peak_section(figures)]
+    lines += variants_section(figures)
     lines += allreduce_section(figures) + input_section(figures) + utilization_section(figures)
     lines += failures_section(figures) + recommendations_section(figures)
     if plots:

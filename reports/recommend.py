@@ -9,6 +9,10 @@ and t_ideal the step time perfect scaling from the baseline would give (lost = t
      to the gradient size) accounts for at least half of the lost time;
   3. compute otherwise (each device's share of the batch is too small to keep it busy, or the
      devices share something: CPU logical devices share the same cores).
+
+Variants (XLA, mixed precision, cross-device ops) are recommended only from their measured
+speedup over the baseline variant (reports.variant_figures); one the sweep did not measure is
+named as something to measure, never as advice.
 """
 
 from __future__ import annotations
@@ -18,6 +22,16 @@ from typing import Any
 
 from reports.analysis import allreduce_seconds
 from reports.results import format_bytes
+from reports.variant_figures import MIN_GAIN
+from reports.variants import (
+    AXES,
+    AXIS_FLAGS,
+    baseline,
+    baseline_results,
+    flag_value,
+    is_baseline,
+    trainer_flags,
+)
 
 EFFICIENCY_TARGET = 0.80
 INPUT_HEADROOM_MIN = 1.5
@@ -26,7 +40,7 @@ ALLREDUCE_SHARE = 0.5
 
 @dataclass(frozen=True)
 class Recommendation:
-    kind: str  # best-batch | bottleneck | imbalance | failure | note
+    kind: str  # best-batch | bottleneck | imbalance | failure | variant | note
     text: str
     gpus: int | None = None
     batch_per_gpu: int | None = None
@@ -110,8 +124,9 @@ def diagnose(
         return Recommendation(
             "bottleneck",
             f"{where}: likely the all-reduce{measured}. Use a larger batch per {unit} so each "
-            "gradient exchange is amortised over more work, mixed precision, or a faster link "
-            "(check `gpudiag check` for P2P/NVLink)",
+            f"gradient exchange is amortised over more work, or a faster link (check `gpudiag check` "
+            f"for P2P/NVLink); {_measured_or_not(figures, 'mixed_precision', True)}; "
+            f"{_measured_or_not(figures, 'cross_device_ops', None)}",
             n,
             b,
             "allreduce",
@@ -126,7 +141,71 @@ def diagnose(
     return Recommendation("bottleneck", f"{where}: likely compute{measured}. {why}", n, b, "compute")
 
 
+def _measured_or_not(figures: dict[str, Any], axis: str, value: Any) -> str:
+    """What the sweep measured of one axis (value None: any other value than the baseline's), or
+    the flag that would measure it."""
+    variants = figures.get("variants") or {}
+    found = [
+        s
+        for s in variants.get("summary", [])
+        if s["median_speedup"] is not None
+        and s["variant"].get(axis) != variants["baseline"].get(axis)
+        and (value is None or s["variant"].get(axis) == value)
+        and all(s["variant"].get(a) == variants["baseline"].get(a) for a in AXES if a != axis)
+    ]
+    if found:
+        return "measured: " + ", ".join(f"{s['label']} {s['median_speedup']:.2f}x" for s in found)
+    what = "mixed precision" if axis == "mixed_precision" else "another cross-device ops"
+    values = "off on" if axis == "mixed_precision" else "auto nccl hierarchical reduce-to-one"
+    return f"{what} was not measured (add {AXIS_FLAGS[axis]} {values})"
+
+
+def variant_advice(figures: dict[str, Any]) -> list[Recommendation]:
+    """From the variants' measured speedups only: use, avoid, or no measurable difference."""
+    variants = figures.get("variants")
+    if not variants:
+        return []
+    base = variants["baseline_label"]
+    out = []
+    ranked = sorted(
+        (s for s in variants["summary"] if s["median_speedup"] is not None),
+        key=lambda s: -s["median_speedup"],
+    )
+    for s in ranked:
+        n, k = s["configurations"], s["median_speedup"]
+        spread = (
+            f"{s['min_speedup']:.2f}-{s['max_speedup']:.2f}x over {n} configuration{'s' if n != 1 else ''}"
+        )
+        flags = trainer_flags(s["variant"])
+        if k >= 1 + MIN_GAIN and s["faster"] * 2 > n:
+            verdict = (
+                f"faster: use it (`python -m training {flags}`)" if flags else "faster: use the defaults"
+            )
+        elif k <= 1 - MIN_GAIN and s["slower"] * 2 > n:
+            verdict = f"slower: keep {base}"
+        else:
+            verdict = f"no clear difference (95% CIs overlap, or within {MIN_GAIN:.0%})"
+        failed = f"; failed in {s['failed']}" if s["failed"] else ""
+        out.append(
+            Recommendation(
+                "variant",
+                f"{s['label']}: measured {k:.2f}x the {base} (median; {spread}, beyond the 95% CIs "
+                f"faster in {s['faster']}, slower in {s['slower']}{failed}): {verdict}",
+            )
+        )
+    for na in variants["not_applicable"]:
+        what = ", ".join(f"{AXIS_FLAGS[a]} {flag_value(v)}" for a, v in na["variant"].items())
+        out.append(
+            Recommendation(
+                "note", f"{what} on {na['gpus']} {figures['unit']}(s) not measured: {na['reason']}"
+            )
+        )
+    return out
+
+
 def recommend(results: dict[str, Any], figures: dict[str, Any]) -> list[Recommendation]:
+    base = baseline(results)
+    results = baseline_results(results)
     out = best_batches(figures)
     for s in figures["series"]:
         for point in s["points"]:
@@ -150,6 +229,9 @@ def recommend(results: dict[str, Any], figures: dict[str, Any]) -> list[Recommen
             )
     ooms: dict[int, int] = {}
     for f in figures["failures"]:
+        benchmark = f.get("benchmark", "train")
+        if benchmark in ("train", "allreduce") and not is_baseline(f, benchmark, base):
+            continue  # another variant's out-of-memory is in the failures table, not the batch advice
         if f.get("error") == "oom" and f.get("batch_per_gpu") is not None:
             ooms[f["gpus"]] = min(ooms.get(f["gpus"], f["batch_per_gpu"]), f["batch_per_gpu"])
     for n, b in sorted(ooms.items()):
@@ -163,4 +245,4 @@ def recommend(results: dict[str, Any], figures: dict[str, Any]) -> list[Recommen
                 b,
             )
         )
-    return out
+    return out + variant_advice(figures)

@@ -8,14 +8,20 @@ a saved results file re-renders into the same report on any machine.
      "harness": {...}, "train": [...], "input": [...], "allreduce": [...], "failures": [...]}
 
 train:     {"gpus", "batch_per_gpu", "global_batch", "steps", "round_seconds": [...],
-            "warmup_seconds", "flops_per_sample", "gradient_bytes", "gpu_names", "utilization"}
+            "warmup_seconds", "flops_per_sample", "gradient_bytes", "gpu_names", "utilization",
+            "variant": {"jit_compile", "mixed_precision", "cross_device_ops"}, "dtype_policy"}
 input:     {"gpus", "batch_per_gpu", "global_batch", "steps", "round_seconds": [...]}
-allreduce: {"gpus", "bytes", "iters", "round_seconds": [...]}
-failures:  {"benchmark", "gpus", "batch_per_gpu" | "bytes", "error", "message", "summary"}
+allreduce: {"gpus", "bytes", "iters", "round_seconds": [...], "variant": {"cross_device_ops"}}
+failures:  {"benchmark", "gpus", "batch_per_gpu" | "bytes", "error", "message", "summary", "variant"}
+
+Optional, added with the variant axes (a file without them reads as one default variant):
+"variants": {"axes": {axis: [values]}, "baseline": {axis: value}, "not_applicable": [{"gpus",
+"variant", "reason"}]}, "image_size" and "data" (what was trained on). See reports/variants.py.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -67,9 +73,29 @@ def validate(data: Any, source: str = "<results>") -> dict[str, Any]:
     return data
 
 
+def read(path: str | Path) -> Any:
+    """The parsed JSON of a results file; a file cut short (an interrupted copy) says so."""
+    try:
+        return read_json(path, ResultsError, "a results file")
+    except ResultsError as exc:
+        if "not JSON" in str(exc) and _ends_early(Path(path)):
+            raise ResultsError(
+                f"{path}: truncated: the JSON ends before it is complete (an interrupted write or copy?)"
+            ) from None
+        raise
+
+
+def _ends_early(path: Path) -> bool:
+    text = path.read_text(encoding="utf-8", errors="replace")
+    try:
+        json.loads(text)
+    except json.JSONDecodeError as exc:
+        return bool(text.strip()) and exc.pos >= len(text.rstrip())
+    return False
+
+
 def load(path: str | Path) -> dict[str, Any]:
-    data = read_json(path, ResultsError, "a results file")
-    return validate(data, str(path))
+    return validate(read(path), str(path))
 
 
 def failure_summary(

@@ -130,3 +130,10 @@ def algbw(nbytes: float, seconds: float) -> float:
 def busbw(algbw_value: float, ranks: int) -> float:
     """nccl-tests' bus bandwidth for all-reduce: algbw x 2(N-1)/N (0 for one rank)."""
     return algbw_value * 2 * (ranks - 1) / ranks
+
+
+def intervals_apart(a: Summary, b: Summary) -> bool | None:
+    """True when the two 95% confidence intervals do not overlap; None when one has none."""
+    if a.ci_low is None or a.ci_high is None or b.ci_low is None or b.ci_high is None:
+        return None
+    return b.ci_high < a.ci_low or b.ci_low > a.ci_high

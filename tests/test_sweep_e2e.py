@@ -6,12 +6,14 @@ one line), exit 4, and leave no report behind."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from reports import markdown
@@ -172,3 +174,56 @@ def test_a_sweep_mostly_spent_outside_its_steps_fails_the_harness_test(tmp_path)
     assert (
         "1 failed, 1 passed" in proc.stdout and "test_the_harness_spends_its_time_in_the_steps" in proc.stdout
     )
+
+
+@pytest.mark.slow
+def test_every_variant_axis_runs_on_cpu_replicas_and_nccl_is_recorded_not_applicable(tmp_path):
+    """XLA x mixed precision x cross-device ops (auto, nccl, hierarchical) on 2 CPU devices: every
+    training case for every runnable variant, in one worker per cross-device ops; NCCL recorded as
+    not applicable; the report puts the variants side by side; all on the user's data (--data);
+    --benchmark-json carries the GPU details (none here) in pytest-benchmark's machine info."""
+    out, bench_json, npz = tmp_path / "report", tmp_path / "bench.json", tmp_path / "data.npz"
+    rng = np.random.default_rng(0)  # the user's data: 8x8x3 images of 4 classes
+    np.savez(npz, x=rng.normal(size=(128, 8, 8, 3)).astype(np.float32), y=rng.integers(0, 4, 128))
+    args = ["--data", str(npz), "--cpu-replicas", "2", "--gpus", "2", "--batch-sizes", "8", "--model", "mlp",
+            "--steps", "3",
+            "--rounds", "2", "--warmup-steps", "1", "--allreduce-bytes", "1K", "--harness-min-share", "0",
+            "--jit-compile", "off", "on", "--mixed-precision", "off", "on",
+            "--cross-device-ops", "auto", "nccl", "hierarchical",
+            "--benchmark-json", str(bench_json)]  # fmt: skip
+    proc = sweep(out, *args)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    ran = [(r["variant"]["cross_device_ops"], r["variant"]["jit_compile"], r["variant"]["mixed_precision"],
+            r["dtype_policy"]) for r in results["train"]]  # fmt: skip
+    assert ran == [
+        ("auto", False, False, "float32"), ("auto", False, True, "mixed_float16"),
+        ("auto", True, False, "float32"), ("auto", True, True, "mixed_float16"),
+        ("hierarchical", False, False, "float32"), ("hierarchical", False, True, "mixed_float16"),
+        ("hierarchical", True, False, "float32"), ("hierarchical", True, True, "mixed_float16"),
+    ]  # fmt: skip
+    assert all(math.isfinite(r["loss"]) for r in results["train"])
+    assert results["data"] == str(npz) and all(
+        r["input_shape"] == [8, 8, 3] and r["examples"] == 128 for r in results["train"]
+    )
+    assert [r["variant"] for r in results["allreduce"]] == [
+        {"cross_device_ops": o} for o in ("auto", "hierarchical")
+    ]
+    assert len(results["input"]) == 1 and results["failures"] == []
+    assert results["variants"]["not_applicable"] == [
+        {"gpus": 2, "variant": {"cross_device_ops": "nccl"},
+         "reason": "NCCL all-reduce needs GPUs: these are CPU logical devices"}
+    ]  # fmt: skip
+    text = (out / "scaling.md").read_text()
+    assert "## Variants" in text and "| XLA + mixed fp16 + hierarchical all-reduce |" in text.replace(
+        "  ", ""
+    )
+    assert "- 2 CPU device(s), --cross-device-ops nccl: NCCL all-reduce needs GPUs" in text
+    machine = json.loads(bench_json.read_text())["machine_info"]
+    assert machine["benchmark_device_kind"] == "cpu" and machine["gpus"] == [] and machine["tensorflow"]
+    extra = [b["extra_info"] for b in json.loads(bench_json.read_text())["benchmarks"]]
+    assert {"jit_compile": True, "mixed_precision": True, "cross_device_ops": "hierarchical"}.items() <= next(
+        e
+        for e in extra
+        if e.get("jit_compile") and e.get("mixed_precision") and e["cross_device_ops"] != "auto"
+    ).items()

@@ -153,3 +153,117 @@ def test_process_start_is_before_now():
 
     started = sweep_env.process_started_at()
     assert started is None or started <= time.time()
+
+
+def test_machine_info_has_the_gpus_stable_fields_and_the_stack():
+    """What pytest-benchmark's machine_info gains: from a recorded 8 x H100 inventory, no TensorFlow."""
+    from training.devices import plan_devices
+
+    plan = plan_devices(inventory=str(Path(__file__).parent / "fixtures" / "inv-dgx-8xh100.json"))
+    info = sweep_env.machine_info(plan)
+    assert info["benchmark_device_kind"] == "gpu" and len(info["benchmark_devices"]) == plan.num_replicas
+    assert len(info["gpus"]) == 8 and info["nvidia_driver"] == plan.inventory.driver_version
+    first = info["gpus"][0]
+    assert set(first) >= set(sweep_env.MACHINE_GPU_FIELDS) and "H100" in first["name"]
+    assert "temperature_c" not in first and "memory_used_mib" not in first  # they change run to run
+    assert {"tensorflow", "nccl", "tf_build"} <= set(info)
+
+
+def test_the_conftest_hook_adds_the_plan_s_gpus_to_pytest_benchmark_s_machine_info(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_conftest", Path(sweep_env.__file__).with_name("conftest.py")
+    )
+    assert spec is not None and spec.loader is not None
+    conftest = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conftest)
+    _opts, plan = options("--cpu-replicas", "2", "--report-dir", str(tmp_path))
+
+    class Config:
+        stash = pytest.Stash()
+
+    Config.stash[conftest._OPTIONS] = (_opts, plan)
+    info: dict[str, Any] = {"node": "here"}
+    conftest.pytest_benchmark_update_machine_info(Config(), info)
+    assert info["node"] == "here" and info["benchmark_device_kind"] == "cpu"
+    assert info["benchmark_devices"] == ["/cpu:0 = CPU logical device 0", "/cpu:1 = CPU logical device 1"]
+    assert "gpus" in info and "nvidia_driver" in info
+
+
+def test_variant_axes_are_lists_with_the_default_first(tmp_path):
+    opts, _ = options("--cpu-replicas", "2", "--jit-compile", "on", "off", "on", "--mixed-precision",
+                      "on", "--cross-device-ops", "hierarchical", "auto", "nccl",
+                      "--report-dir", str(tmp_path))  # fmt: skip
+    assert opts.jit_compile == (False, True) and opts.mixed_precision == (True,)
+    assert opts.cross_device_ops == ("auto", "hierarchical", "nccl") and opts.device_kind == "cpu"
+    plain, _ = options("--cpu-replicas", "2", "--report-dir", str(tmp_path))
+    assert plain.jit_compile == plain.mixed_precision == (False,) and plain.cross_device_ops == ("auto",)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--jit-compile", "maybe"],
+         "argument --jit-compile: invalid choice: 'maybe' (choose from 'on', 'off')"),
+        (["--mixed-precision", "off", "1"], "argument --mixed-precision: invalid choice: '1'"),
+        (["--cross-device-ops", "ring"],
+         "argument --cross-device-ops: invalid choice: 'ring' (choose from 'auto'"),
+    ],
+)  # fmt: skip
+def test_an_unknown_variant_value_is_a_usage_error_naming_the_flag(tmp_path, argv, message):
+    with pytest.raises(pytest.UsageError) as caught:
+        options("--cpu-replicas", "2", "--report-dir", str(tmp_path), *argv)
+    assert str(caught.value).startswith(message)
+
+
+def test_every_training_case_runs_for_every_variant_and_nccl_on_cpu_is_not_applicable(tmp_path):
+    opts, _ = options("--cpu-replicas", "2", "--gpus", "1", "2", "--batch-sizes", "8", "--allreduce-bytes",
+                      "1K", "--jit-compile", "off", "on", "--mixed-precision", "off", "on",
+                      "--cross-device-ops", "auto", "nccl", "hierarchical",
+                      "--report-dir", str(tmp_path))  # fmt: skip
+    cases = sweep_cases.plan_cases(opts)
+    assert [c.id for c in cases] == [
+        "1dev-b8", "1dev-b8-mixed", "1dev-b8-xla", "1dev-b8-xla-mixed", "1dev-b8",  # then the pipeline
+        "2dev-b8", "2dev-b8-mixed", "2dev-b8-xla", "2dev-b8-xla-mixed", "2dev-b8", "2dev-1KiB",
+        "2dev-b8-hierarchical", "2dev-b8-mixed-hierarchical", "2dev-b8-xla-hierarchical",
+        "2dev-b8-xla-mixed-hierarchical", "2dev-1KiB-hierarchical",
+    ]  # fmt: skip
+    assert [c.benchmark for c in cases].count("input") == 2  # the pipeline depends on no axis
+    workers = [(c.gpus, c.cross_device_ops) for c in cases]
+    assert list(dict.fromkeys(workers)) == [(1, "auto"), (2, "auto"), (2, "hierarchical")]  # one start each
+    assert sweep_cases.not_applicable(opts) == [
+        {"gpus": 1, "variant": {"cross_device_ops": "nccl"}, "reason": "NCCL all-reduce needs GPUs: these "
+         "are CPU logical devices"},
+        {"gpus": 1, "variant": {"cross_device_ops": "hierarchical"}, "reason": "one device has nothing to "
+         "all-reduce: only the first cross-device ops runs"},
+        {"gpus": 2, "variant": {"cross_device_ops": "nccl"}, "reason": "NCCL all-reduce needs GPUs: these "
+         "are CPU logical devices"},
+    ]  # fmt: skip
+    assert cases[2].variant == {"jit_compile": True, "mixed_precision": False, "cross_device_ops": "auto"}
+    assert cases[-1].variant == {"cross_device_ops": "hierarchical"} and cases[4].variant == {}
+
+
+def test_nccl_runs_on_gpus(tmp_path):
+    opts, _ = options("--cpu-replicas", "2", "--cross-device-ops", "nccl", "--report-dir", str(tmp_path))
+    gpu_opts = so.SweepOptions(**{**vars(opts), "device_kind": "gpu"})
+    assert sweep_cases.not_applicable(gpu_opts) == []
+    assert {c.cross_device_ops for c in sweep_cases.plan_cases(gpu_opts)} == {"nccl"}
+
+
+def test_image_size_and_data_are_checked_before_anything_runs(tmp_path):
+    import sweep
+
+    opts, _ = options("--cpu-replicas", "1", "--image-size", "224", "--report-dir", str(tmp_path))
+    assert opts.image_size == 224 and opts.data is None
+    assert sweep.data_request(opts) == {"image_size": 224}
+    npz = tmp_path / "d.npz"
+    npz.write_bytes(b"")
+    opts, _ = options("--cpu-replicas", "1", "--data", str(npz), "--report-dir", str(tmp_path))
+    assert sweep.data_request(opts) == {"data": str(npz.absolute())}
+    with pytest.raises(so.SweepUsageError, match=r"^--data .*nope: no such file or folder$"):
+        options("--cpu-replicas", "1", "--data", str(tmp_path / "nope"), "--report-dir", str(tmp_path))
+    with pytest.raises(so.SweepUsageError, match=r"^--image-size sets the size of synthetic images"):
+        options("--cpu-replicas", "1", "--data", str(npz), "--image-size", "8", "--report-dir", str(tmp_path))
+    with pytest.raises(pytest.UsageError, match=r"^argument --image-size: values must be >= 1, got 0"):
+        options("--cpu-replicas", "1", "--image-size", "0", "--report-dir", str(tmp_path))

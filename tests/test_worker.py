@@ -66,6 +66,11 @@ def test_worker_answers_survives_oom_and_is_killed_when_it_hangs(tmp_path):
         assert prepared["global_batch"] == 4 and prepared["flops_per_sample"] > 0
         ran = client.request({"cmd": "run", **train, "steps": 3}, timeout=60)
         assert ran["steps"] == 3 and ran["seconds"] > 0 and ran["loss"] > 0
+        # a variant and another image size: a Trainer of their own, the float32 policy kept
+        other = {**train, "jit_compile": True, "image_size": 16}
+        prepared = client.request({"cmd": "prepare", **other}, timeout=120)
+        assert prepared["input_shape"] == [16, 16, 3] and prepared["dtype_policy"] == "float32"
+        assert client.request({"cmd": "run", **other, "steps": 2}, timeout=60)["loss"] > 0
         with pytest.raises(WorkerError) as oom:
             client.request({"cmd": "prepare", "kind": "train", "model": "mlp", "batch_per_replica": 8}, 60)
         assert oom.value.kind == "oom" and "OOM" in str(oom.value)

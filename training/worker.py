@@ -12,15 +12,17 @@ and Python, so the worker keeps a private copy of the real stdout for the protoc
 at stderr before TensorFlow is imported.
 
     worker -> {"event": "ready", "replicas": 2, "devices": [...], "tensorflow": "2.21.0", ...}
-    parent -> {"cmd": "prepare", "kind": "train", "model": "cnn", "batch_per_replica": 32}
+    parent -> {"cmd": "prepare", "kind": "train", "model": "cnn", "batch_per_replica": 32,
+               "jit_compile": false, "mixed_precision": false, "image_size": 224 | "data": PATH}
     worker -> {"ok": true, "seconds": 3.1, "first_step_seconds": 1.9, "flops_per_sample": ...}
     parent -> {"cmd": "run", "kind": "train", "model": "cnn", "batch_per_replica": 32, "steps": 20}
     worker -> {"ok": true, "seconds": 0.84, "loss": 2.1}
     worker -> {"ok": false, "error": "oom" | "error", "message": "..."}   on failure
 
-Kinds: "train" (k training steps of the Trainer for (model, batch)), "input" (k global batches
-from the trainer's own tf.data pipeline, distributed to the replicas, no model), "allreduce" (k
-chained all-reduces of a float32 message of `bytes` per replica). "prepare" builds and traces
+Kinds: "train" (k training steps of the Trainer for (model, batch, XLA, mixed precision); the
+cross-device ops are the worker's own, `--cross-device-ops`, fixed with its strategy), "input"
+(k global batches from the trainer's own tf.data pipeline, distributed to the replicas, no model),
+"allreduce" (k chained all-reduces of a float32 message of `bytes` per replica). "prepare" builds and traces
 (the compile cost the sweep does not count as benchmark work); "run" is what is timed.
 """
 
@@ -50,7 +52,8 @@ from training.worker_client import ALLREDUCE_UNROLL, KINDS, PROTOCOL
 
 
 class Worker:
-    """The measured work for one DeviceSetup; caches one Trainer per (model, batch per replica)."""
+    """The measured work for one DeviceSetup; caches one Trainer per (model, batch per replica,
+    XLA, mixed precision)."""
 
     def __init__(self, setup: Any, faults: Sequence[WorkerFault] = (), seed: int = 42) -> None:
         import tensorflow as tf
@@ -58,10 +61,10 @@ class Worker:
         self.tf, self.setup, self.strategy = tf, setup, setup.strategy
         self.replicas = setup.num_replicas
         self.faults, self.seed = list(faults), seed
-        self.trainers: dict[tuple[str, int], Any] = {}
-        self.inputs: dict[int, tuple[Any, Any]] = {}
+        self.trainers: dict[tuple[Any, ...], Any] = {}
+        self.inputs: dict[tuple[Any, ...], tuple[Any, Any]] = {}
         self.allreduces: dict[tuple[int, int], tuple[Any, Any]] = {}  # by (bytes, unroll)
-        self._examples: Any = None
+        self._examples: dict[tuple[Any, ...], Any] = {}  # by _source(request)
 
     def handle(self, request: dict[str, Any]) -> dict[str, Any]:
         cmd, kind = request.get("cmd"), request.get("kind")
@@ -78,27 +81,64 @@ class Worker:
 
     # -- train --
 
-    def _examples_for(self, global_batch: int) -> Any:
+    @staticmethod
+    def _source(request: dict[str, Any]) -> tuple[str | None, int | None]:
+        """The data a request trains or feeds on: a path (the user's data) or a synthetic image size."""
+        size = request.get("image_size")
+        return request.get("data"), int(size) if size is not None else None
+
+    def _examples_for(self, global_batch: int, request: dict[str, Any]) -> Any:
         from training import data
 
-        # a few batches at least, so that shuffling and the endless repeat behave as in training
-        needed = max(data.SYNTHETIC_EXAMPLES, 4 * global_batch)
-        if self._examples is None or len(self._examples) < needed:
-            self._examples = data.synthetic(self.seed, num_examples=needed)
-        return self._examples
+        key = self._source(request)
+        path, size = key
+        if path is not None:  # the user's data, as `python -m training --data` loads it
+            if key not in self._examples:
+                self._examples[key] = data.load(path, self.seed)
+            return self._examples[key]
+        shape = (size, size, 3) if size is not None else data.SYNTHETIC_SHAPE
+        # a few batches at least, so that shuffling and the endless repeat behave as in training;
+        # large images get fewer examples (256 MiB of them at most beyond those batches)
+        per_example = 4 * shape[0] * shape[1] * shape[2]
+        needed = max(min(data.SYNTHETIC_EXAMPLES, 2**28 // per_example), 4 * global_batch)
+        cached = self._examples.get(key)
+        if cached is None or len(cached) < needed:
+            self._examples[key] = data.synthetic(self.seed, num_examples=needed, shape=shape)
+        return self._examples[key]
+
+    def _train_key(self, request: dict[str, Any]) -> tuple[Any, ...]:
+        return (
+            str(request["model"]),
+            int(request["batch_per_replica"]),
+            bool(request.get("jit_compile", False)),
+            bool(request.get("mixed_precision", False)),
+            *self._source(request),
+        )
 
     def _prepare_train(self, request: dict[str, Any]) -> dict[str, Any]:
+        import keras
+
         from training.config import TrainConfig
         from training.train import Trainer
 
-        model, batch = str(request["model"]), int(request["batch_per_replica"])
+        key = self._train_key(request)
+        model, batch, jit, mixed = key[:4]
         global_batch = batch * self.replicas
-        key = (model, batch)
         started = time.perf_counter()
         trainer = self.trainers.get(key)
         if trainer is None:
-            config = TrainConfig(model=model, global_batch_size=global_batch, seed=self.seed, warmup_steps=0)
-            trainer = Trainer(config, self.setup, self._examples_for(global_batch))
+            config = TrainConfig(
+                model=model,
+                global_batch_size=global_batch,
+                seed=self.seed,
+                warmup_steps=0,
+                jit_compile=jit,
+                mixed_precision=mixed,
+            )
+            # the Trainer sets mixed_float16 globally and never unsets it: a float32 variant built
+            # after a mixed one in this process must not inherit it (built models keep their own)
+            keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
+            trainer = Trainer(config, self.setup, self._examples_for(global_batch, request))
             self.trainers[key] = trainer
         built = time.perf_counter()
         trainer.run_steps(1)  # traces the step function: compile time, not benchmark time
@@ -116,10 +156,13 @@ class Worker:
             "flops_per_sample": model_flops_per_sample(trainer.model),
             "trainable_params": params,
             "gradient_bytes": gradient_bytes,
+            "dtype_policy": trainer.model.dtype_policy.name,  # what the variant ran as: float32 / mixed
+            "input_shape": list(trainer.examples.input_shape),
+            "examples": len(trainer.examples),
         }
 
     def _run_train(self, request: dict[str, Any]) -> dict[str, Any]:
-        key = (str(request["model"]), int(request["batch_per_replica"]))
+        key = self._train_key(request)
         if key not in self.trainers:
             self._prepare_train(request)
         trainer = self.trainers[key]
@@ -135,11 +178,13 @@ class Worker:
 
         tf, strategy = self.tf, self.strategy
         batch = int(request["batch_per_replica"])
+        key = (batch, *self._source(request))
         global_batch = batch * self.replicas
         started = time.perf_counter()
-        if batch not in self.inputs:
+        if key not in self.inputs:
             with strategy.scope():
-                dataset = data.make_dataset(self._examples_for(global_batch), global_batch, self.seed)
+                examples = self._examples_for(global_batch, request)
+                dataset = data.make_dataset(examples, global_batch, self.seed)
                 iterator = iter(data.distribute(strategy, dataset))
 
             @tf.function
@@ -149,12 +194,12 @@ class Worker:
                 # device, and fetching the result does not copy the batch back
                 return strategy.run(lambda x, y: tf.reduce_sum(x[0]) + tf.cast(y[0], x.dtype), args=(x, y))
 
-            self.inputs[batch] = (iterator, fetch)
-        self._fetch(batch, 1)
+            self.inputs[key] = (iterator, fetch)
+        self._fetch(key, 1)
         return {"seconds": time.perf_counter() - started, "global_batch": global_batch}
 
-    def _fetch(self, batch: int, steps: int) -> None:
-        iterator, fetch = self.inputs[batch]
+    def _fetch(self, key: tuple[Any, ...], steps: int) -> None:
+        iterator, fetch = self.inputs[key]
         out = None
         for _ in range(steps):
             out = fetch(iterator)
@@ -163,12 +208,12 @@ class Worker:
                 float(value)
 
     def _run_input(self, request: dict[str, Any]) -> dict[str, Any]:
-        batch = int(request["batch_per_replica"])
-        if batch not in self.inputs:
+        key = (int(request["batch_per_replica"]), *self._source(request))
+        if key not in self.inputs:
             self._prepare_input(request)
         steps = int(request["steps"])
         started = time.perf_counter()
-        self._fetch(batch, steps)
+        self._fetch(key, steps)
         return {"seconds": time.perf_counter() - started, "steps": steps}
 
     # -- all-reduce --

@@ -4,13 +4,15 @@ device set, send requests, read answers. No TensorFlow here: the sweep imports t
 Protocol (gpudiag-worker/1), one JSON object per line over `common.child`'s channel:
 
     worker -> {"event": "ready", "replicas": 2, "devices": [...], "tensorflow": "2.21.0", ...}
-    parent -> {"cmd": "prepare", "kind": "train", "model": "cnn", "batch_per_replica": 32}
+    parent -> {"cmd": "prepare", "kind": "train", "model": "cnn", "batch_per_replica": 32,
+               "jit_compile": false, "mixed_precision": false}
     worker -> {"ok": true, "seconds": 3.1, "first_step_seconds": 1.9, "flops_per_sample": ...}
     parent -> {"cmd": "run", "kind": "train", "model": "cnn", "batch_per_replica": 32, "steps": 20}
     worker -> {"ok": true, "seconds": 0.84, "loss": 2.1}
     worker -> {"ok": false, "error": "oom" | "error", "message": "..."}   on failure
 
-Kinds: "train" (k training steps of the Trainer for (model, batch)), "input" (k global batches
+Kinds: "train" (k training steps of the Trainer for (model, batch, XLA, mixed precision); the
+cross-device ops are the worker's `--cross-device-ops`, fixed with its strategy), "input" (k global batches
 from the trainer's own tf.data pipeline, distributed to the replicas, no model), "allreduce" (k
 chained all-reduces of a float32 message of `bytes` per replica). "prepare" builds and traces
 (the compile cost the sweep does not count as benchmark work); "run" is what is timed.

@@ -1,0 +1,98 @@
+"""The sweep's variant axes as the results carry them: XLA, mixed precision and the cross-device ops.
+
+A train row may carry `"variant": {"jit_compile": bool, "mixed_precision": bool,
+"cross_device_ops": str}` and an all-reduce row `"variant": {"cross_device_ops": str}`; a missing
+axis (every row of a sweep made before variants existed) has its default value. The input
+pipeline does not depend on any axis and carries none.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# axis -> its default value, in the order labels and tables list them
+AXES: dict[str, Any] = {"jit_compile": False, "mixed_precision": False, "cross_device_ops": "auto"}
+# the axes each benchmark's rows depend on
+AXES_OF = {
+    "train": ("jit_compile", "mixed_precision", "cross_device_ops"),
+    "allreduce": ("cross_device_ops",),
+    "input": (),
+}
+AXIS_FLAGS = {
+    "jit_compile": "--jit-compile",
+    "mixed_precision": "--mixed-precision",
+    "cross_device_ops": "--cross-device-ops",
+}
+
+
+def variant_of(row: dict[str, Any], benchmark: str = "train") -> dict[str, Any]:
+    """The row's value on each axis its benchmark depends on (defaults filled in)."""
+    given = row.get("variant") or {}
+    return {axis: given.get(axis, AXES[axis]) for axis in AXES_OF[benchmark]}
+
+
+def variant_key(variant: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """A hashable key, the same for equal variants whichever axes were written out."""
+    return tuple((axis, variant.get(axis, default)) for axis, default in AXES.items())
+
+
+def is_default(variant: dict[str, Any]) -> bool:
+    return all(variant.get(axis, default) == default for axis, default in AXES.items())
+
+
+def describe_value(axis: str, value: Any) -> str:
+    if axis == "jit_compile":
+        return "XLA" if value else "no XLA"
+    if axis == "mixed_precision":
+        return "mixed fp16" if value else "float32"
+    return f"{value} all-reduce"
+
+
+def label(variant: dict[str, Any]) -> str:
+    """'default', or what differs from it: 'XLA', 'XLA + mixed fp16', 'nccl all-reduce', ..."""
+    parts = [
+        describe_value(axis, variant[axis])
+        for axis, default in AXES.items()
+        if axis in variant and variant[axis] != default
+    ]
+    return " + ".join(parts) or "default"
+
+
+def trainer_flags(variant: dict[str, Any]) -> str:
+    """The `python -m training` flags that train as `variant` does ('' for the defaults)."""
+    flags = []
+    if variant.get("jit_compile"):
+        flags.append("--jit-compile")
+    if variant.get("mixed_precision"):
+        flags.append("--mixed-precision")
+    if variant.get("cross_device_ops", AXES["cross_device_ops"]) != AXES["cross_device_ops"]:
+        flags.append(f"--cross-device-ops {variant['cross_device_ops']}")
+    return " ".join(flags)
+
+
+def flag_value(value: Any) -> str:
+    """How a value is written on the command line: on / off for the switches."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
+
+
+def baseline(results: dict[str, Any]) -> dict[str, Any]:
+    """The variant every other is measured against: what the sweep recorded (each axis' first
+    value), else the defaults."""
+    given = (results.get("variants") or {}).get("baseline") or {}
+    return {axis: given.get(axis, default) for axis, default in AXES.items()}
+
+
+def is_baseline(row: dict[str, Any], benchmark: str, base: dict[str, Any]) -> bool:
+    return all(value == base[axis] for axis, value in variant_of(row, benchmark).items())
+
+
+def baseline_results(results: dict[str, Any]) -> dict[str, Any]:
+    """`results` with only the baseline variant's rows: what the scaling tables and plots show
+    (a sweep without variants comes back with the same rows)."""
+    base = baseline(results)
+    out = dict(results)
+    for benchmark in ("train", "allreduce"):
+        out[benchmark] = [r for r in results.get(benchmark, []) if is_baseline(r, benchmark, base)]
+    return out
