@@ -48,6 +48,9 @@ def _measure(devices: list[str], model: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+# Issue 10 is open: on the 2-core build machine (a 39 ms MLP step) the targets were not met
+# (MLP 1.045, CNN 0.982 on 2026-11-27). Strict: the day they are met, this xfail fails and must go.
+@pytest.mark.xfail(reason="issue 10: multi-step targets not met on CPU replicas yet", strict=True)
 @pytest.mark.parametrize("model", list(TARGETS))
 def test_several_steps_per_call_beat_the_one_step_hand_loop(benchmark, pytestconfig, model):
     cpu_replicas = pytestconfig.getoption("sweep_cpu_replicas", None)
