@@ -129,6 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--save-freq", metavar="{epoch,N}", help="checkpoint every epoch (default) or every N steps"
     )
     r.add_argument(
+        "--steps-per-execution",
+        metavar="{auto,K}",
+        help="training steps per traced call, one host sync each (default auto: about every 0.15 s); "
+        "checkpoints, signals and callbacks' stop requests act at the end of a call",
+    )
+    r.add_argument(
         "--auto-batch-size",
         action="store_true",
         default=None,

@@ -19,6 +19,7 @@ from typing import Any
 from common.errors import UserError
 from diagnostics.selection import SELECTION_DESTS, SelectionError, SelectionOptions
 from training import models  # the registry of names: no TensorFlow at import
+from training.multistep import parse_steps_per_execution  # pure Python until a trainer is built
 
 GLOBAL_BATCH_SIZE = 128
 DEFAULT_EPOCHS = 2
@@ -68,6 +69,7 @@ class TrainConfig:
     inventory: str | None = None
     checkpoint_dir: str | None = None
     save_freq: str = "epoch"  # "epoch", or a number of steps as text ("200")
+    steps_per_execution: str = "auto"  # "auto", or a number of steps per traced call as text ("20")
     auto_batch_size: bool = False
     skip_preflight: bool = False  # train even where gpudiag's preflight checks fail
 
@@ -105,7 +107,7 @@ def setting_names() -> set[str]:
 
 def _coerce(key: str, value: Any, current: Any, origin: str) -> Any:
     """Type-check a value from a file or the environment against the setting's default."""
-    if key == "save_freq" and isinstance(value, int) and not isinstance(value, bool):
+    if key in ("save_freq", "steps_per_execution") and isinstance(value, int) and not isinstance(value, bool):
         value = str(value)  # `save_freq = 200` in TOML
     if key == "custom_gpus":
         if isinstance(value, str):
@@ -247,6 +249,10 @@ def validate(c: TrainConfig) -> TrainConfig:
                 raise ConfigError(f"{flag} {path}: folder {folder} is not writable")
     models.check_name(c.model)
     parse_save_freq(c.save_freq)
+    try:
+        parse_steps_per_execution(c.steps_per_execution)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     if c.checkpoint_dir:
         _check_checkpoint_dir(c.checkpoint_dir)
     return c

@@ -213,6 +213,8 @@ class ChunkRunner:
         self.multi_step = make_multi_step(strategy, replica_step)
         self.spe = StepsPerExecution(setting)
         self.per_replica_batch, self.faults = per_replica_batch, faults
+        # the first call traces (and on GPUs compiles): reported apart from the steady state
+        self.first_call: tuple[int, float] | None = None  # (steps, seconds)
 
     def run(
         self,
@@ -235,6 +237,8 @@ class ChunkRunner:
         rows = run_chunk(self.multi_step, iterator, steps)
         done = time.perf_counter()
         self.spe.observe(len(rows), done - started)
+        if self.first_call is None:
+            self.first_call = (len(rows), done - started)
         if meter is not None:  # the chunk's steps share its time evenly: warm-up counting stays exact
             for j in range(len(rows)):
                 meter.step_done(started + (done - started) * (j + 1) / len(rows))

@@ -30,6 +30,9 @@ def build_summary(
     resumed_from: str | None,
     setup_seconds: float,
     wall_seconds: float,
+    steps_per_execution: str = "1",
+    first_call: tuple[int, float] | None = None,
+    gpu_usage: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     final = result.history[-1] if result.history else {}
     rate = result.meter.samples_per_sec if result.meter else None
@@ -65,6 +68,7 @@ def build_summary(
         "mixed_precision": config.mixed_precision,
         "dtype_policy": keras.config.dtype_policy().name,  # what --mixed-precision set, as Keras has it
         "jit_compile": config.jit_compile,
+        "steps_per_execution": steps_per_execution,
         "stopped_early": result.stopped_early,
         "final_loss": final.get("loss"),
         "final_accuracy": final.get("accuracy"),
@@ -76,10 +80,30 @@ def build_summary(
         "samples_per_sec": rate,
         "samples_per_sec_per_replica": rate / setup.num_replicas if rate else None,
         "setup_seconds": setup_seconds,
+        # the first traced call (tracing, XLA or PTX compiling, its steps) apart from the steady
+        # state that samples_per_sec measures
+        "first_call_seconds": first_call[1] if first_call else None,
+        "first_call_steps": first_call[0] if first_call else None,
         "train_seconds": result.train_seconds,
         "validation_seconds": result.validation_seconds,
         "wall_seconds": wall_seconds,
         "tensorflow_version": tf.__version__,
         "keras_version": keras.__version__,
+        "peak_memory_bytes": peak_memory(setup),
+        "gpu_usage": gpu_usage,
         "warnings": list(setup.warnings),
     }
+
+
+def peak_memory(setup: DeviceSetup) -> dict[str, int] | None:
+    """Each GPU's peak memory held by TensorFlow in this process (its allocator's high-water mark),
+    by logical device; None on CPU replicas, where TensorFlow does not track it."""
+    if setup.plan.kind != "gpu":
+        return None
+    found: dict[str, int] = {}
+    for device in tf.config.list_logical_devices("GPU"):
+        try:
+            found[device.name] = int(tf.config.experimental.get_memory_info(device.name)["peak"])
+        except (ValueError, tf.errors.OpError):
+            continue  # a device TensorFlow keeps no figures for: left out, not guessed
+    return found or None

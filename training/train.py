@@ -14,7 +14,6 @@ throughput), checkpointing.py (when to save, resuming), signals.py (SIGINT/SIGTE
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -27,7 +26,7 @@ import tensorflow as tf
 from common.files import replacing
 from training import data as data_mod
 from training import faults as faults_mod
-from training import models
+from training import models, usage
 from training.checkpoint import CheckpointError, CheckpointStore, fingerprint
 from training.checkpointing import Checkpointing
 from training.config import (
@@ -39,6 +38,7 @@ from training.config import (
 from training.devices import DeviceSetup
 from training.errors import TrainingDiverged, TrainingInterrupted
 from training.evaluate import VAL_PREFIX, Evaluator
+from training.multistep import ChunkRunner
 from training.optimizers import build_optimizer, make_optimizer
 from training.progress import ThroughputMeter, TrainResult
 from training.resume import StartPoint, resume_latest
@@ -106,6 +106,13 @@ class Trainer:
         )
         # None unless GPUDIAG_FAULT is set (tests); every hook below is skipped then
         self.faults = faults_mod.from_env()
+        self.chunks = ChunkRunner(
+            self.strategy,
+            self._replica_step,
+            config.steps_per_execution,
+            self.per_replica_batch_size,
+            self.faults,
+        )
 
     @property
     def num_replicas(self) -> int:
@@ -183,6 +190,7 @@ class Trainer:
             optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
             return tf.stack([loss, correct])
 
+        self._replica_step = replica_step  # what the several-steps-per-call loop runs
         strategy = self.strategy
 
         @tf.function
@@ -247,16 +255,20 @@ class Trainer:
                 cbs.on_epoch_begin(epoch)
                 first_step, sums = start.enter_epoch(epoch, self.global_batch_size)
                 meter.pause()
-                for step in range(first_step, steps_per_epoch):
-                    cbs.on_train_batch_begin(step)
-                    logs = sums.add(*self._step(result, meter))
-                    cbs.on_train_batch_end(step, logs)
-                    # an epoch's last step is saved (and checked for a signal) at the epoch's end
-                    if step + 1 < steps_per_epoch and not self.model.stop_training:
-                        saving.mid_epoch(epoch, step + 1, sums, stopping=stop.requested)
-                        self._after_step(result, stop)
+                step = first_step
+                while step < steps_per_epoch:
+                    # one traced call of several steps, then each step's logs to the callbacks
+                    rows = self.chunks.run(
+                        self.iterator, step, steps_per_epoch, result.global_step, save_every_steps, meter
+                    )
+                    chunk_logs, step = self.chunks.replay(rows, step, cbs, sums, result)
+                    logs = chunk_logs or logs
                     if self.model.stop_training:
                         break
+                    # an epoch's last step is saved (and checked for a signal) at the epoch's end
+                    if step < steps_per_epoch:
+                        saving.mid_epoch(epoch, step, sums, stopping=stop.requested)
+                        self._after_step(result, stop)
                 meter.pause()
                 if self.evaluator is not None:
                     logs = {**logs, **self._validate(cbs, result)}
@@ -296,22 +308,6 @@ class Trainer:
         cbs.on_test_end(figures)
         result.validation_seconds += time.perf_counter() - started
         return {f"{VAL_PREFIX}{name}": value for name, value in figures.items()}
-
-    def _step(self, result: TrainResult, meter: ThroughputMeter) -> tuple[float, float]:
-        """One global step, counted in `result`; returns its loss and its correct predictions."""
-        if self.faults is not None:
-            self.faults.before_step(result.global_step + 1, self.per_replica_batch_size)
-        # one host sync per step, as fit's logs need too
-        loss, correct = self.train_step(self.iterator).numpy().tolist()
-        meter.step_done(time.perf_counter())
-        result.steps += 1
-        result.global_step += 1
-        if self.faults is not None:
-            loss = self.faults.loss_after_step(result.global_step, loss)
-        if not math.isfinite(loss):
-            # no checkpoint of these weights: the last good one stays the newest
-            raise TrainingDiverged(result.global_step, loss, result.last_checkpoint)
-        return loss, correct
 
     def _after_step(self, result: TrainResult, stop: GracefulStop) -> None:
         """After a step and any checkpoint written for it: where a kill or a signal stops the run."""
@@ -368,17 +364,20 @@ def run(
         store = CheckpointStore(config.checkpoint_dir, faults=trainer.faults)
         start = resume_latest(store, trainer, current, config.epochs, notify)
     setup_seconds = time.perf_counter() - started
-    result = trainer.fit(
-        config.epochs,
-        steps_per_epoch,
-        all_callbacks,
-        verbose=verbose,
-        checkpoints=store,
-        save_every_steps=parse_save_freq(config.save_freq),
-        start=start,
-        handle_signals=True,
-        fingerprint_=current,
-    )
+    watched_gpus = [g.index for g in setup.plan.gpus] if setup.plan.kind == "gpu" else []
+    with usage.sampler(watched_gpus) as watching:
+        watching.active = True
+        result = trainer.fit(
+            config.epochs,
+            steps_per_epoch,
+            all_callbacks,
+            verbose=verbose,
+            checkpoints=store,
+            save_every_steps=parse_save_freq(config.save_freq),
+            start=start,
+            handle_signals=True,
+            fingerprint_=current,
+        )
     if config.save_model:
         save_model_atomically(trainer.model, config.save_model)
     return build_summary(
@@ -393,4 +392,7 @@ def run(
         resumed_from=start.checkpoint if start is not None else None,
         setup_seconds=setup_seconds,
         wall_seconds=time.perf_counter() - started,
+        steps_per_execution=trainer.chunks.spe.describe(),
+        first_call=trainer.chunks.first_call,
+        gpu_usage=usage.summarize(watching),
     )
