@@ -85,6 +85,7 @@ TRAINER_FLAGS: dict[str, st.SearchStrategy[list[str]] | None] = {
     "--save-model": st.sampled_from(["m.keras", "m.h5", FILES["missing"] + ".keras"]).map(lambda v: [v]),
     "--checkpoint-dir": _paths.map(lambda v: [v]),
     "--save-freq": st.sampled_from(["epoch", "EPOCH", "10", "0", "-1", "often"]).map(lambda v: [v]),
+    "--steps-per-execution": st.sampled_from(["auto", "1", "7", "0", "1001", "x"]).map(lambda v: [v]),
     "--auto-batch-size": None,
     "--quiet": None,
     "--no-such-flag": None,
