@@ -191,13 +191,20 @@ def make_dataset(
             f"{examples.source}: {len(examples)} examples are fewer than one global batch of "
             f"{global_batch_size}: lower --global-batch-size"
         )
-    ds = tf.data.Dataset.from_tensor_slices((examples.x, examples.y))
+    # Shuffle the examples' indices, not the examples: the shuffle buffer then holds integers and
+    # each batch is one gather from the arrays, instead of copying every example through the
+    # buffer one by one. tf.data's seeded shuffle permutes by position alone, so the batches are
+    # the same as shuffling (x, y) pairs with this seed (tests/test_data.py compares them): older
+    # checkpoints resume onto the same stream.
+    x, y = tf.constant(examples.x), tf.constant(examples.y)
+    ds = tf.data.Dataset.range(len(examples))
     ds = ds.shuffle(len(examples), seed=seed, reshuffle_each_iteration=True)
     ds = ds.repeat()
     if skip_batches:
-        # skipping elements before batching avoids assembling batches only to drop them
+        # skipping indices before batching avoids assembling batches only to drop them
         ds = ds.skip(skip_batches * global_batch_size)
     ds = ds.batch(global_batch_size, drop_remainder=True)
+    ds = ds.map(lambda i: (tf.gather(x, i), tf.gather(y, i)), num_parallel_calls=tf.data.AUTOTUNE)
     options = tf.data.Options()
     options.deterministic = True  # same seed, same batches: runs are comparable
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
