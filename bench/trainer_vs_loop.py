@@ -1,5 +1,8 @@
 """Child process for bench/test_trainer_speed.py: the trainer against a minimal hand-written loop
-and against Keras `model.fit`, and the input pipeline alone.
+(one step per `tf.function` call, a host sync only at the end of a round) and against Keras
+`model.fit`, and the input pipeline alone. Beside them, to explain the ratio: the trainer at
+`--steps-per-execution 1`, and the ceiling of several steps per call, the trainer's traced
+multi-step function called once per round with no callbacks.
 
 All run in this one process, on the same MirroredStrategy, model, data and optimizer, in
 alternating rounds so that drift in a shared, noisy machine hits them alike. Every contender is
@@ -50,7 +53,8 @@ def main() -> None:
         TrainConfig(), model=args.model, global_batch_size=args.global_batch_size, warmup_steps=WARMUP_STEPS
     )
     examples = data.synthetic(seed=config.seed)
-    trainer = Trainer(config, setup, examples)
+    trainer = Trainer(config, setup, examples)  # --steps-per-execution auto, the default
+    trainer_k1 = Trainer(replace(config, steps_per_execution="1"), setup, examples)
 
     # -- the reference: the minimal loop the trainer must keep up with --------------------------
     gb = args.global_batch_size
@@ -89,13 +93,22 @@ def main() -> None:
 
     meter_rates: list[float] = []
 
-    def trainer_steps(steps: int) -> None:
+    def trainer_steps(steps: int, trainer: Trainer = trainer) -> None:
         # the real fit loop, progress bar and callbacks included (its output thrown away); fit
         # reads its last loss back on the host before it returns
         with contextlib.redirect_stdout(io.StringIO()):
             result = trainer.fit(epochs=1, steps_per_epoch=steps, verbose=1)
-        if steps == args.steps and result.meter is not None and result.meter.samples_per_sec:
+        if (
+            trainer is not trainer_k1
+            and steps == args.steps
+            and result.meter
+            and result.meter.samples_per_sec
+        ):
             meter_rates.append(result.meter.samples_per_sec)
+
+    def ceiling_steps(steps: int) -> None:
+        # what several steps per call can give at most here: one call, one fetch, no callbacks
+        trainer.chunks.multi_step(trainer.iterator, tf.constant(steps, tf.int32)).numpy()
 
     # Keras' own fit under the same strategy: same model family, data pipeline, optimizer and loss
     with strategy.scope():
@@ -121,7 +134,13 @@ def main() -> None:
         tf.nest.map_structure(lambda t: t.values[0].numpy() if hasattr(t, "values") else t.numpy(), batch)
         return steps * gb / (time.perf_counter() - start)
 
-    contenders = {"trainer": trainer_steps, "hand_loop": hand_steps, "keras_fit": fit_steps}
+    contenders = {
+        "trainer": trainer_steps,
+        "hand_loop": hand_steps,
+        "keras_fit": fit_steps,
+        "trainer_k1": lambda steps: trainer_steps(steps, trainer_k1),
+        "ceiling": ceiling_steps,
+    }
     for run in contenders.values():  # trace each step function before anything is timed
         run(WARMUP_STEPS)
     rates: dict[str, list[float]] = {name: [] for name in (*contenders, "input_pipeline")}
@@ -151,6 +170,9 @@ def main() -> None:
                 "trainer_over_hand_loop": paired(rates["trainer"], rates["hand_loop"]),
                 "keras_fit_over_hand_loop": paired(rates["keras_fit"], rates["hand_loop"]),
                 "trainer_over_keras_fit": paired(rates["trainer"], rates["keras_fit"]),
+                "trainer_k1_over_hand_loop": paired(rates["trainer_k1"], rates["hand_loop"]),
+                "ceiling_over_hand_loop": paired(rates["ceiling"], rates["hand_loop"]),
+                "auto_k": trainer.chunks.spe.describe(),
                 "input_over_training": medians["input_pipeline"] / medians["trainer"],
             }
         )
