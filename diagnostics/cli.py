@@ -1,8 +1,10 @@
-"""`gpudiag check | list | snapshot | monitor`: argument parsing and rendering only.
+"""`gpudiag check | list | snapshot | monitor | compare`: argument parsing and rendering only.
 
 Exit codes: 0 ready (no check failed), 1 a check failed (with --strict: or warned) or there is no
-driver to read, 2 bad arguments or an unreadable inventory file. Errors are one line on stderr, never
-a traceback. `--inventory FILE` takes a snapshot or an `nvidia-smi -q -x` dump.
+driver to read, 2 bad arguments or an unreadable inventory file. `compare`: 0 when no difference
+between the snapshots breaks multi-worker training, 1 when one does, 2 for unusable input. Errors
+are one line on stderr, never a traceback. `--inventory FILE` takes a snapshot or an
+`nvidia-smi -q -x` dump.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ def _selection_flags(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Is this machine ready for multi-GPU TensorFlow?")
-    sub = parser.add_subparsers(dest="command", metavar="{check,list,snapshot,monitor}")
+    sub = parser.add_subparsers(dest="command", metavar="{check,list,snapshot,monitor,compare}")
     sub.required = True
     check = sub.add_parser("check", help="run every readiness check")
     check.add_argument(
@@ -79,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     mon.add_argument("--duration", type=_positive, default=10.0, metavar="S")
     mon.add_argument("--csv", metavar="FILE")
     _selection_flags(mon)
+    cmp = sub.add_parser(
+        "compare", help="what differs between the nodes of a multi-worker run (their snapshots)"
+    )
+    cmp.add_argument("files", nargs="+", metavar="FILE", help="a `gpudiag snapshot` of each node")
+    cmp.add_argument("--json", action="store_true", help="print only JSON on stdout")
+    _selection_flags(cmp)
     return parser
 
 
@@ -267,7 +275,21 @@ def cmd_monitor(ns: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"check": cmd_check, "list": cmd_list, "snapshot": cmd_snapshot, "monitor": cmd_monitor}
+def cmd_compare(ns: argparse.Namespace) -> int:
+    from diagnostics import compare
+
+    result = compare.compare(compare.load_nodes(ns.files, _args(ns)))
+    print(json.dumps(result.to_dict(), indent=2) if ns.json else result.render())
+    return 1 if result.breaks else 0
+
+
+COMMANDS = {
+    "check": cmd_check,
+    "list": cmd_list,
+    "snapshot": cmd_snapshot,
+    "monitor": cmd_monitor,
+    "compare": cmd_compare,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

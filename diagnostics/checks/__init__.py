@@ -11,8 +11,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Sequence
 
+from diagnostics.checks import cluster, driver, gpus, health, software, topology
 from diagnostics.checks import deep as deep_checks
-from diagnostics.checks import driver, gpus, health, software, topology
 from diagnostics.checks.base import (
     GUIDE,
     SECTIONS,
@@ -61,6 +61,7 @@ def registry(deep: bool = False) -> list[tuple[str, Check]]:
         ("p2p", topology.p2p),
         ("pcie", topology.pcie),
         ("health", health.health),
+        ("cluster", cluster.cluster),
     ]
     if deep:
         checks += [

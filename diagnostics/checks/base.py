@@ -36,6 +36,7 @@ SECTIONS = (
     "scheduler-assigned-gpus",
     "containers",
     "bug-reports-and-nvidia-smi-dumps",
+    "multi-worker",
 )
 
 
