@@ -29,7 +29,9 @@ from typing import Any
 from common import files
 from common.child import is_out_of_memory
 from common.errors import UserError
-from training import batch_size, models, render, resume
+from diagnostics.cluster import ClusterTask
+from training import batch_size, models, multiworker, render, resume
+from training import cluster as cluster_mod
 from training import faults as faults_mod
 from training import validation as validation_mod
 from training.cli import parse_config, parse_evaluate
@@ -74,8 +76,12 @@ def _main(argv: list[str]) -> int:
         faults_mod.from_env()  # a typo in GPUDIAG_FAULT is bad input, found before TensorFlow
         config, quiet = parse_config(argv)
         plan = plan_devices(config.selection, config.cpu_replicas, config.require_gpu, config.inventory)
-        if config.global_batch_size % plan.num_replicas:
-            raise UserError(batch_not_divisible_message(config.global_batch_size, plan.num_replicas))
+        if config.local_workers is not None:
+            return _launch(argv, config, plan)
+        cluster, plan = cluster_mod.place(config, plan, os.environ)
+        replicas = plan.num_replicas * (cluster.num_workers if cluster else 1)
+        if config.global_batch_size % replicas:
+            raise UserError(batch_not_divisible_message(config.global_batch_size, replicas))
         examples = None
         if not config.dry_run or config.data:
             from training import data
@@ -105,7 +111,7 @@ def _main(argv: list[str]) -> int:
         if found is None:
             return EXIT_FAILED
         config = replace(config, global_batch_size=found)
-    return _train(config, plan, examples, validation, quiet, argv)
+    return _train(config, plan, examples, validation, quiet, argv, cluster)
 
 
 def _warn_dropped(examples: Any, prefix: str = "") -> None:
@@ -177,14 +183,18 @@ def resume_command(argv: Sequence[str]) -> str:
     return shlex.join(["python", "-m", "training", *argv])
 
 
-def _start_devices(config: TrainConfig, plan: DevicePlan) -> DeviceSetup | None:
+def _start_devices(
+    config: TrainConfig, plan: DevicePlan, cluster: ClusterTask | None = None
+) -> DeviceSetup | None:
     """TensorFlow starts here, on the planned devices; None (said on stderr) where it cannot."""
     # TensorFlow's C++ start-up chatter hides the messages that matter; keep errors only
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3" if plan.kind == "cpu" else "2")
     from training.devices import setup_device_strategy
 
     try:
-        setup = setup_device_strategy(plan, config.cross_device_ops)
+        setup = setup_device_strategy(
+            plan, config.cross_device_ops, cluster, config.communication, config.collective_timeout
+        )
     except DeviceSetupError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return None
@@ -193,21 +203,47 @@ def _start_devices(config: TrainConfig, plan: DevicePlan) -> DeviceSetup | None:
     return setup
 
 
+def _launch(argv: list[str], config: TrainConfig, plan: DevicePlan) -> int:
+    """--local-workers N: check what can be checked here, then start the workers."""
+    from training import launcher
+
+    cluster_mod.check_launch(config, plan, os.environ)
+    return launcher.run(argv, cluster_mod.local_workers(config), plan, config.collective_timeout)
+
+
 def _train(
-    config: TrainConfig, plan: DevicePlan, examples: Any, validation: Any, quiet: bool, argv: list[str]
+    config: TrainConfig,
+    plan: DevicePlan,
+    examples: Any,
+    validation: Any,
+    quiet: bool,
+    argv: list[str],
+    cluster: ClusterTask | None = None,
 ) -> int:
+    global _SEVERAL_WORKERS
+    _SEVERAL_WORKERS = cluster is not None
     with _sigterm_raises():
-        return _train_inner(config, plan, examples, validation, quiet, argv)
+        return _train_inner(config, plan, examples, validation, quiet, argv, cluster)
 
 
 def _train_inner(
-    config: TrainConfig, plan: DevicePlan, examples: Any, validation: Any, quiet: bool, argv: list[str]
+    config: TrainConfig,
+    plan: DevicePlan,
+    examples: Any,
+    validation: Any,
+    quiet: bool,
+    argv: list[str],
+    cluster: ClusterTask | None,
 ) -> int:
-    setup = _start_devices(config, plan)
+    setup = _start_devices(config, plan, cluster)
     if setup is None:
         return EXIT_FAILED
     from training import train
 
+    if cluster is not None:
+        print(cluster_mod.describe(cluster, plan), file=sys.stderr, flush=True)
+        if not cluster.is_chief:  # only the chief writes what the user sees
+            config = replace(config, summary_json=None, save_model=None, log_dir=None)
     render.print_plan(config, plan, sys.stderr, steps_per_epoch=_steps_per_epoch(config, examples))
     try:
         summary = train.run(config, setup, examples, verbose=0 if quiet else 1, validation=validation)
@@ -227,6 +263,10 @@ def _train_inner(
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except Exception as exc:
+        if cluster is not None and multiworker.lost_peer(exc):
+            message = multiworker.lost_peer_message(exc, cluster, config.collective_timeout)
+            print(f"\nerror: {message}", file=sys.stderr)
+            return EXIT_FAILED
         if not is_out_of_memory(exc):
             raise
         message = batch_size.oom_message(config.global_batch_size, setup.num_replicas)
@@ -288,5 +328,15 @@ def _evaluate(argv: list[str]) -> int:
     return EXIT_OK
 
 
+# set when this process is one worker of several: see the end of the file
+_SEVERAL_WORKERS = False
+
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if _SEVERAL_WORKERS:
+        # A worker whose peer is gone can wait a long time in TensorFlow's shutdown (the
+        # coordination service's barrier): all is said and saved, so leave without it
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

@@ -11,9 +11,12 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from common.errors import UserError
+from diagnostics.cluster import CLUSTER_MODES
 from diagnostics.selection import add_selection_options
 from training import models
 from training.config import (
+    COLLECTIVE_TIMEOUT_S,
+    COMMUNICATIONS,
     DEFAULT_LEARNING_RATES,
     GLOBAL_BATCH_SIZE,
     OPTIMIZERS,
@@ -139,6 +142,27 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         default=None,
         help="find the largest per-replica batch that fits in memory (a child process per try)",
+    )
+    m = p.add_argument_group("more than one machine (MultiWorkerMirroredStrategy)")
+    m.add_argument(
+        "--cluster",
+        choices=CLUSTER_MODES,
+        help="auto (default): TF_CONFIG if set, else a Slurm job step of several tasks, else this "
+        "machine alone; each worker runs the same command",
+    )
+    m.add_argument("--communication", choices=COMMUNICATIONS, help="the collectives' implementation")
+    m.add_argument(
+        "--collective-timeout",
+        type=_number(float),
+        metavar="S",
+        help=f"seconds a collective waits for a peer before the run stops (default {COLLECTIVE_TIMEOUT_S:g})",
+    )
+    m.add_argument(
+        "--local-workers",
+        type=_number(int),
+        metavar="N",
+        help="start N workers on this machine (localhost ports, TF_CONFIG set for each), GPUs split "
+        "between them; exits with the worst worker's code",
     )
     a("-q", "--quiet", action="store_true", help="no progress bar")
     return p

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import UserError
+from diagnostics.cluster import CLUSTER_MODES
 from diagnostics.selection import SELECTION_DESTS, SelectionError, SelectionOptions
 from training import models  # the registry of names: no TensorFlow at import
 from training.multistep import parse_steps_per_execution  # pure Python until a trainer is built
@@ -29,6 +30,11 @@ DEFAULT_SEED = 42
 OPTIMIZERS = ("sgd", "plain-sgd", "adam")
 DEFAULT_LEARNING_RATES = {"sgd": 0.01, "plain-sgd": 0.01, "adam": 0.001}
 SCALING_RULES = ("none", "linear", "sqrt")
+# MultiWorkerMirroredStrategy's CommunicationOptions.implementation
+COMMUNICATIONS = ("auto", "ring", "nccl")
+# How long a collective waits for a peer: long enough for a slow peer's first step (tracing, XLA),
+# short enough that a worker that died silently does not hold the others for good
+COLLECTIVE_TIMEOUT_S = 300.0
 ENV_PREFIX = "TRAINING_"
 
 
@@ -70,6 +76,10 @@ class TrainConfig:
     checkpoint_dir: str | None = None
     save_freq: str = "epoch"  # "epoch", or a number of steps as text ("200")
     steps_per_execution: str = "auto"  # "auto", or a number of steps per traced call as text ("20")
+    cluster: str = "auto"  # diagnostics.cluster.CLUSTER_MODES
+    communication: str = "auto"
+    collective_timeout: float = COLLECTIVE_TIMEOUT_S
+    local_workers: int | None = None
     auto_batch_size: bool = False
     skip_preflight: bool = False  # train even where gpudiag's preflight checks fail
 
@@ -129,6 +139,7 @@ def _coerce(key: str, value: Any, current: Any, origin: str) -> Any:
 
 
 _OPTIONAL_TYPES: dict[str, type] = {
+    "local_workers": int,
     "steps_per_epoch": int,
     "cpu_replicas": int,
     "learning_rate": float,
@@ -255,6 +266,14 @@ def validate(c: TrainConfig) -> TrainConfig:
         raise ConfigError(str(error)) from None
     if c.checkpoint_dir:
         _check_checkpoint_dir(c.checkpoint_dir)
+    _check_choice("--cluster", c.cluster, CLUSTER_MODES)
+    _check_choice("--communication", c.communication, COMMUNICATIONS)
+    if not (c.collective_timeout > 0 and math.isfinite(c.collective_timeout)):
+        raise ConfigError(
+            f"--collective-timeout must be a positive number of seconds, got {c.collective_timeout:g}"
+        )
+    if c.local_workers is not None and c.local_workers < 1:
+        raise ConfigError(f"--local-workers must be a number of workers >= 1, got {c.local_workers}")
     return c
 
 

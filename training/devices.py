@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from common.errors import UserError
+from diagnostics.cluster import ClusterTask
 from diagnostics.inventory import Gpu, Inventory, load_inventory
 from diagnostics.nvml import NvmlUnavailable, read_inventory
 from diagnostics.selection import Limits, Selection, SelectionError, SelectionOptions, device_args
@@ -94,6 +95,21 @@ class DevicePlan:
             return replace(self, gpus=self.gpus[:count])
         return replace(self, cpu_replicas=count)
 
+    def share(self, index: int, count: int) -> DevicePlan:
+        """Worker `index` of `count` on this machine (--local-workers, several Slurm tasks per
+        node): its equal, disjoint slice of the planned GPUs. CPU plans are not split: each worker
+        makes its own CPU replica."""
+        if self.kind != "gpu" or count == 1:
+            return self
+        if len(self.gpus) % count:
+            raise DeviceFlagError(
+                f"{count} workers on this machine need a multiple of {count} GPUs to split evenly, "
+                f"{len(self.gpus)} selected: select {len(self.gpus) - len(self.gpus) % count or count} "
+                "(--device-mode custom --custom-gpus ...) or change the number of workers"
+            )
+        size = len(self.gpus) // count
+        return replace(self, gpus=self.gpus[index * size : (index + 1) * size])
+
     def child_args(self) -> list[str]:
         """This plan's devices as a child process's arguments: it uses them, it does not select."""
         return device_args(self.gpus, None if self.kind == "gpu" else self.cpu_replicas)
@@ -102,9 +118,16 @@ class DevicePlan:
 @dataclass
 class DeviceSetup:
     strategy: tf.distribute.Strategy
-    plan: DevicePlan
-    cross_device_ops: str
+    plan: DevicePlan  # this worker's devices
+    cross_device_ops: str  # on several workers: the --communication implementation
     warnings: list[str] = field(default_factory=list)
+    cluster: ClusterTask | None = None  # None on one machine
+    workers: dict[str, dict[str, Any]] | None = None  # each worker's replicas and devices
+
+    @property
+    def is_chief(self) -> bool:
+        """The one process that writes what the user sees (summary, model, logs, checkpoints)."""
+        return self.cluster is None or self.cluster.is_chief
 
     @property
     def num_replicas(self) -> int:
@@ -189,10 +212,18 @@ def runtime_initialized() -> bool:
     return context.context()._context_handle is not None
 
 
-def setup_device_strategy(plan: DevicePlan | None = None, cross_device_ops: str = "auto") -> DeviceSetup:
-    """Make exactly the planned devices visible and build the MirroredStrategy over them.
+def setup_device_strategy(
+    plan: DevicePlan | None = None,
+    cross_device_ops: str = "auto",
+    cluster: ClusterTask | None = None,
+    communication: str = "auto",
+    collective_timeout: float = 300.0,
+) -> DeviceSetup:
+    """Make exactly the planned devices visible and build the MirroredStrategy over them; with a
+    `cluster`, MultiWorkerMirroredStrategy over every worker's planned devices (training.multiworker).
 
-    Must run before any TensorFlow operation; raises LateSetupError otherwise.
+    Must run before any TensorFlow operation (MWMS too: "collective ops must be configured at
+    program startup"); raises LateSetupError otherwise.
     """
     if cross_device_ops not in CROSS_DEVICE_OPS:
         raise DeviceSetupError(
@@ -217,8 +248,18 @@ def setup_device_strategy(plan: DevicePlan | None = None, cross_device_ops: str 
     ops, note = _cross_device_ops(tf, cross_device_ops, plan)
     if note:
         warnings.append(note)
-    strategy = tf.distribute.MirroredStrategy(devices=plan.device_names, cross_device_ops=ops)
-    return DeviceSetup(strategy, plan, cross_device_ops, warnings)
+    if cluster is None:
+        strategy = tf.distribute.MirroredStrategy(devices=plan.device_names, cross_device_ops=ops)
+        return DeviceSetup(strategy, plan, cross_device_ops, warnings)
+    from training import multiworker
+
+    local_gpus = len(plan.gpus) if plan.kind == "gpu" else 0
+    strategy = multiworker.make_strategy(tf, cluster, communication, collective_timeout, local_gpus)
+    workers = multiworker.exchange(cluster, {"replicas": plan.num_replicas, "devices": plan.describe()})
+    problem = multiworker.unequal_replicas(workers)
+    if problem:
+        raise DeviceSetupError(problem)
+    return DeviceSetup(strategy, plan, communication, warnings, cluster=cluster, workers=workers)
 
 
 def narrowed_visible_devices(plan: DevicePlan, preset: str | None) -> str:

@@ -125,6 +125,13 @@ class StepsPerExecution:
     def __init__(self, setting: int | str, steps_per_epoch: int = MAX_STEPS) -> None:
         self.setting = parse_steps_per_execution(setting)
         self.auto = AutoSteps(limit=steps_per_epoch) if self.setting == AUTO else None
+        # on several workers, the chief's K, which every worker must use (the calls' collectives
+        # pair up step for step); None on one machine
+        self.agreed: int | None = None
+
+    def proposed(self) -> int:
+        """The K this process would choose (what the chief offers at an agreement)."""
+        return self.auto.next_k() if self.auto is not None else int(self.setting)
 
     def describe(self) -> str:
         """'auto (K=17 last)' or '20': what the summary reports."""
@@ -140,7 +147,7 @@ class StepsPerExecution:
         save_every_steps: int | None,
         cut_after: Iterable[int | None] = (),
     ) -> int:
-        k = self.auto.next_k() if self.auto is not None else int(self.setting)
+        k = self.agreed if self.agreed is not None else self.proposed()
         return chunk_steps(k, step_in_epoch, steps_per_epoch, global_step, save_every_steps, cut_after)
 
     def observe(self, steps: int, seconds: float) -> None:

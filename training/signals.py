@@ -29,17 +29,35 @@ class GracefulStop:
 
     def __init__(self, position: Position, install: bool = True) -> None:
         self.signum: int | None = None
+        # on several workers: what the last agreement decided (None on one machine), see settle()
+        self.settled: bool | None = None
         self._position = position
         self._install = install
         self._previous: dict[int, Any] = {}
 
     @property
     def requested(self) -> bool:
+        """Stop at this step? On several workers, what they all agreed after the last call: a
+        signal that arrives later counts at the next agreement, so that every worker stops after
+        the same step."""
+        if self.settled is not None:
+            return self.settled
         return self.signum is not None
+
+    @property
+    def pending(self) -> bool:
+        """A signal reached this process (what it brings to the next agreement)."""
+        return self.signum is not None
+
+    def settle(self, any_worker_stopping: bool) -> None:
+        """The agreement's result: a peer's SIGTERM stops this worker too (reported as SIGTERM)."""
+        self.settled = any_worker_stopping
+        if any_worker_stopping and self.signum is None:
+            self.signum = signal.SIGTERM
 
     def raise_if_requested(self, global_step: int, checkpoint: str | None) -> None:
         """Called after a whole step (and its checkpoint, if one was due): stop here if asked to."""
-        if self.signum is not None:
+        if self.requested and self.signum is not None:
             raise TrainingInterrupted(self.signum, global_step, checkpoint)
 
     def __enter__(self) -> GracefulStop:

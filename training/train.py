@@ -26,7 +26,7 @@ import tensorflow as tf
 from common.files import replacing
 from training import data as data_mod
 from training import faults as faults_mod
-from training import models, usage
+from training import models, multiworker, usage
 from training.checkpoint import CheckpointError, CheckpointStore, fingerprint
 from training.checkpointing import Checkpointing
 from training.config import (
@@ -106,6 +106,11 @@ class Trainer:
         )
         # None unless GPUDIAG_FAULT is set (tests); every hook below is skipped then
         self.faults = faults_mod.from_env()
+        self.agreement = (
+            multiworker.Agreement(self.strategy, setup.is_chief, setup.plan.num_replicas)
+            if setup.cluster is not None
+            else None
+        )
         self.chunks = ChunkRunner(
             self.strategy,
             self._replica_step,
@@ -263,6 +268,11 @@ class Trainer:
                     )
                     chunk_logs, step = self.chunks.replay(rows, step, cbs, sums, result)
                     logs = chunk_logs or logs
+                    if self.agreement is not None:  # several workers: stop and K the same on all
+                        any_stop, self.chunks.spe.agreed = self.agreement(
+                            stop.pending, self.chunks.spe.proposed()
+                        )
+                        stop.settle(any_stop)
                     if self.model.stop_training:
                         break
                     # an epoch's last step is saved (and checked for a signal) at the epoch's end
@@ -356,13 +366,16 @@ def run(
     trainer = Trainer(config, setup, examples, validation)
     steps_per_epoch = resolve_steps_per_epoch(config, len(examples))
     all_callbacks = list(callbacks)
-    if config.log_dir:
+    chief = setup.is_chief  # on several workers only the chief writes what the user sees
+    if config.log_dir and chief:
         all_callbacks.append(keras.callbacks.TensorBoard(log_dir=config.log_dir, update_freq="epoch"))
     current = fingerprint(config, len(examples), steps_per_epoch)
     store, start = None, None
     if config.checkpoint_dir:
         store = CheckpointStore(config.checkpoint_dir, faults=trainer.faults)
+        # every worker resumes from the chief's checkpoints (storage they all see); only the chief writes
         start = resume_latest(store, trainer, current, config.epochs, notify)
+        store = store if chief else None
     setup_seconds = time.perf_counter() - started
     watched_gpus = [g.index for g in setup.plan.gpus] if setup.plan.kind == "gpu" else []
     with usage.sampler(watched_gpus) as watching:
@@ -378,7 +391,7 @@ def run(
             handle_signals=True,
             fingerprint_=current,
         )
-    if config.save_model:
+    if config.save_model and chief:
         save_model_atomically(trainer.model, config.save_model)
     return build_summary(
         config,
