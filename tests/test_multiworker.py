@@ -227,3 +227,24 @@ def test_bad_cluster_input_is_one_line_and_exit_2(capsys, monkeypatch, tf_config
     assert code == 2, err
     assert err.count("\n") == 1 and err.startswith("error: "), err
     assert message in err
+
+
+def test_two_slurm_tasks_on_a_node_take_half_of_its_gpus_each(capsys, monkeypatch, fixture_path):
+    """srun with 2 tasks on one 4-GPU node: task 1 (SLURM_LOCALID 1) plans GPUs 2 and 3, at the
+    address SlurmClusterResolver gives it (port 8888 + local task), 4 replicas in all."""
+    for name in ("TF_CONFIG", "SLURM_GPUS_PER_TASK", "SLURM_GPU_BIND", "CUDA_VISIBLE_DEVICES"):
+        monkeypatch.delenv(name, raising=False)
+    slurm = {
+        "SLURM_JOB_ID": "77", "SLURM_STEP_ID": "0", "SLURM_PROCID": "1", "SLURM_LOCALID": "1",
+        "SLURM_STEP_NUM_TASKS": "2", "SLURM_NTASKS": "2", "SLURM_STEP_NODELIST": "node01",
+        "SLURM_STEP_TASKS_PER_NODE": "2", "SLURMD_NODENAME": "node01", "SLURM_NODENAME": "node01",
+    }  # fmt: skip
+    for name, value in slurm.items():
+        monkeypatch.setenv(name, value)
+    inventory = str(fixture_path("example-server-4xa100.json"))
+    code = main(["--dry-run", "--inventory", inventory, "--skip-preflight"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "[worker 1] node01:8889 of 2 workers (slurm): 2 replica(s) here, 4 in all" in out
+    assert "NVML GPU 2 " in out and "NVML GPU 3 " in out
+    assert "NVML GPU 0 " not in out and "NVML GPU 1 " not in out

@@ -104,6 +104,8 @@ def _main(argv: list[str]) -> int:
     search = config.auto_batch_size and resume_from is None
     if config.dry_run:
         _print_dry_run(config, plan, resume_from, search, examples)
+        if cluster is not None:
+            print(cluster_mod.describe(cluster, plan))
         return EXIT_OK
     assert examples is not None
     if search:
