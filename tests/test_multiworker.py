@@ -9,6 +9,7 @@ Each worker costs a TensorFlow start, so the runs of a test go side by side wher
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -179,6 +180,24 @@ def test_the_launcher_exits_with_the_worst_workers_code(tmp_path):
     assert code == 1, err[-3000:]
     assert "[launcher] exit codes: worker 0 1, worker 1 1" in err
     assert err.count("loss became nan at step 3") == 2
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_launcher_reaches_every_worker(tmp_path):
+    """Ctrl-C or a scheduler's SIGTERM goes to the launcher: it forwards it, every worker stops
+    after a whole step with the chief's checkpoint, and the launcher exits 143 too."""
+    proc = start([*train_args(tmp_path), "--local-workers", "2"], GPUDIAG_FAULT="sleep_per_step=0.3")
+    deadline = time.monotonic() + 180
+    while not (tmp_path / "ckpt" / f"ckpt-{STEPS:08d}.npz").exists():
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    code, _out, err = finish(proc)
+    assert code == 143, err[-3000:]
+    steps = re.findall(r"\[worker \d\] stopped by SIGTERM after global step (\d+)", err)
+    assert len(steps) == 2 and steps[0] == steps[1], err[-3000:]  # both after the same step
+    assert (tmp_path / "ckpt" / f"ckpt-{int(steps[0]):08d}.npz").exists()
+    assert "[launcher] exit codes: worker 0 143, worker 1 143" in err
 
 
 def test_launcher_strips_its_own_flag_and_maps_signals():
