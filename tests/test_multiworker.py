@@ -173,13 +173,13 @@ def test_sigterm_to_one_worker_stops_both_after_the_same_step_with_the_chiefs_ch
     assert (tmp_path / "ckpt" / f"ckpt-{step:08d}.npz").exists()
 
 
-@pytest.mark.slow
-def test_the_launcher_exits_with_the_worst_workers_code(tmp_path):
-    proc = start([*train_args(tmp_path), "--local-workers", "2"], GPUDIAG_FAULT="nan_at_step=3")
-    code, _out, err = finish(proc)
-    assert code == 1, err[-3000:]
-    assert "[launcher] exit codes: worker 0 1, worker 1 1" in err
-    assert err.count("loss became nan at step 3") == 2
+def test_the_launcher_prefixes_and_exits_with_the_worst_workers_code(tmp_path):
+    """Workers that fail on their own input (before TensorFlow: the launcher does not load data)."""
+    proc = start([*train_args(tmp_path), "--local-workers", "2", "--data", str(tmp_path / "missing.npz")])
+    code, _out, err = finish(proc, timeout=60)
+    assert code == 2, err[-3000:]
+    assert "[launcher] exit codes: worker 0 2, worker 1 2" in err
+    assert err.count("missing.npz") >= 2 and "[worker 0] error: " in err and "[worker 1] error: " in err
 
 
 @pytest.mark.slow

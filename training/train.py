@@ -262,11 +262,13 @@ class Trainer:
                 meter.pause()
                 step = first_step
                 while step < steps_per_epoch:
-                    # one traced call of several steps, then each step's logs to the callbacks
+                    # one traced call of several steps, then each step's logs to the callbacks; the
+                    # first step's begin comes before the call, as in Keras' steps_per_execution
+                    cbs.on_train_batch_begin(step)
                     rows = self.chunks.run(
                         self.iterator, step, steps_per_epoch, result.global_step, save_every_steps, meter
                     )
-                    chunk_logs, step = self.chunks.replay(rows, step, cbs, sums, result)
+                    chunk_logs, step = self.chunks.replay(rows, step, cbs, sums, result, begun=True)
                     logs = chunk_logs or logs
                     if self.agreement is not None:  # several workers: stop and K the same on all
                         any_stop, self.chunks.spe.agreed = self.agreement(

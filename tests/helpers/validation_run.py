@@ -28,6 +28,9 @@ CONFIG = replace(
     scale_learning_rate="linear",
     reference_batch_size=64,
     warmup_epochs=1.0,
+    # the callback reads the optimizer's rate at each step's begin: with several steps per call it
+    # would read it after the call ran (the documented cost of --steps-per-execution K > 1)
+    steps_per_execution="1",
 )
 EXAMPLES = 1000
 
