@@ -123,11 +123,15 @@ def test_two_local_workers_train_like_one_process_and_only_the_chief_writes(tmp_
 
 @pytest.mark.slow
 def test_a_killed_worker_stops_the_survivor_and_a_rerun_resumes_to_the_same_weights(tmp_path, reference):
-    """Worker 1 is SIGKILLed right after the first epoch's checkpoint: worker 0 exits 1 within
-    the collective timeout with one line naming worker 1; both started again, they resume from the
-    chief's checkpoint and end with the uninterrupted run's weights."""
+    """Worker 1 is SIGKILLed one step into the second epoch: worker 0 exits 1 within the collective
+    timeout with one line naming worker 1; both started again, they resume from the chief's
+    checkpoint of the first epoch and end with the uninterrupted run's weights.
+
+    Not killed at the epoch's last step: worker 1 can leave the step's last all-reduce before the
+    chief has read its share, and the chief then fails before its checkpoint. One step later the
+    checkpoint is certain: the chief writes it before it enters the step worker 1 needs it for."""
     args = train_args(tmp_path, "--steps-per-execution", "1")
-    chief, doomed = start_workers(args, faults=("", f"kill_after_step={STEPS}"))
+    chief, doomed = start_workers(args, faults=("", f"kill_after_step={STEPS + 1}"))
     started = time.monotonic()
     assert finish(doomed)[0] == -signal.SIGKILL
     code, _out, err = finish(chief, timeout=90)
