@@ -225,7 +225,12 @@ def _train(
     global _SEVERAL_WORKERS
     _SEVERAL_WORKERS = cluster is not None
     with _sigterm_raises():
-        return _train_inner(config, plan, examples, validation, quiet, argv, cluster)
+        code = _train_inner(config, plan, examples, validation, quiet, argv, cluster)
+    if cluster is not None and (code == EXIT_OK or code >= 128):
+        # finished, or stopped by a signal after the step all workers agreed on: the chief may
+        # still be writing; a worker leaving now would fail the chief's writes (its peer is gone)
+        multiworker.leave_together(config.collective_timeout)
+    return code
 
 
 def _train_inner(

@@ -17,6 +17,7 @@ store of TensorFlow's coordination service, which MWMS starts and every worker c
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -73,6 +74,18 @@ def exchange(task: ClusterTask, mine: dict[str, Any]) -> dict[str, dict[str, Any
             name = f"{job} {index}"
             found[name] = json.loads(ctx.get_config_key_value(KEY.format(name.replace(" ", "-"))))
     return found
+
+
+def leave_together(timeout_s: float) -> None:
+    """Wait until every worker is done (bounded by `timeout_s`) before this one leaves. A worker
+    can come out of the last all-reduce while its share is still on the way to the chief (CI saw
+    the chief fail there when its peer was killed at that moment): one that left at once could
+    fail the chief's last step, and with it the final checkpoint, model and summary. Nothing to do
+    if the wait fails: every worker has its exit code already."""
+    from tensorflow.python.eager import context
+
+    with contextlib.suppress(Exception):  # a peer gone or late: leaving is all that is left to do
+        context.context().wait_at_barrier("training-leave", int(timeout_s * 1000))
 
 
 def unequal_replicas(workers: dict[str, dict[str, Any]]) -> str | None:
