@@ -13,6 +13,7 @@ import pytest
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 _NO_DRIVER_PYNVML = Path(__file__).resolve().parent / "fakes" / "no_driver" / "pynvml.py"
+_NO_SKLEARN = Path(__file__).resolve().parent / "fakes" / "no_sklearn"
 
 
 @pytest.fixture
@@ -32,6 +33,12 @@ def no_driver(monkeypatch):
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "gpu: needs a real NVIDIA GPU; deselected on machines without one")
+    # Every child process the tests start sees no scikit-learn (tests/fakes/no_sklearn), as in an
+    # install without the test extras: Keras imports it at each TensorFlow start when present,
+    # about 1.5 s of a core per child. This process still imports the real one (its sys.path was
+    # set when it started), and the digits data set is loaded here, never in a child.
+    paths = [str(_NO_SKLEARN), os.environ.get("PYTHONPATH", "")]
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, paths))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
