@@ -165,7 +165,11 @@ class Sweep:
                 request = {"kind": case.benchmark, "model": o.model, "batch_per_replica": case.batch_per_gpu}
                 request.update(data_request(o))
                 if case.benchmark == "train":
-                    request.update(jit_compile=case.jit_compile, mixed_precision=case.mixed_precision)
+                    request.update(
+                        jit_compile=case.jit_compile,
+                        mixed_precision=case.mixed_precision,
+                        steps_per_execution=case.steps_per_execution,
+                    )
                 warm_steps, steps = o.warmup_steps, o.steps
             prepared = client.request({"cmd": "prepare", **request}, o.worker_timeout)
             self.prepare_seconds += prepared["seconds"]
@@ -230,6 +234,8 @@ class Sweep:
                         "examples": prepared.get("examples"),
                         "first_step_seconds": prepared.get("first_step_seconds"),
                         "loss": answers[-1].get("loss"),
+                        # traced calls per measured round (with auto: the K it settled on)
+                        "calls_per_round": answers[-1].get("calls"),
                         "utilization": utilization(sampler),
                     }
                 )
@@ -286,12 +292,14 @@ class Sweep:
                     "jit_compile": list(o.jit_compile),
                     "mixed_precision": list(o.mixed_precision),
                     "cross_device_ops": list(o.cross_device_ops),
+                    "steps_per_execution": list(o.steps_per_execution),
                 },
                 # what every other variant's speedup is measured against: each axis' first value
                 "baseline": {
                     "jit_compile": o.jit_compile[0],
                     "mixed_precision": o.mixed_precision[0],
                     "cross_device_ops": o.cross_device_ops[0],
+                    "steps_per_execution": o.steps_per_execution[0],
                 },
                 "not_applicable": not_applicable(o),
             },

@@ -1,5 +1,6 @@
 """The sweep's benchmark cases: which (device count, batch per device) configurations the weak and
-strong series need, every variant of each (XLA x mixed precision x cross-device ops), the variants
+strong series need, every variant of each (XLA x mixed precision x cross-device ops x steps per
+call), the variants
 these devices cannot run, every case in the order the workers run them, and all-reduces per round.
 
 Training runs for every variant; the all-reduce for every cross-device ops (the only axis it
@@ -15,7 +16,7 @@ from typing import Any
 from sweep_options import SweepOptions
 
 from reports.results import format_bytes
-from reports.variants import AXES_OF
+from reports.variants import AXES, AXES_OF
 from training.worker_client import ALLREDUCE_UNROLL
 
 BENCHMARKS = ("train", "input", "allreduce")
@@ -32,6 +33,7 @@ class Case:
     jit_compile: bool = False
     mixed_precision: bool = False
     cross_device_ops: str = "auto"  # also the worker the case runs in: one per (count, ops)
+    steps_per_execution: int | str = "auto"
 
     @property
     def variant(self) -> dict[str, Any]:
@@ -41,13 +43,14 @@ class Case:
     @property
     def id(self) -> str:
         what = f"b{self.batch_per_gpu}" if self.nbytes is None else format_bytes(self.nbytes).replace(" ", "")
-        variant = self.variant
+        v = {**AXES, **self.variant}
         tags = [
             tag
             for tag, on in (
-                ("xla", variant.get("jit_compile")),
-                ("mixed", variant.get("mixed_precision")),
-                (str(variant.get("cross_device_ops")), variant.get("cross_device_ops", "auto") != "auto"),
+                ("xla", v["jit_compile"]),
+                ("mixed", v["mixed_precision"]),
+                (str(v["cross_device_ops"]), v["cross_device_ops"] != AXES["cross_device_ops"]),
+                (f"k{v['steps_per_execution']}", v["steps_per_execution"] != AXES["steps_per_execution"]),
             )
             if on
         ]
@@ -103,8 +106,18 @@ def plan_cases(options: SweepOptions) -> list[Case]:
         for i, ops in enumerate(runnable):
             for batch in batches:
                 cases += [
-                    Case("train", n, batch, jit_compile=jit, mixed_precision=mixed, cross_device_ops=ops)
-                    for jit, mixed in itertools.product(options.jit_compile, options.mixed_precision)
+                    Case(
+                        "train",
+                        n,
+                        batch,
+                        jit_compile=jit,
+                        mixed_precision=mixed,
+                        cross_device_ops=ops,
+                        steps_per_execution=k,
+                    )
+                    for jit, mixed, k in itertools.product(
+                        options.jit_compile, options.mixed_precision, options.steps_per_execution
+                    )
                 ]
             if i == 0:  # the pipeline depends on no variant: measured once, in the first worker
                 cases += [Case("input", n, b, cross_device_ops=ops) for b in batches]

@@ -20,6 +20,7 @@ from reports.variants import AXES
 from reports.write import ReportDirError, check_report_dir
 from training import models
 from training.devices import CROSS_DEVICE_OPS, DeviceFlagError, DevicePlan, plan_devices
+from training.multistep import parse_steps_per_execution
 
 # pytest's option destinations share one namespace: every sweep option's dest starts with this
 PREFIX = "sweep_"
@@ -64,6 +65,7 @@ class SweepOptions:
     jit_compile: tuple[bool, ...] = (False,)
     mixed_precision: tuple[bool, ...] = (False,)
     cross_device_ops: tuple[str, ...] = ("auto",)
+    steps_per_execution: tuple[int | str, ...] = ("auto",)
     device_kind: str = "cpu"  # the plan's: which cross-device ops can run here
     image_size: int | None = None  # synthetic images of this side (None: the trainer's 32x32x3)
     data: Path | None = None  # the user's data (.npz or image folder) instead of synthetic tensors
@@ -89,6 +91,15 @@ def on_off(text: str) -> bool:
     if value not in ("on", "off"):
         raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from 'on', 'off')")
     return value == "on"
+
+
+def steps_per_call(text: str) -> int | str:
+    """One value of --steps-per-execution: auto, or a number of training steps per traced call."""
+    try:
+        return parse_steps_per_execution(text)
+    except ValueError as exc:
+        # the trainer's message names the flag: argparse names it again
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--steps-per-execution ")) from None
 
 
 def _integers(text: str, minimum: int) -> tuple[int, ...]:
@@ -283,6 +294,15 @@ def add_sweep_options(add: Callable[..., Any]) -> None:
         "applicable)",
     )
     add(
+        "--steps-per-execution",
+        nargs="+",
+        type=steps_per_call,
+        dest=PREFIX + "steps_per_execution",
+        metavar="K",
+        help="variant axis: training steps per traced call, auto or a number, e.g. `auto 1 20` "
+        "(default auto, as the trainer; each call ends on a host fetch, as in training)",
+    )
+    add(
         "--image-size",
         type=positive_int,
         dest=PREFIX + "image_size",
@@ -389,6 +409,7 @@ def check_options(get: Callable[[str], Any]) -> tuple[SweepOptions, DevicePlan]:
         jit_compile=axis_values("jit_compile", get("jit_compile")),
         mixed_precision=axis_values("mixed_precision", get("mixed_precision")),
         cross_device_ops=axis_values("cross_device_ops", get("cross_device_ops")),
+        steps_per_execution=axis_values("steps_per_execution", get("steps_per_execution")),
         device_kind=plan.kind,
         image_size=get("image_size"),
         data=data.absolute() if data is not None else None,

@@ -13,7 +13,7 @@ from typing import Any
 
 from reports import stats
 from reports.results import format_bytes
-from reports.variants import AXES, baseline, label, variant_key, variant_of
+from reports.variants import AXES, baseline, default_values, label, variant_key, variant_of
 
 # a variant is recommended (or advised against) when it moved the rate by more than this, with
 # the 95% confidence intervals apart, in most configurations where both ran
@@ -141,7 +141,7 @@ def variant_figures(results: dict[str, Any]) -> dict[str, Any] | None:
     table = train_table(results, variants, not_applicable)
     return {
         "baseline": base,
-        "baseline_label": label(base) if label(base) != "default" else "default (no XLA, float32, auto)",
+        "baseline_label": label(base) if label(base) != "default" else f"default ({default_values()})",
         "axes": info.get("axes") or {axis: [default] for axis, default in AXES.items()},
         "labels": [label(v) for v in variants],
         "train": table,

@@ -1,9 +1,10 @@
-"""The sweep's variant axes as the results carry them: XLA, mixed precision and the cross-device ops.
+"""The sweep's variant axes as the results carry them: XLA, mixed precision, the cross-device ops
+and the training steps per traced call.
 
 A train row may carry `"variant": {"jit_compile": bool, "mixed_precision": bool,
-"cross_device_ops": str}` and an all-reduce row `"variant": {"cross_device_ops": str}`; a missing
-axis (every row of a sweep made before variants existed) has its default value. The input
-pipeline does not depend on any axis and carries none.
+"cross_device_ops": str, "steps_per_execution": "auto" | int}` and an all-reduce row
+`"variant": {"cross_device_ops": str}`; a missing axis (every row of a sweep made before that axis
+existed) has its default value. The input pipeline does not depend on any axis and carries none.
 """
 
 from __future__ import annotations
@@ -11,10 +12,16 @@ from __future__ import annotations
 from typing import Any
 
 # axis -> its default value, in the order labels and tables list them
-AXES: dict[str, Any] = {"jit_compile": False, "mixed_precision": False, "cross_device_ops": "auto"}
+# (steps_per_execution: the trainer's own default, `auto`, which the sweep's baseline measures)
+AXES: dict[str, Any] = {
+    "jit_compile": False,
+    "mixed_precision": False,
+    "cross_device_ops": "auto",
+    "steps_per_execution": "auto",
+}
 # the axes each benchmark's rows depend on
 AXES_OF = {
-    "train": ("jit_compile", "mixed_precision", "cross_device_ops"),
+    "train": ("jit_compile", "mixed_precision", "cross_device_ops", "steps_per_execution"),
     "allreduce": ("cross_device_ops",),
     "input": (),
 }
@@ -22,6 +29,7 @@ AXIS_FLAGS = {
     "jit_compile": "--jit-compile",
     "mixed_precision": "--mixed-precision",
     "cross_device_ops": "--cross-device-ops",
+    "steps_per_execution": "--steps-per-execution",
 }
 
 
@@ -45,6 +53,8 @@ def describe_value(axis: str, value: Any) -> str:
         return "XLA" if value else "no XLA"
     if axis == "mixed_precision":
         return "mixed fp16" if value else "float32"
+    if axis == "steps_per_execution":
+        return f"{value} steps per call" if value != 1 else "1 step per call"
     return f"{value} all-reduce"
 
 
@@ -58,6 +68,11 @@ def label(variant: dict[str, Any]) -> str:
     return " + ".join(parts) or "default"
 
 
+def default_values() -> str:
+    """Every axis' default, described: 'no XLA, float32, auto all-reduce, auto steps per call'."""
+    return ", ".join(describe_value(axis, value) for axis, value in AXES.items())
+
+
 def trainer_flags(variant: dict[str, Any]) -> str:
     """The `python -m training` flags that train as `variant` does ('' for the defaults)."""
     flags = []
@@ -67,6 +82,8 @@ def trainer_flags(variant: dict[str, Any]) -> str:
         flags.append("--mixed-precision")
     if variant.get("cross_device_ops", AXES["cross_device_ops"]) != AXES["cross_device_ops"]:
         flags.append(f"--cross-device-ops {variant['cross_device_ops']}")
+    if variant.get("steps_per_execution", AXES["steps_per_execution"]) != AXES["steps_per_execution"]:
+        flags.append(f"--steps-per-execution {variant['steps_per_execution']}")
     return " ".join(flags)
 
 

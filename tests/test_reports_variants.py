@@ -120,12 +120,15 @@ def test_recommendations_come_from_measured_speedups_only():
     texts = [
         r["text"] for r in report_figures(results())["recommendations"] if r["kind"] in ("variant", "note")
     ]
-    assert texts[0].startswith("XLA: measured 1.55x the default (no XLA, float32, auto) (median; 1.50-1.60x")
+    assert texts[0].startswith(
+        "XLA: measured 1.55x the default (no XLA, float32, auto all-reduce, auto steps per call) "
+        "(median; 1.50-1.60x"
+    )
     assert texts[0].endswith("faster: use it (`python -m training --jit-compile`)")
     assert texts[1].startswith("mixed fp16: measured 1.01x") and "failed in 1" in texts[1]
     assert texts[1].endswith("no clear difference (95% CIs overlap, or within 5%)")
     assert texts[2].startswith("hierarchical all-reduce: measured 0.83x") and texts[2].endswith(
-        "slower: keep default (no XLA, float32, auto)"
+        "slower: keep default (no XLA, float32, auto all-reduce, auto steps per call)"
     )
     assert texts[3] == (
         "--cross-device-ops hierarchical on 1 GPU(s) not measured: one device has nothing to all-reduce"
@@ -147,3 +150,29 @@ def test_markdown_puts_the_variants_side_by_side():
     assert "All-reduce bus bandwidth (GB/s, median) per cross-device ops:" in text
     assert "Not applicable on these devices" in text
     assert "- Variants: training ran for every combination of the axes" in text
+
+
+def test_steps_per_call_is_measured_and_recommended_like_any_axis():
+    """A sweep of --steps-per-execution auto 1 20: one step per call slower, 20 faster (the
+    trainer's default, auto, is the baseline); old rows without the axis count as auto."""
+    axes = {"jit_compile": [False], "mixed_precision": [False], "cross_device_ops": ["auto"],
+            "steps_per_execution": ["auto", 1, 20]}  # fmt: skip
+    data = results(
+        variants={"axes": axes, "baseline": {a: v[0] for a, v in axes.items()}, "not_applicable": []},
+        train=[
+            train_row(2, 1800),  # no axis written: auto
+            train_row(2, 1200, steps_per_execution=1),
+            train_row(2, 2400, steps_per_execution=20),
+        ],
+        allreduce=[],
+        failures=[],
+    )
+    v = report_figures(data)["variants"]
+    assert v["labels"] == ["default", "1 step per call", "20 steps per call"]
+    assert [c["speedup"] for c in v["train"][0]["cells"]] == [1.0, 1200 / 1800, 2400 / 1800]
+    texts = [r["text"] for r in report_figures(data)["recommendations"] if r["kind"] == "variant"]
+    assert texts[0].startswith("20 steps per call: measured 1.33x") and texts[0].endswith(
+        "faster: use it (`python -m training --steps-per-execution 20`)"
+    )
+    assert texts[1].startswith("1 step per call: measured 0.67x")
+    assert texts[1].endswith("slower: keep default (no XLA, float32, auto all-reduce, auto steps per call)")

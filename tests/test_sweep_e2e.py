@@ -178,9 +178,10 @@ def test_a_sweep_mostly_spent_outside_its_steps_fails_the_harness_test(tmp_path)
 
 @pytest.mark.slow
 def test_every_variant_axis_runs_on_cpu_replicas_and_nccl_is_recorded_not_applicable(tmp_path):
-    """XLA x mixed precision x cross-device ops (auto, nccl, hierarchical) on 2 CPU devices: every
-    training case for every runnable variant, in one worker per cross-device ops; NCCL recorded as
-    not applicable; the report puts the variants side by side; all on the user's data (--data);
+    """XLA x mixed precision x cross-device ops (auto, nccl, hierarchical) x steps per call (auto, 1)
+    on 2 CPU devices: every training case for every runnable variant, in one worker per cross-device
+    ops; NCCL recorded as not applicable; the report puts the variants side by side; all on the user's
+    data (--data);
     --benchmark-json carries the GPU details (none here) in pytest-benchmark's machine info."""
     out, bench_json, npz = tmp_path / "report", tmp_path / "bench.json", tmp_path / "data.npz"
     rng = np.random.default_rng(0)  # the user's data: 8x8x3 images of 4 classes
@@ -189,19 +190,24 @@ def test_every_variant_axis_runs_on_cpu_replicas_and_nccl_is_recorded_not_applic
             "--steps", "3",
             "--rounds", "2", "--warmup-steps", "1", "--allreduce-bytes", "1K", "--harness-min-share", "0",
             "--jit-compile", "off", "on", "--mixed-precision", "off", "on",
-            "--cross-device-ops", "auto", "nccl", "hierarchical",
+            "--cross-device-ops", "auto", "nccl", "hierarchical", "--steps-per-execution", "1", "auto",
             "--benchmark-json", str(bench_json)]  # fmt: skip
     proc = sweep(out, *args)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     ran = [(r["variant"]["cross_device_ops"], r["variant"]["jit_compile"], r["variant"]["mixed_precision"],
             r["dtype_policy"]) for r in results["train"]]  # fmt: skip
-    assert ran == [
+    assert ran[::2] == ran[1::2] == [
         ("auto", False, False, "float32"), ("auto", False, True, "mixed_float16"),
         ("auto", True, False, "float32"), ("auto", True, True, "mixed_float16"),
         ("hierarchical", False, False, "float32"), ("hierarchical", False, True, "mixed_float16"),
         ("hierarchical", True, False, "float32"), ("hierarchical", True, True, "mixed_float16"),
     ]  # fmt: skip
+    # steps per call: auto (the baseline) then 1 for each; one step per call is a call per step
+    per_call = [(r["variant"]["steps_per_execution"], r["calls_per_round"]) for r in results["train"]]
+    assert [k for k, _ in per_call] == ["auto", 1] * 8
+    assert all(calls == 3 for k, calls in per_call if k == 1)
+    assert all(1 <= calls <= 3 for _, calls in per_call)
     assert all(math.isfinite(r["loss"]) for r in results["train"])
     assert results["data"] == str(npz) and all(
         r["input_shape"] == [8, 8, 3] and r["examples"] == 128 for r in results["train"]
@@ -218,6 +224,7 @@ def test_every_variant_axis_runs_on_cpu_replicas_and_nccl_is_recorded_not_applic
     assert "## Variants" in text and "| XLA + mixed fp16 + hierarchical all-reduce |" in text.replace(
         "  ", ""
     )
+    assert "| XLA + mixed fp16 + hierarchical all-reduce + 1 step per call |" in text.replace("  ", "")
     assert "- 2 CPU device(s), --cross-device-ops nccl: NCCL all-reduce needs GPUs" in text
     machine = json.loads(bench_json.read_text())["machine_info"]
     assert machine["benchmark_device_kind"] == "cpu" and machine["gpus"] == [] and machine["tensorflow"]

@@ -199,6 +199,14 @@ def test_variant_axes_are_lists_with_the_default_first(tmp_path):
     assert opts.cross_device_ops == ("auto", "hierarchical", "nccl") and opts.device_kind == "cpu"
     plain, _ = options("--cpu-replicas", "2", "--report-dir", str(tmp_path))
     assert plain.jit_compile == plain.mixed_precision == (False,) and plain.cross_device_ops == ("auto",)
+    assert plain.steps_per_execution == ("auto",)
+    steps, _ = options("--cpu-replicas", "2", "--steps-per-execution", "20", "1", "AUTO", "20",
+                       "--report-dir", str(tmp_path))  # fmt: skip
+    assert steps.steps_per_execution == ("auto", 20, 1)  # the trainer's default first: the baseline
+    cases = sweep_cases.plan_cases(steps)
+    assert [c.id for c in cases if c.benchmark == "train" and c.gpus == 2 and c.batch_per_gpu == 32] == [
+        "2dev-b32", "2dev-b32-k20", "2dev-b32-k1"
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -209,6 +217,10 @@ def test_variant_axes_are_lists_with_the_default_first(tmp_path):
         (["--mixed-precision", "off", "1"], "argument --mixed-precision: invalid choice: '1'"),
         (["--cross-device-ops", "ring"],
          "argument --cross-device-ops: invalid choice: 'ring' (choose from 'auto'"),
+        (["--steps-per-execution", "0"],
+         "argument --steps-per-execution: must be from 1 to 1000 steps (or 'auto'), got '0'"),
+        (["--steps-per-execution", "auto", "many"],
+         "argument --steps-per-execution: must be 'auto' or a number of steps >= 1, got 'many'"),
     ],
 )  # fmt: skip
 def test_an_unknown_variant_value_is_a_usage_error_naming_the_flag(tmp_path, argv, message):
@@ -240,7 +252,10 @@ def test_every_training_case_runs_for_every_variant_and_nccl_on_cpu_is_not_appli
         {"gpus": 2, "variant": {"cross_device_ops": "nccl"}, "reason": "NCCL all-reduce needs GPUs: these "
          "are CPU logical devices"},
     ]  # fmt: skip
-    assert cases[2].variant == {"jit_compile": True, "mixed_precision": False, "cross_device_ops": "auto"}
+    assert cases[2].variant == {
+        "jit_compile": True, "mixed_precision": False, "cross_device_ops": "auto",
+        "steps_per_execution": "auto",
+    }  # fmt: skip
     assert cases[-1].variant == {"cross_device_ops": "hierarchical"} and cases[4].variant == {}
 
 

@@ -192,6 +192,23 @@ def run_chunk(multi_step: Callable[[Any, Any], Any], iterator: Any, steps: int) 
     return [(float(loss), float(correct)) for loss, correct in rows]
 
 
+def run_steps(
+    multi_step: Callable[[Any, Any], Any], iterator: Any, steps: int, spe: StepsPerExecution
+) -> tuple[float, int]:
+    """`steps` steps in calls of `spe`'s K, each ending on its host fetch, as the trainer's loop
+    runs them without callbacks (the benchmark worker's timed work): the last loss and the calls."""
+    done, calls, loss = 0, 0, float("nan")
+    while done < steps:
+        k = spe.next_chunk(done, steps, done, None)
+        started = time.perf_counter()
+        rows = run_chunk(multi_step, iterator, k)
+        spe.observe(len(rows), time.perf_counter() - started)
+        done, calls, loss = done + len(rows), calls + 1, rows[-1][0]
+        if not math.isfinite(loss):
+            break  # the steps after a non-finite loss would not have run in training either
+    return loss, calls
+
+
 def first_non_finite(losses: list[float]) -> int | None:
     """The 0-based index of the first loss that is not finite, or None."""
     return next((i for i, loss in enumerate(losses) if not math.isfinite(loss)), None)

@@ -207,16 +207,6 @@ class Trainer:
 
         return train_step
 
-    def run_steps(self, steps: int) -> float:
-        """Run `steps` training steps without callbacks; returns the last step's loss.
-
-        For the benchmark worker: fetching the loss waits for the devices to finish.
-        """
-        out = None
-        for _ in range(steps):
-            out = self.train_step(self.iterator)
-        return float(out[0]) if out is not None else float("nan")
-
     # -- the loop -------------------------------------------------------------------------------
 
     def fit(

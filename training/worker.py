@@ -13,14 +13,16 @@ at stderr before TensorFlow is imported.
 
     worker -> {"event": "ready", "replicas": 2, "devices": [...], "tensorflow": "2.21.0", ...}
     parent -> {"cmd": "prepare", "kind": "train", "model": "cnn", "batch_per_replica": 32,
-               "jit_compile": false, "mixed_precision": false, "image_size": 224 | "data": PATH}
+               "jit_compile": false, "mixed_precision": false, "steps_per_execution": "auto" | 20,
+               "image_size": 224 | "data": PATH}
     worker -> {"ok": true, "seconds": 3.1, "first_step_seconds": 1.9, "flops_per_sample": ...}
     parent -> {"cmd": "run", "kind": "train", "model": "cnn", "batch_per_replica": 32, "steps": 20}
-    worker -> {"ok": true, "seconds": 0.84, "loss": 2.1}
+    worker -> {"ok": true, "seconds": 0.84, "loss": 2.1, "calls": 2}
     worker -> {"ok": false, "error": "oom" | "error", "message": "..."}   on failure
 
-Kinds: "train" (k training steps of the Trainer for (model, batch, XLA, mixed precision); the
-cross-device ops are the worker's own, `--cross-device-ops`, fixed with its strategy), "input"
+Kinds: "train" (k training steps of the Trainer for (model, batch, XLA, mixed precision), in traced
+calls of `steps_per_execution` steps each ending on a host fetch, as the trainer's loop runs them;
+the cross-device ops are the worker's own, `--cross-device-ops`, fixed with its strategy), "input"
 (k global batches from the trainer's own tf.data pipeline, distributed to the replicas, no model),
 "allreduce" (k chained all-reduces of a float32 message of `bytes` per replica). "prepare" builds and traces
 (the compile cost the sweep does not count as benchmark work); "run" is what is timed.
@@ -46,6 +48,7 @@ from training.faults import (
     worker_fault_for,
 )
 from training.models import model_flops_per_sample, num_elements
+from training.multistep import AUTO, StepsPerExecution, parse_steps_per_execution, run_steps
 from training.worker_client import ALLREDUCE_UNROLL, KINDS, PROTOCOL
 
 # -- the worker process ---------------------------------------------------------------------------
@@ -53,7 +56,7 @@ from training.worker_client import ALLREDUCE_UNROLL, KINDS, PROTOCOL
 
 class Worker:
     """The measured work for one DeviceSetup; caches one Trainer per (model, batch per replica,
-    XLA, mixed precision)."""
+    XLA, mixed precision, data) and one choice of steps per call for each setting it ran with."""
 
     def __init__(self, setup: Any, faults: Sequence[WorkerFault] = (), seed: int = 42) -> None:
         import tensorflow as tf
@@ -62,6 +65,8 @@ class Worker:
         self.replicas = setup.num_replicas
         self.faults, self.seed = list(faults), seed
         self.trainers: dict[tuple[Any, ...], Any] = {}
+        # by (trainer key, --steps-per-execution): `auto` keeps what it measured from round to round
+        self.schedules: dict[tuple[Any, ...], StepsPerExecution] = {}
         self.inputs: dict[tuple[Any, ...], tuple[Any, Any]] = {}
         self.allreduces: dict[tuple[int, int], tuple[Any, Any]] = {}  # by (bytes, unroll)
         self._examples: dict[tuple[Any, ...], Any] = {}  # by _source(request)
@@ -141,7 +146,8 @@ class Worker:
             trainer = Trainer(config, self.setup, self._examples_for(global_batch, request))
             self.trainers[key] = trainer
         built = time.perf_counter()
-        trainer.run_steps(1)  # traces the step function: compile time, not benchmark time
+        # one step traces the function (compile time, not benchmark time); every K reuses the trace
+        run_steps(trainer.chunks.multi_step, trainer.iterator, 1, self._schedule(key, request))
         done = time.perf_counter()
         params = sum(int(num_elements(v.shape)) for v in trainer.model.trainable_variables)
         gradient_bytes = sum(
@@ -167,9 +173,14 @@ class Worker:
             self._prepare_train(request)
         trainer = self.trainers[key]
         steps = int(request["steps"])
+        schedule = self._schedule(key, request)
         started = time.perf_counter()
-        loss = trainer.run_steps(steps)  # ends with a host sync on the last loss
-        return {"seconds": time.perf_counter() - started, "loss": loss, "steps": steps}
+        loss, calls = run_steps(trainer.chunks.multi_step, trainer.iterator, steps, schedule)
+        return {"seconds": time.perf_counter() - started, "loss": loss, "steps": steps, "calls": calls}
+
+    def _schedule(self, key: tuple[Any, ...], request: dict[str, Any]) -> StepsPerExecution:
+        setting = parse_steps_per_execution(request.get("steps_per_execution", AUTO))
+        return self.schedules.setdefault((*key, setting), StepsPerExecution(setting))
 
     # -- input pipeline --
 
