@@ -1,7 +1,7 @@
 """The sweep's benchmark cases: which (device count, batch per device) configurations the weak and
 strong series need, every variant of each (XLA x mixed precision x cross-device ops x steps per
-call), the variants
-these devices cannot run, every case in the order the workers run them, and all-reduces per round.
+call), the variants these devices cannot run, every case in the order the workers run them, and
+all-reduces per round.
 
 Training runs for every variant; the all-reduce for every cross-device ops (the only axis it
 depends on); the input pipeline, which depends on none, once per device count.

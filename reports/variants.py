@@ -76,14 +76,10 @@ def default_values() -> str:
 def trainer_flags(variant: dict[str, Any]) -> str:
     """The `python -m training` flags that train as `variant` does ('' for the defaults)."""
     flags = []
-    if variant.get("jit_compile"):
-        flags.append("--jit-compile")
-    if variant.get("mixed_precision"):
-        flags.append("--mixed-precision")
-    if variant.get("cross_device_ops", AXES["cross_device_ops"]) != AXES["cross_device_ops"]:
-        flags.append(f"--cross-device-ops {variant['cross_device_ops']}")
-    if variant.get("steps_per_execution", AXES["steps_per_execution"]) != AXES["steps_per_execution"]:
-        flags.append(f"--steps-per-execution {variant['steps_per_execution']}")
+    for axis, default in AXES.items():
+        value = variant.get(axis, default)
+        if value != default:  # switches alone (--jit-compile), the others with their value
+            flags.append(AXIS_FLAGS[axis] if isinstance(value, bool) else f"{AXIS_FLAGS[axis]} {value}")
     return " ".join(flags)
 
 

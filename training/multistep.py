@@ -281,17 +281,16 @@ class ChunkRunner:
         callbacks: Any,
         sums: Any,
         result: Any,
-        begun: bool = False,
     ) -> tuple[dict[str, float] | None, int]:
         """Each step's logs to the callbacks, in order, as one step per call gave them; counts the
-        steps in `result`. `begun`: the caller called on_train_batch_begin for the first step before
-        the call ran (as Keras does), so that with K=1 a callback sees the state before its step.
-        Raises TrainingDiverged at a non-finite loss, after counting its step
+        steps in `result`. The caller calls on_train_batch_begin for the first step before the call
+        runs (as Keras does), so that with K=1 a callback sees the state before its step; this calls
+        it for the others. Raises TrainingDiverged at a non-finite loss, after counting its step
         (on_train_batch_end is not called for it, as before). Returns the last logs and the step in
         the epoch after the chunk."""
         logs = None
         for i, (loss, correct) in enumerate(rows):
-            if i or not begun:
+            if i:
                 callbacks.on_train_batch_begin(step_in_epoch)
             result.steps += 1
             result.global_step += 1

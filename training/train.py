@@ -258,7 +258,7 @@ class Trainer:
                     rows = self.chunks.run(
                         self.iterator, step, steps_per_epoch, result.global_step, save_every_steps, meter
                     )
-                    chunk_logs, step = self.chunks.replay(rows, step, cbs, sums, result, begun=True)
+                    chunk_logs, step = self.chunks.replay(rows, step, cbs, sums, result)
                     logs = chunk_logs or logs
                     if self.agreement is not None:  # several workers: stop and K the same on all
                         any_stop, self.chunks.spe.agreed = self.agreement(

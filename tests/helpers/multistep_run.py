@@ -111,6 +111,7 @@ def main() -> None:
         for _epoch in range(EPOCHS):
             step, sums = 0, EpochSums(GLOBAL_BATCH)
             while step < STEPS_PER_EPOCH and diverged_at is None:
+                callbacks.on_train_batch_begin(step)  # the chunk's first step, as the trainer does
                 rows = runner.run(iterator, step, STEPS_PER_EPOCH, result.global_step, save_every, meter)
                 chunks.append(len(rows))
                 try:
