@@ -22,7 +22,7 @@ from sweep_env import machine_info as gpu_machine_info
 from sweep_options import PREFIX, SweepOptions, SweepUsageError, add_sweep_options, check_options
 
 from diagnostics.selection import add_selection_options
-from training.devices import DevicePlan
+from training.devices.setup import DevicePlan
 
 _OPTIONS = pytest.StashKey[tuple[SweepOptions, DevicePlan]]()
 _SWEEP = pytest.StashKey[Sweep]()

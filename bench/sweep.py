@@ -23,8 +23,8 @@ from diagnostics.inventory import Inventory
 from diagnostics.monitor import BackgroundSampler, utilization_by_gpu
 from reports.results import SCHEMA, failure_summary
 from reports.variants import AXES, is_default, label
-from training.devices import DevicePlan
-from training.worker_client import ALLREDUCE_UNROLL, WorkerClient, WorkerError
+from training.children.worker_client import ALLREDUCE_UNROLL, WorkerClient, WorkerError
+from training.devices.setup import DevicePlan
 
 UTILIZATION_INTERVAL_S = 0.5
 

@@ -17,7 +17,7 @@ from sweep_options import SweepOptions
 
 from reports.results import format_bytes
 from reports.variants import AXES, AXES_OF
-from training.worker_client import ALLREDUCE_UNROLL
+from training.children.worker_client import ALLREDUCE_UNROLL
 
 BENCHMARKS = ("train", "input", "allreduce")
 # Large messages run fewer chained all-reduces per round: at most this many bytes per round.

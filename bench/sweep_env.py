@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from training.devices import DevicePlan
+from training.devices.setup import DevicePlan
 
 
 def process_started_at() -> float | None:

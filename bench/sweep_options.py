@@ -2,7 +2,8 @@
 reports a bad value as a usage error naming the flag, then checked together and turned into a
 device plan by `check_options`, before any worker starts or any file is written.
 
-No TensorFlow here: `training.devices` plans without it and `training.models` lists names without it.
+No TensorFlow here: `training.devices.setup` plans without it and `training.inputs.models` lists
+names without it.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from common.errors import UserError
 from diagnostics.selection import SelectionError, SelectionOptions
 from reports.variants import AXES
 from reports.write import ReportDirError, check_report_dir
-from training import models
-from training.devices import CROSS_DEVICE_OPS, DeviceFlagError, DevicePlan, plan_devices
-from training.multistep import parse_steps_per_execution
+from training.devices.setup import CROSS_DEVICE_OPS, DeviceFlagError, DevicePlan, plan_devices
+from training.inputs import models
+from training.loop.steps import parse_steps_per_execution
 
 # pytest's option destinations share one namespace: every sweep option's dest starts with this
 PREFIX = "sweep_"

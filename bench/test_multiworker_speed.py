@@ -61,7 +61,7 @@ def _rounds(tmp_path: Path, gpus: bool) -> dict:
 
 
 def test_two_local_workers_against_one_process(benchmark, tmp_path):
-    from training.devices import plan_devices
+    from training.devices.setup import plan_devices
 
     gpus = plan_devices().kind == "gpu"
     result = benchmark.pedantic(_rounds, args=(tmp_path, gpus), rounds=1, iterations=1)

@@ -32,7 +32,7 @@ MIN_INPUT_OVER_TRAINING = 5.0
 
 def _devices(cpu_replicas: int | None) -> list[str]:
     """The trainer's own plan (no TensorFlow here): its GPUs, or CPU logical devices without any."""
-    from training.devices import plan_devices
+    from training.devices.setup import plan_devices
 
     plan = plan_devices(cpu_replicas=cpu_replicas)
     if plan.kind == "gpu":

@@ -26,9 +26,9 @@ import sys
 import time
 from dataclasses import replace
 
-from training import data, models
-from training.config import TrainConfig
-from training.devices import add_device_args, plan_from_args, setup_device_strategy
+from training.devices.setup import add_device_args, plan_from_args, setup_device_strategy
+from training.inputs import data, models
+from training.settings.config import TrainConfig
 
 WARMUP_STEPS = 3
 
@@ -46,7 +46,7 @@ def main() -> None:
     import keras
     import tensorflow as tf
 
-    from training.train import Trainer
+    from training.loop.trainer import Trainer
 
     strategy = setup.strategy
     config = replace(

@@ -2,7 +2,7 @@
 `replica-consistency`.
 
 This side (`run_probe`, used by gpudiag check --deep) never imports TensorFlow, nor the trainer: it
-starts the trainer's entry point `python -m training.probe` by name, hands it the GPUs gpudiag
+starts the trainer's entry point `python -m training.children.probe` by name, hands it the GPUs gpudiag
 selected (or a number of CPU logical devices), and reads one JSON line per event from the child
 (`common.child`). The child sets up those devices with the trainer's own `setup_device_strategy`,
 so it tests exactly what training uses. A child that hangs (a PTX JIT compile, an NCCL
@@ -20,10 +20,10 @@ from common import child
 from diagnostics.inventory import Gpu
 from diagnostics.selection import device_args
 
-PROBE_MODULE = "training.probe"
+PROBE_MODULE = "training.children.probe"
 DEEP_CHECKS = ("strategy", "gpu-smoke", "replica-consistency")
-# A self-test hook (training.probe.injected): makes a deep check see a fault of a given size, to prove
-# it is caught. Not for users.
+# A self-test hook (training.children.probe.injected): makes a deep check see a fault of a given
+# size, to prove it is caught. Not for users.
 INJECT_ENV = "GPUDIAG_PROBE_INJECT"
 # A deep check fails above this relative difference. float32 sums in another order differ by about
 # 1e-6 (measured: 2e-7 to 2e-6 on CPU replicas); a broken reduction or a faulty GPU by far more.

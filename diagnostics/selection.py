@@ -216,7 +216,7 @@ def add_selection_options(add: Callable[..., Any], prefix: str = "") -> None:
 
 
 def device_args(gpus: Sequence[Gpu] = (), cpu_replicas: int | None = None) -> list[str]:
-    """A resolved device set as a child process's arguments (training.devices.plan_from_args reads
+    """A resolved device set as a child process's arguments (training.devices.setup.plan_from_args reads
     them): the GPUs to make visible, by UUID where known, or a number of CPU logical devices."""
     if cpu_replicas is not None:
         return ["--cpu-replicas", str(cpu_replicas)]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training import data
+from training.inputs import data
 
 
 def _image_folder(root, classes=("cats", "dogs"), per_class=3, size=(20, 30)):

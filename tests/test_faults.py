@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from training import faults
 from training.__main__ import main
-from training.batch_size import FINE_BELOW, GRANULARITY, find_largest_batch, oom_message
+from training.app.batch_size import FINE_BELOW, GRANULARITY, find_largest_batch, oom_message
+from training.loop import faults
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from support import start_training
 
-from training.checkpoint import CheckpointStore
+from training.checkpoints.store import CheckpointStore
 
 pytestmark = pytest.mark.slow
 

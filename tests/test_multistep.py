@@ -1,4 +1,4 @@
-"""training.multistep: several steps per traced call. The choice of K without TensorFlow; then, in
+"""training.loop.steps: several steps per traced call. The choice of K without TensorFlow; then, in
 one child process on 2 CPU replicas with a tiny model and no Trainer (tests/helpers/multistep_run.py):
 K=1, K=5 and K=auto end with the same weights as one step per call, every step's logs reach the
 callbacks, and a NaN is reported at the step it happened with no step run after it."""
@@ -13,7 +13,7 @@ import sys
 import pytest
 from support import ROOT, child_env
 
-from training import multistep as ms
+from training.loop import steps as ms
 
 # -- the flag -----------------------------------------------------------------------------------
 

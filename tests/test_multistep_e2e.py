@@ -12,7 +12,7 @@ import sys
 import pytest
 from support import ROOT, child_env, run_module
 
-from training.config import TrainConfig
+from training.settings.config import TrainConfig
 
 STEPS, EPOCHS = 11, 2
 

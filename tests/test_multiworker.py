@@ -21,7 +21,7 @@ import pytest
 from support import ROOT, child_env
 
 from training.__main__ import main
-from training.launcher import free_ports
+from training.devices.launcher import free_ports
 
 EPOCHS, STEPS = 2, 6
 FINAL = EPOCHS * STEPS
@@ -205,7 +205,7 @@ def test_sigterm_to_the_launcher_reaches_every_worker(tmp_path):
 
 
 def test_launcher_strips_its_own_flag_and_maps_signals():
-    from training.launcher import exit_code, worker_argv
+    from training.devices.launcher import exit_code, worker_argv
 
     assert worker_argv(["--epochs", "2", "--local-workers", "3", "-q"]) == ["--epochs", "2", "-q"]
     assert worker_argv(["--local-workers=3", "--seed", "1"]) == ["--seed", "1"]

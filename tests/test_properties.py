@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from diagnostics import cli as gpudiag_cli
 from diagnostics.inventory import Inventory, InventoryError, load_inventory
 from training import __main__ as trainer_cli
-from training.checkpoint import CheckpointStore, Manifest
+from training.checkpoints.store import CheckpointStore, Manifest
 
 FIXTURES = Path(__file__).parent / "fixtures"
 INVENTORIES = sorted(FIXTURES.glob("*.json"))

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from support import start_training
 
-from training.checkpoint import CheckpointStore
+from training.checkpoints.store import CheckpointStore
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from training.__main__ import main
-from training.checkpoint import FORMAT, CheckpointStore, Manifest
+from training.checkpoints.store import FORMAT, CheckpointStore, Manifest
 
 FINGERPRINT = {"model": "cnn", "global_batch_size": 128, "seed": 42}
 

@@ -19,7 +19,7 @@ import pytest
 from reports import markdown
 from reports.figures import report_figures
 from reports.plots import PNG_SIGNATURE
-from training.faults import WORKER_FAULT_ENV as FAULT_ENV
+from training.loop.faults import WORKER_FAULT_ENV as FAULT_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
 DEVICES = ["--cpu-replicas", "2", "--gpus", "1", "2"]

@@ -157,7 +157,7 @@ def test_process_start_is_before_now():
 
 def test_machine_info_has_the_gpus_stable_fields_and_the_stack():
     """What pytest-benchmark's machine_info gains: from a recorded 8 x H100 inventory, no TensorFlow."""
-    from training.devices import plan_devices
+    from training.devices.setup import plan_devices
 
     plan = plan_devices(inventory=str(Path(__file__).parent / "fixtures" / "inv-dgx-8xh100.json"))
     info = sweep_env.machine_info(plan)

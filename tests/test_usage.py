@@ -1,4 +1,4 @@
-"""training.usage: the summary's per-GPU utilisation and power, sampled while training. Replayed
+"""training.app.usage: the summary's per-GPU utilisation and power, sampled while training. Replayed
 from a recorded inventory whose readings change from one read to the next, as NVML's would."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import itertools
 import time
 
 from diagnostics.inventory import load_inventory
-from training import usage
+from training.app import usage
 
 
 def test_means_per_watched_gpu_from_samples_taken_while_active(fixture_path, monkeypatch):

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training import data, validation
 from training.__main__ import main
-from training.checkpoint import CheckpointStore, Manifest, fingerprint
-from training.config import ConfigError, TrainConfig
-from training.learning_rate import rate_plan
+from training.checkpoints.store import CheckpointStore, Manifest, fingerprint
+from training.inputs import data, validation
+from training.loop.learning_rate import rate_plan
+from training.settings.config import ConfigError, TrainConfig
 
 
 def run(capsys, *args: str) -> tuple[int, str, str]:

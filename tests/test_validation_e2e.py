@@ -26,9 +26,9 @@ import numpy as np
 import pytest
 from support import ROOT, child_env, start_training
 
-from training import data, validation
-from training.config import TrainConfig
-from training.learning_rate import rate_plan
+from training.inputs import data, validation
+from training.loop.learning_rate import rate_plan
+from training.settings.config import TrainConfig
 
 pytestmark = pytest.mark.slow
 

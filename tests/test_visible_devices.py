@@ -14,9 +14,9 @@ from diagnostics.checks import make_context
 from diagnostics.inventory import Inventory, load_inventory
 from diagnostics.selection import Limits, SelectionError, SelectionOptions, select_gpus
 from diagnostics.visible import read_visible
-from training import devices
 from training.__main__ import main as trainer_main
-from training.devices import DeviceSetupError, narrowed_visible_devices, plan_devices
+from training.devices import setup as devices
+from training.devices.setup import DeviceSetupError, narrowed_visible_devices, plan_devices
 
 DGX = load_inventory(FIXTURES / "inv-dgx-8xh100.json")  # 8 H100s, UUIDs GPU-...
 

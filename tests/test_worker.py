@@ -1,4 +1,4 @@
-"""training.worker: the protocol, FLOPs, and workers that fail on purpose (OOM, crash, hang)."""
+"""training.children.worker: the protocol, FLOPs, and workers that fail on purpose (OOM, crash, hang)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from training.faults import CRASH_EXIT_CODE
-from training.faults import WORKER_FAULT_ENV as FAULT_ENV
-from training.faults import WorkerFault as Fault
-from training.faults import parse_worker_faults as parse_faults
-from training.faults import worker_fault_for as fault_for
-from training.worker_client import WorkerClient, WorkerError
+from training.children.worker_client import WorkerClient, WorkerError
+from training.loop.faults import CRASH_EXIT_CODE
+from training.loop.faults import WORKER_FAULT_ENV as FAULT_ENV
+from training.loop.faults import WorkerFault as Fault
+from training.loop.faults import parse_worker_faults as parse_faults
+from training.loop.faults import worker_fault_for as fault_for
 
 
 def test_parse_faults():
@@ -39,8 +39,8 @@ def test_fault_matches_batch_and_replicas():
 def test_flops_of_the_cnn_by_hand():
     """32x32x3 input: conv 3x3x3->32 at 32x32, conv 3x3x32->64 at 16x16, dense 4096->128, 128->10."""
     keras = pytest.importorskip("keras")
-    from training import models
-    from training.models import model_flops_per_sample
+    from training.inputs import models
+    from training.inputs.models import model_flops_per_sample
 
     macs = 32 * 32 * 32 * 27 + 16 * 16 * 64 * 288 + 4096 * 128 + 128 * 10
     model = models.build("cnn", (32, 32, 3), 10)

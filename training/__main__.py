@@ -4,7 +4,7 @@
 Everything that can be checked without TensorFlow (flags, config and inventory files, data, the
 checkpoint directory) is checked before TensorFlow is imported, so bad input costs a fraction of a
 second, prints one line on stderr, exits 2 and writes nothing. Then gpudiag's fast checks run on the
-selected GPUs (training.preflight): a failure exits 1 before TensorFlow starts, unless --skip-preflight.
+selected GPUs (training.app.preflight): a failure exits 1 before TensorFlow starts, unless --skip-preflight.
 
 Exit codes come from the exception's class: a `common.errors.UserError` is bad input (2); a failed
 run (NaN loss, out of memory, no GPU with --require-gpu) is 1 with a message that says what to do;
@@ -30,13 +30,16 @@ from common import files
 from common.child import is_out_of_memory
 from common.errors import UserError
 from diagnostics.cluster import ClusterTask
-from training import batch_size, models, multiworker, render, resume
-from training import cluster as cluster_mod
-from training import faults as faults_mod
-from training import validation as validation_mod
-from training.cli import parse_config, parse_evaluate
-from training.config import TrainConfig, batch_not_divisible_message, resolve_steps_per_epoch
-from training.devices import DevicePlan, DeviceSetup, DeviceSetupError, NoGpuError, plan_devices
+from training.app import batch_size, render
+from training.checkpoints import resume
+from training.devices import cluster as cluster_mod
+from training.devices import multiworker
+from training.devices.setup import DevicePlan, DeviceSetup, DeviceSetupError, NoGpuError, plan_devices
+from training.inputs import models
+from training.inputs import validation as validation_mod
+from training.loop import faults as faults_mod
+from training.settings.cli import parse_config, parse_evaluate
+from training.settings.config import TrainConfig, batch_not_divisible_message, resolve_steps_per_epoch
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 DEBUG_ENV = "GPUDIAG_DEBUG"
@@ -84,7 +87,7 @@ def _main(argv: list[str]) -> int:
             raise UserError(batch_not_divisible_message(config.global_batch_size, replicas))
         examples = None
         if not config.dry_run or config.data:
-            from training import data
+            from training.inputs import data
 
             examples = data.load(config.data, config.seed)
             _warn_dropped(examples)
@@ -127,7 +130,7 @@ def _preflight_passes(config: TrainConfig, plan: DevicePlan) -> bool:
         print(f"warning: {warning}", file=sys.stderr)
     if config.skip_preflight:
         return True
-    from training import preflight
+    from training.app import preflight
 
     if preflight.report(preflight.preflight(plan), sys.stderr):
         print(
@@ -140,7 +143,7 @@ def _preflight_passes(config: TrainConfig, plan: DevicePlan) -> bool:
 
 def _steps_per_epoch(config: TrainConfig, examples: Any) -> int:
     if examples is None:  # --dry-run on synthetic data: its size is known without generating it
-        from training.data import SYNTHETIC_EXAMPLES
+        from training.inputs.data import SYNTHETIC_EXAMPLES
 
         return resolve_steps_per_epoch(config, validation_mod.training_size(config, SYNTHETIC_EXAMPLES))
     return resolve_steps_per_epoch(config, len(examples))
@@ -191,7 +194,7 @@ def _start_devices(
     """TensorFlow starts here, on the planned devices; None (said on stderr) where it cannot."""
     # TensorFlow's C++ start-up chatter hides the messages that matter; keep errors only
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3" if plan.kind == "cpu" else "2")
-    from training.devices import setup_device_strategy
+    from training.devices.setup import setup_device_strategy
 
     try:
         setup = setup_device_strategy(
@@ -207,7 +210,7 @@ def _start_devices(
 
 def _launch(argv: list[str], config: TrainConfig, plan: DevicePlan) -> int:
     """--local-workers N: check what can be checked here, then start the workers."""
-    from training import launcher
+    from training.devices import launcher
 
     cluster_mod.check_launch(config, plan, os.environ)
     return launcher.run(argv, cluster_mod.local_workers(config), plan, config.collective_timeout)
@@ -245,7 +248,7 @@ def _train_inner(
     setup = _start_devices(config, plan, cluster)
     if setup is None:
         return EXIT_FAILED
-    from training import train
+    from training.loop import trainer as train
 
     if cluster is not None:
         print(cluster_mod.describe(cluster, plan), file=sys.stderr, flush=True)
@@ -298,7 +301,7 @@ def _evaluate(argv: list[str]) -> int:
         plan = plan_devices(config.selection, config.cpu_replicas, config.require_gpu)
         if config.global_batch_size % plan.num_replicas:
             raise UserError(batch_not_divisible_message(config.global_batch_size, plan.num_replicas))
-        from training import data
+        from training.inputs import data
 
         examples = data.load(config.data, config.seed)
         _warn_dropped(examples)
@@ -314,7 +317,7 @@ def _evaluate(argv: list[str]) -> int:
         setup = _start_devices(config, plan)
         if setup is None:
             return EXIT_FAILED
-        from training import evaluate
+        from training.loop import evaluate
 
         render.print_devices(config, plan, sys.stderr)
         try:

@@ -1,5 +1,5 @@
 """The --deep checks: `strategy`, `gpu-smoke` and `replica-consistency`. They run TensorFlow in one
-child process (diagnostics.probe starts `python -m training.probe`) with a timeout; these functions
+child process (diagnostics.probe starts `python -m training.children.probe`) with a timeout; these functions
 only start it once, then turn what it reported, or the fact that it hung or crashed, into findings.
 """
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from training.devices import plan_devices, setup_device_strategy
+from training.devices.setup import plan_devices, setup_device_strategy
 
 setup = setup_device_strategy(plan_devices(cpu_replicas=2))
 import tensorflow as tf  # noqa: E402  (after the device setup, as it must be)

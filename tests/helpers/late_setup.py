@@ -6,7 +6,7 @@ import sys
 
 import tensorflow as tf
 
-from training.devices import LateSetupError, plan_devices, setup_device_strategy
+from training.devices.setup import LateSetupError, plan_devices, setup_device_strategy
 
 tf.constant(1.0) + 1.0  # any op initialises the runtime
 try:

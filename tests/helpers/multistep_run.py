@@ -1,4 +1,4 @@
-"""Child process for tests/test_multistep.py: training.multistep on a tiny Keras model under a
+"""Child process for tests/test_multistep.py: training.loop.steps on a tiny Keras model under a
 MirroredStrategy of 2 CPU replicas, without the Trainer. Prints one JSON line.
 
 Every scenario builds the same model from the same seed and reads the same unshuffled batches:
@@ -23,11 +23,11 @@ import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from training.devices import plan_devices, setup_device_strategy
-from training.errors import TrainingDiverged
-from training.faults import Faults
-from training.multistep import ChunkRunner
-from training.progress import EpochSums, ThroughputMeter, TrainResult
+from training.devices.setup import plan_devices, setup_device_strategy
+from training.loop.errors import TrainingDiverged
+from training.loop.faults import Faults
+from training.loop.state import EpochSums, ThroughputMeter, TrainResult
+from training.loop.steps import ChunkRunner
 
 STEPS_PER_EPOCH, EPOCHS, GLOBAL_BATCH, SAVE_EVERY, NAN_STEP = 12, 2, 16, 7, 10
 

@@ -10,15 +10,15 @@ from dataclasses import replace
 
 import numpy as np
 
-from training import data
-from training.config import TrainConfig
-from training.devices import plan_devices, setup_device_strategy
+from training.devices.setup import plan_devices, setup_device_strategy
+from training.inputs import data
+from training.settings.config import TrainConfig
 
 
 def main() -> None:
     replicas, steps, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
     setup = setup_device_strategy(plan_devices(cpu_replicas=replicas))
-    from training.train import Trainer
+    from training.loop.trainer import Trainer
 
     config = replace(TrainConfig(), optimizer="plain-sgd", learning_rate=0.01, global_batch_size=64, seed=7)
     examples = data.synthetic(seed=7, num_examples=steps * 64)

@@ -19,9 +19,9 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from training import data
-from training.config import TrainConfig
-from training.devices import plan_devices, setup_device_strategy
+from training.devices.setup import plan_devices, setup_device_strategy
+from training.inputs import data
+from training.settings.config import TrainConfig
 
 STEPS, EPOCHS = 11, 2
 
@@ -41,8 +41,8 @@ class Seen(keras.callbacks.Callback):
 def main() -> None:
     root = Path(sys.argv[1])
     setup = setup_device_strategy(plan_devices(cpu_replicas=2))
-    from training.checkpoint import CheckpointStore
-    from training.train import Trainer, TrainingInterrupted
+    from training.checkpoints.store import CheckpointStore
+    from training.loop.trainer import Trainer, TrainingInterrupted
 
     examples = data.synthetic(seed=3, num_examples=STEPS * 32)
     base = replace(TrainConfig(), model="mlp", global_batch_size=32, seed=3, optimizer="sgd")

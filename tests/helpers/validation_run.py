@@ -11,9 +11,9 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from training import data, validation
-from training.config import TrainConfig
-from training.devices import plan_devices, setup_device_strategy
+from training.devices.setup import plan_devices, setup_device_strategy
+from training.inputs import data, validation
+from training.settings.config import TrainConfig
 
 # 1000 examples, a quarter held out: 750 to train on (5 steps of 128) and 250 to validate on, whose
 # last batch of 122 is partial; the rate is scaled by 128/64 and warmed up over the first epoch
@@ -40,7 +40,7 @@ def main() -> None:
     setup = setup_device_strategy(plan_devices(cpu_replicas=replicas))
     import keras
 
-    from training import train
+    from training.loop import trainer as train
 
     config = replace(CONFIG, log_dir=str(out / "tb"))
     examples, held_out = validation.split(

@@ -1,7 +1,7 @@
 """--auto-batch-size: the largest per-replica batch that fits, by doubling and then bisecting; and
 what to tell a user whose batch ran out of memory (`oom_message`).
 
-Each attempt runs in a fresh child process (`python -m training.batch_size`, handed the parent's
+Each attempt runs in a fresh child process (`python -m training.app.batch_size`, handed the parent's
 resolved devices and the trainer's own arguments) because TensorFlow never gives GPU memory back
 inside a process: after one out-of-memory error, every later attempt in the same process would see
 less memory than a real run gets. The search itself is a pure function of a `fits(batch) -> bool`
@@ -22,8 +22,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from common import child
-from training.config import TrainConfig
-from training.devices import DevicePlan, add_device_args, plan_from_args
+from training.devices.setup import DevicePlan, add_device_args, plan_from_args
+from training.settings.config import TrainConfig
 
 GRANULARITY = 8
 FINE_BELOW = 64
@@ -110,7 +110,12 @@ def probe_in_child(
 ) -> bool:
     """Run PROBE_STEPS steps at this per-replica batch in a fresh process: True if they fit."""
     command = child.module_command(
-        "training.batch_size", "--per-replica-batch", str(per_replica_batch), *plan.child_args(), "--", *argv
+        "training.app.batch_size",
+        "--per-replica-batch",
+        str(per_replica_batch),
+        *plan.child_args(),
+        "--",
+        *argv,
     )
     outcome = child.run(command, timeout, oom_exit=PROBE_EXIT_OOM)
     where = f"the probe at per-replica batch {per_replica_batch}"
@@ -181,25 +186,25 @@ def oom_message(global_batch: int, replicas: int) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m training.batch_size --per-replica-batch N DEVICES -- TRAINER_ARGS`: exit 0 if a
+    """`python -m training.app.batch_size --per-replica-batch N DEVICES -- TRAINER_ARGS`: exit 0 if a
     few steps at this batch fit, PROBE_EXIT_OOM if they run out of memory."""
-    parser = argparse.ArgumentParser(prog="python -m training.batch_size", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m training.app.batch_size", description=main.__doc__)
     parser.add_argument("--per-replica-batch", type=int, required=True)
     add_device_args(parser)
     parser.add_argument("trainer_args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     trainer_args = args.trainer_args[1:] if args.trainer_args[:1] == ["--"] else args.trainer_args
-    from training import data
-    from training.cli import parse_config
+    from training.inputs import data
+    from training.settings.cli import parse_config
 
     config, _quiet = parse_config(trainer_args)
     examples = data.load(config.data, config.seed)
     plan = plan_from_args(args)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3" if plan.kind == "cpu" else "2")
-    from training.devices import setup_device_strategy
+    from training.devices.setup import setup_device_strategy
 
     setup = setup_device_strategy(plan, config.cross_device_ops)
-    from training.train import Trainer
+    from training.loop.trainer import Trainer
 
     batch = args.per_replica_batch
     try_config = replace(

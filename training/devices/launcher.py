@@ -21,7 +21,7 @@ import time
 from collections.abc import Sequence
 from typing import IO, Any
 
-from training.devices import DevicePlan
+from training.devices.setup import DevicePlan
 
 HOST = "127.0.0.1"
 # after a worker failed, how long the others get to notice (the lost peer surfaces in their next

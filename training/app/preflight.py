@@ -16,7 +16,7 @@ from typing import TextIO
 from diagnostics.checks import Context, Finding, run_preflight
 from diagnostics.selection import SelectionOptions
 from diagnostics.stack import read_stack
-from training.devices import DevicePlan
+from training.devices.setup import DevicePlan
 
 
 def preflight(plan: DevicePlan) -> list[Finding]:

@@ -1,5 +1,5 @@
 """The benchmark worker: a long-lived process with one fixed device set that runs measured work on
-request. Its parent's side is `training.worker_client.WorkerClient` (no TensorFlow there); the
+request. Its parent's side is `training.children.worker_client.WorkerClient` (no TensorFlow there); the
 process plumbing (channel, timeouts, kills) is `common.child`.
 
 Why a process per device set: TensorFlow fixes its devices when its runtime starts, a second
@@ -39,17 +39,17 @@ from collections.abc import Sequence
 from typing import Any
 
 from common.child import Channel, first_line, is_out_of_memory, open_channel
-from training.devices import add_device_args, plan_from_args
-from training.faults import (
+from training.children.worker_client import ALLREDUCE_UNROLL, KINDS, PROTOCOL
+from training.devices.setup import add_device_args, plan_from_args
+from training.inputs.models import model_flops_per_sample, num_elements
+from training.loop.faults import (
     WORKER_FAULT_ENV,
     WorkerFault,
     inject_worker_fault,
     parse_worker_faults,
     worker_fault_for,
 )
-from training.models import model_flops_per_sample, num_elements
-from training.multistep import AUTO, StepsPerExecution, parse_steps_per_execution, run_steps
-from training.worker_client import ALLREDUCE_UNROLL, KINDS, PROTOCOL
+from training.loop.steps import AUTO, StepsPerExecution, parse_steps_per_execution, run_steps
 
 # -- the worker process ---------------------------------------------------------------------------
 
@@ -93,7 +93,7 @@ class Worker:
         return request.get("data"), int(size) if size is not None else None
 
     def _examples_for(self, global_batch: int, request: dict[str, Any]) -> Any:
-        from training import data
+        from training.inputs import data
 
         key = self._source(request)
         path, size = key
@@ -123,8 +123,8 @@ class Worker:
     def _prepare_train(self, request: dict[str, Any]) -> dict[str, Any]:
         import keras
 
-        from training.config import TrainConfig
-        from training.train import Trainer
+        from training.loop.trainer import Trainer
+        from training.settings.config import TrainConfig
 
         key = self._train_key(request)
         model, batch, jit, mixed = key[:4]
@@ -185,7 +185,7 @@ class Worker:
     # -- input pipeline --
 
     def _prepare_input(self, request: dict[str, Any]) -> dict[str, Any]:
-        from training import data
+        from training.inputs import data
 
         tf, strategy = self.tf, self.strategy
         batch = int(request["batch_per_replica"])
@@ -271,7 +271,7 @@ class Worker:
 
 
 def build_worker_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m training.worker", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m training.children.worker", description=__doc__.split("\n")[0])
     add_device_args(p)  # the parent's resolved devices: the worker selects nothing itself
     p.add_argument("--cross-device-ops", default="auto")
     p.add_argument("--seed", type=int, default=42)
@@ -283,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = build_worker_parser().parse_args(argv)
     try:
-        from training.devices import setup_device_strategy
+        from training.devices.setup import setup_device_strategy
 
         faults = parse_worker_faults(os.environ.get(WORKER_FAULT_ENV))
         setup = setup_device_strategy(plan_from_args(args), args.cross_device_ops)

@@ -4,7 +4,7 @@ through a linear warm-up (--warmup-epochs), as in Goyal et al., "Accurate, Large
 Training ImageNet in 1 Hour" (2017).
 
 Plain arithmetic, no TensorFlow: the plan prints it before TensorFlow starts, and the Keras
-schedule that applies it (training.optimizers.LinearWarmup) takes its numbers from here.
+schedule that applies it (training.loop.optimizers.LinearWarmup) takes its numbers from here.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from training.config import TrainConfig
+from training.settings.config import TrainConfig
 
 
 @dataclass(frozen=True)

@@ -34,8 +34,8 @@ import numpy as np
 
 from common.errors import UserError
 from common.files import replacing, write_text
-from training.config import TrainConfig
-from training.faults import Faults
+from training.loop.faults import Faults
+from training.settings.config import TrainConfig
 
 FORMAT = "gpudiag-checkpoint/1"
 KEEP = 3

@@ -9,8 +9,8 @@ from collections.abc import Mapping
 
 from common.errors import UserError
 from diagnostics.cluster import ClusterTask, discover
-from training.config import TrainConfig
-from training.devices import DevicePlan
+from training.devices.setup import DevicePlan
+from training.settings.config import TrainConfig
 
 
 def place(

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from training import data
-from training.config import ConfigError, TrainConfig
+from training.inputs import data
+from training.settings.config import ConfigError, TrainConfig
 
 
 def split_sizes(num_examples: int, fraction: float, global_batch_size: int) -> tuple[int, int]:

@@ -13,8 +13,9 @@ from typing import Any, NoReturn
 from common.errors import UserError
 from diagnostics.cluster import CLUSTER_MODES
 from diagnostics.selection import add_selection_options
-from training import models
-from training.config import (
+from training.devices.setup import CROSS_DEVICE_OPS
+from training.inputs import models
+from training.settings.config import (
     COLLECTIVE_TIMEOUT_S,
     COMMUNICATIONS,
     DEFAULT_LEARNING_RATES,
@@ -25,7 +26,6 @@ from training.config import (
     resolve_config,
     validate,
 )
-from training.devices import CROSS_DEVICE_OPS
 
 
 class UsageError(UserError):

@@ -1,6 +1,6 @@
 """The Keras optimizer a run trains with, and the learning-rate schedule of its warm-up.
 
-The numbers come from training.learning_rate (no TensorFlow there, so the plan can print them);
+The numbers come from training.loop.learning_rate (no TensorFlow there, so the plan can print them);
 this module turns them into Keras objects. The warm-up is a `LearningRateSchedule` of the
 optimizer's step count, and the step count is one of the optimizer's variables that a checkpoint
 saves: a resumed run continues the schedule exactly where it stopped.
@@ -12,8 +12,8 @@ from typing import Any
 
 import keras
 
-from training.config import TrainConfig
-from training.learning_rate import rate_plan
+from training.loop.learning_rate import rate_plan
+from training.settings.config import TrainConfig
 
 
 @keras.saving.register_keras_serializable(package="gpudiag")

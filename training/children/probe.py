@@ -1,4 +1,4 @@
-"""`python -m training.probe`: the TensorFlow side of `gpudiag check --deep` (diagnostics.probe
+"""`python -m training.children.probe`: the TensorFlow side of `gpudiag check --deep` (diagnostics.probe
 starts it by name). It is handed the devices gpudiag selected (`--visible-gpus UUID...` or
 `--cpu-replicas N`), sets them up with the trainer's own `setup_device_strategy`, and reports each
 deep check as JSON lines on its channel (`common.child`): "start" before a stage, so a hang can be
@@ -16,7 +16,7 @@ from typing import Any
 
 from common.child import Channel, open_channel
 from diagnostics.probe import INJECT_ENV, RELATIVE_TOLERANCE
-from training.devices import (
+from training.devices.setup import (
     DeviceSetupError,
     add_device_args,
     plan_from_args,
@@ -54,7 +54,9 @@ def _finding(check: str, status: str, message: str, remedy: str = "", gpus: Sequ
 def main(argv: Sequence[str] | None = None) -> int:
     global _channel
     _channel = open_channel()  # before TensorFlow: its output must not reach the channel
-    parser = argparse.ArgumentParser(prog="python -m training.probe", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m training.children.probe", description=__doc__.split("\n")[0]
+    )
     add_device_args(parser)
     args = parser.parse_args(argv)
 

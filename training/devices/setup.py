@@ -220,7 +220,7 @@ def setup_device_strategy(
     collective_timeout: float = 300.0,
 ) -> DeviceSetup:
     """Make exactly the planned devices visible and build the MirroredStrategy over them; with a
-    `cluster`, MultiWorkerMirroredStrategy over every worker's planned devices (training.multiworker).
+    `cluster`, MultiWorkerMirroredStrategy over every worker's planned devices (training.devices.multiworker).
 
     Must run before any TensorFlow operation (MWMS too: "collective ops must be configured at
     program startup"); raises LateSetupError otherwise.
@@ -251,7 +251,7 @@ def setup_device_strategy(
     if cluster is None:
         strategy = tf.distribute.MirroredStrategy(devices=plan.device_names, cross_device_ops=ops)
         return DeviceSetup(strategy, plan, cross_device_ops, warnings)
-    from training import multiworker
+    from training.devices import multiworker
 
     local_gpus = len(plan.gpus) if plan.kind == "gpu" else 0
     strategy = multiworker.make_strategy(tf, cluster, communication, collective_timeout, local_gpus)

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from training.errors import TrainingInterrupted
+from training.loop.errors import TrainingInterrupted
 
 # (global steps trained so far, newest checkpoint): what a second signal's message reports
 Position = Callable[[], tuple[int, str | None]]

@@ -6,9 +6,9 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from training.config import TrainConfig, batch_advice
-from training.devices import DevicePlan
-from training.learning_rate import rate_plan
+from training.devices.setup import DevicePlan
+from training.loop.learning_rate import rate_plan
+from training.settings.config import TrainConfig, batch_advice
 
 
 def print_plan(

@@ -1,4 +1,4 @@
-"""The parent's side of the benchmark worker (`python -m training.worker`): start it on a resolved
+"""The parent's side of the benchmark worker (`python -m training.children.worker`): start it on a resolved
 device set, send requests, read answers. No TensorFlow here: the sweep imports this.
 
 Protocol (gpudiag-worker/1), one JSON object per line over `common.child`'s channel:
@@ -41,7 +41,7 @@ class WorkerError(ChildError):
 
 @dataclass
 class WorkerClient:
-    """Starts `python -m training.worker DEVICE_ARGS` (DevicePlan.child_args) and talks to it.
+    """Starts `python -m training.children.worker DEVICE_ARGS` (DevicePlan.child_args) and talks to it.
 
     A worker that dies is reported as kind "crash" (with the tail of its stderr), one that does not
     answer in time is killed and reported as "timeout"; neither is waited on forever.
@@ -62,7 +62,7 @@ class WorkerClient:
 
     def start(self) -> dict[str, Any]:
         started = time.perf_counter()
-        command = module_command("training.worker", *self.device_args)
+        command = module_command("training.children.worker", *self.device_args)
         self.child = Child(command, child_environment(self.env), self.log_path).start()
         try:
             message = self._call(None, self.start_timeout, "start")

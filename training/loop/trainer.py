@@ -24,26 +24,28 @@ import numpy as np
 import tensorflow as tf
 
 from common.files import replacing
-from training import data as data_mod
-from training import faults as faults_mod
-from training import models, multiworker, usage
-from training.checkpoint import CheckpointError, CheckpointStore, fingerprint
-from training.checkpointing import Checkpointing
-from training.config import (
+from training.app import usage
+from training.app.summary import build_summary
+from training.checkpoints.resume import StartPoint, resume_latest
+from training.checkpoints.saving import Checkpointing
+from training.checkpoints.store import CheckpointError, CheckpointStore, fingerprint
+from training.devices import multiworker
+from training.devices.setup import DeviceSetup
+from training.inputs import data as data_mod
+from training.inputs import models
+from training.loop import faults as faults_mod
+from training.loop.errors import TrainingDiverged, TrainingInterrupted
+from training.loop.evaluate import VAL_PREFIX, Evaluator
+from training.loop.optimizers import build_optimizer, make_optimizer
+from training.loop.signals import GracefulStop
+from training.loop.state import ThroughputMeter, TrainResult
+from training.loop.steps import ChunkRunner
+from training.settings.config import (
     TrainConfig,
     batch_not_divisible_message,
     parse_save_freq,
     resolve_steps_per_epoch,
 )
-from training.devices import DeviceSetup
-from training.errors import TrainingDiverged, TrainingInterrupted
-from training.evaluate import VAL_PREFIX, Evaluator
-from training.multistep import ChunkRunner
-from training.optimizers import build_optimizer, make_optimizer
-from training.progress import ThroughputMeter, TrainResult
-from training.resume import StartPoint, resume_latest
-from training.signals import GracefulStop
-from training.summary import build_summary
 
 # what other modules import from here; the run's records and exceptions live in their own modules
 __all__ = [
@@ -352,7 +354,7 @@ def run(
 
     With config.checkpoint_dir: resume from the newest good checkpoint there (and say so through
     `notify`), save as --save-freq asks, and on SIGINT/SIGTERM save and raise TrainingInterrupted.
-    With `validation` (held out by training.validation), evaluate on it after each epoch.
+    With `validation` (held out by training.inputs.validation), evaluate on it after each epoch.
     """
     started = time.perf_counter()
     trainer = Trainer(config, setup, examples, validation)

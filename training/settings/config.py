@@ -19,8 +19,8 @@ from typing import Any
 from common.errors import UserError
 from diagnostics.cluster import CLUSTER_MODES
 from diagnostics.selection import SELECTION_DESTS, SelectionError, SelectionOptions
-from training import models  # the registry of names: no TensorFlow at import
-from training.multistep import parse_steps_per_execution  # pure Python until a trainer is built
+from training.inputs import models
+from training.loop.steps import parse_steps_per_execution  # pure Python until a trainer is built
 
 GLOBAL_BATCH_SIZE = 128
 DEFAULT_EPOCHS = 2
@@ -104,7 +104,7 @@ class TrainConfig:
     @property
     def base_learning_rate(self) -> float:
         """--learning-rate, or the optimizer's usual rate where it is not given: the one place
-        "not given" is resolved (before any scaling by the global batch: training.learning_rate)."""
+        "not given" is resolved (before any scaling by the global batch: training.loop.learning_rate)."""
         if self.learning_rate is not None:
             return self.learning_rate
         return DEFAULT_LEARNING_RATES[self.optimizer]

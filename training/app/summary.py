@@ -10,11 +10,11 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from training.config import TrainConfig
-from training.data import Examples
-from training.devices import DeviceSetup
-from training.learning_rate import rate_plan
-from training.progress import TrainResult
+from training.devices.setup import DeviceSetup
+from training.inputs.data import Examples
+from training.loop.learning_rate import rate_plan
+from training.loop.state import TrainResult
+from training.settings.config import TrainConfig
 
 
 def build_summary(

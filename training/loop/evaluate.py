@@ -20,10 +20,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from training import data as data_mod
-from training.config import TrainConfig
-from training.devices import DeviceSetup
-from training.models import ModelError
+from training.devices.setup import DeviceSetup
+from training.inputs import data as data_mod
+from training.inputs.models import ModelError
+from training.settings.config import TrainConfig
 
 VAL_PREFIX = "val_"
 

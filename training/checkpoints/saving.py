@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from training.checkpoint import CheckpointStore, Manifest
-from training.errors import TrainingDiverged
-from training.progress import EpochSums, ThroughputMeter, TrainResult
+from training.checkpoints.store import CheckpointStore, Manifest
+from training.loop.errors import TrainingDiverged
+from training.loop.state import EpochSums, ThroughputMeter, TrainResult
 
 # the names and values of every variable the next step depends on (Trainer.state)
 StateFn = Callable[[], tuple[Sequence[str], Sequence[np.ndarray]]]

@@ -12,11 +12,17 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from training.checkpoint import CheckpointError, CheckpointStore, Manifest, describe_mismatch, fingerprint
-from training.config import TrainConfig, resolve_steps_per_epoch
-from training.devices import DevicePlan
-from training.progress import EpochSums, ThroughputMeter, TrainResult
-from training.validation import training_size
+from training.checkpoints.store import (
+    CheckpointError,
+    CheckpointStore,
+    Manifest,
+    describe_mismatch,
+    fingerprint,
+)
+from training.devices.setup import DevicePlan
+from training.inputs.validation import training_size
+from training.loop.state import EpochSums, ThroughputMeter, TrainResult
+from training.settings.config import TrainConfig, resolve_steps_per_epoch
 
 
 @dataclass
@@ -66,7 +72,7 @@ class StartPoint:
 
 
 class Resumable(Protocol):
-    """What resume_latest needs of a trainer (training.train.Trainer)."""
+    """What resume_latest needs of a trainer (training.loop.trainer.Trainer)."""
 
     @property
     def num_replicas(self) -> int: ...
@@ -107,7 +113,7 @@ def check_before_start(
     if examples is not None:  # the training examples, after any --validation-split
         num_examples = len(examples)
     else:  # --dry-run on synthetic data: its size is known without generating it
-        from training.data import SYNTHETIC_EXAMPLES
+        from training.inputs.data import SYNTHETIC_EXAMPLES
 
         num_examples = training_size(config, SYNTHETIC_EXAMPLES)
     current = fingerprint(config, num_examples, resolve_steps_per_epoch(config, num_examples))

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from training.errors import TrainingDiverged
+from training.loop.errors import TrainingDiverged
 
 AUTO = "auto"
 # auto: a host sync about every TARGET_SECONDS of training, kept between LOW and HIGH seconds: the

@@ -1,0 +1,1 @@
+"""The run around the loop: orchestration, preflight, the summary and how it is printed."""

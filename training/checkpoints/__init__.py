@@ -1,0 +1,1 @@
+"""Checkpoints: their files, when they are written, and resuming from them."""

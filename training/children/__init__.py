@@ -1,0 +1,1 @@
+"""Child processes: the benchmark worker, the deep-check probe; their protocol."""

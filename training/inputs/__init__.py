@@ -1,0 +1,1 @@
+"""What the trainer trains on: data sets, the validation split, models."""
