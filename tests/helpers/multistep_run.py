@@ -1,4 +1,4 @@
-"""Child process for tests/test_multistep.py: training.loop.steps on a tiny Keras model under a
+"""Child process for tests/training/test_multistep.py: training.loop.steps on a tiny Keras model under a
 MirroredStrategy of 2 CPU replicas, without the Trainer. Prints one JSON line.
 
 Every scenario builds the same model from the same seed and reads the same unshuffled batches:

@@ -1,4 +1,4 @@
-"""Child process for tests/test_out_of_memory.py: real TensorFlow errors raised inside traced
+"""Child process for tests/e2e/test_out_of_memory.py: real TensorFlow errors raised inside traced
 functions, each classified by common.child.is_out_of_memory. Prints one JSON object.
 
 The out-of-memory one asks the CPU allocator for 4 PiB: malloc refuses at once, nothing is

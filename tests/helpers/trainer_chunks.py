@@ -1,4 +1,4 @@
-"""Child process for tests/test_multistep_e2e.py: the Trainer itself (not the bare traced loop) on 2
+"""Child process for tests/e2e/test_multistep_e2e.py: the Trainer itself (not the bare traced loop) on 2
 CPU replicas, trained with --steps-per-execution 1, 7 and auto, and a fixed K with --save-freq.
 Prints one JSON line: per setting, the weights' largest difference from K=1 (0.0 when bit for bit),
 the steps each callback saw end, the chunk sizes run, and the checkpoints written; and a run with

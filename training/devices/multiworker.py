@@ -46,7 +46,7 @@ def make_strategy(tf: Any, task: ClusterTask, communication: str, timeout_s: flo
         )
     else:
         # TF_CONFIG as found, or the one the Slurm step amounts to (diagnostics.cluster computes it
-        # as SlurmClusterResolver does: tests/test_cluster_spec.py): SlurmClusterResolver cannot
+        # as SlurmClusterResolver does: tests/diagnostics/test_cluster_spec.py): SlurmClusterResolver cannot
         # describe tasks without GPUs (it steps through GPUs per task, 0 on CPU replicas)
         os.environ["TF_CONFIG"] = json.dumps(task.tf_config())
         resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()

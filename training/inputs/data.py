@@ -194,7 +194,7 @@ def make_dataset(
     # Shuffle the examples' indices, not the examples: the shuffle buffer then holds integers and
     # each batch is one gather from the arrays, instead of copying every example through the
     # buffer one by one. tf.data's seeded shuffle permutes by position alone, so the batches are
-    # the same as shuffling (x, y) pairs with this seed (tests/test_data.py compares them): older
+    # the same as shuffling (x, y) pairs with this seed (tests/training/test_data.py compares them): older
     # checkpoints resume onto the same stream.
     x, y = tf.constant(examples.x), tf.constant(examples.y)
     ds = tf.data.Dataset.range(len(examples))

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from diagnostics.inventory import InventoryError, load_inventory
 
-EXAMPLE = Path(__file__).parent / "fixtures" / "example-workstation-2x4090.json"
+EXAMPLE = Path(__file__).parents[1] / "fixtures" / "example-workstation-2x4090.json"
 
 
 def test_examples_load_and_round_trip(tmp_path, fixture_path):

@@ -1,6 +1,6 @@
 """Fault injection (GPUDIAG_FAULT), the batch-size search and the out-of-memory message, without
 TensorFlow: the search is a pure function of a `fits(batch)` callable, so any memory limit can be
-played out in microseconds. tests/test_faults_e2e.py runs the same paths in real processes.
+played out in microseconds. tests/e2e/test_faults_e2e.py runs the same paths in real processes.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from reports.figures import report_figures
 from reports.results import SCHEMA, ResultsError, failure_summary, format_bytes, load, validate
 from reports.write import ReportDirError, check_report_dir, write_report
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 A100 = "NVIDIA A100-SXM4-80GB"  # datasheet: 19.5 TFLOP/s FP32, NVLink 600 GB/s (both directions)
 ROUNDS = 6
 

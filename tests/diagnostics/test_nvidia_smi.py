@@ -15,7 +15,7 @@ from diagnostics.inventory import InventoryError, load_inventory
 from diagnostics.nvidia_smi import to_snapshot
 from training.__main__ import main as trainer_main
 
-DUMPS = Path(__file__).resolve().parent / "fixtures" / "nvidia-smi"
+DUMPS = Path(__file__).resolve().parents[1] / "fixtures" / "nvidia-smi"
 
 
 def dump(name: str) -> str:

@@ -11,7 +11,7 @@ from typing import Any, NoReturn
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 import sweep_cases
 import sweep_env
 import sweep_options as so
@@ -159,7 +159,7 @@ def test_machine_info_has_the_gpus_stable_fields_and_the_stack():
     """What pytest-benchmark's machine_info gains: from a recorded 8 x H100 inventory, no TensorFlow."""
     from training.devices.setup import plan_devices
 
-    plan = plan_devices(inventory=str(Path(__file__).parent / "fixtures" / "inv-dgx-8xh100.json"))
+    plan = plan_devices(inventory=str(Path(__file__).parents[1] / "fixtures" / "inv-dgx-8xh100.json"))
     info = sweep_env.machine_info(plan)
     assert info["benchmark_device_kind"] == "gpu" and len(info["benchmark_devices"]) == plan.num_replicas
     assert len(info["gpus"]) == 8 and info["nvidia_driver"] == plan.inventory.driver_version

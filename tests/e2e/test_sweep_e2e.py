@@ -21,7 +21,7 @@ from reports.figures import report_figures
 from reports.plots import PNG_SIGNATURE
 from training.loop.faults import WORKER_FAULT_ENV as FAULT_ENV
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEVICES = ["--cpu-replicas", "2", "--gpus", "1", "2"]
 # a sweep of seconds spends most of them starting TensorFlow: no harness share to hold it to
 TINY = [*DEVICES, "--batch-sizes", "8", "16", "--model", "cnn", "--steps", "3", "--rounds", "2",

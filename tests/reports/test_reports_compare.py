@@ -17,7 +17,7 @@ from reports import compare as cmp
 from reports.__main__ import main
 from reports.results import REPORT_SCHEMA, SCHEMA
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 # per-round spread of +-2%: with 6 rounds the median's 95% interval is [min, max]
 SPREAD = (0.98, 0.99, 1.0, 1.0, 1.01, 1.02)
 

@@ -1,7 +1,7 @@
 """Validation data, the learning rate in use and `python -m training evaluate`, up to where
 TensorFlow would start: the held-out split, bad input (one line, exit 2), each optimizer's default
 rate, scaling and warm-up, and the checkpoint fingerprint. All in this process, no TensorFlow;
-tests/test_validation_e2e.py trains and evaluates for real.
+tests/e2e/test_validation_e2e.py trains and evaluates for real.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from diagnostics.inventory import READABLE_SCHEMAS, SCHEMA_ID, Inventory, load_i
 from diagnostics.nvidia_smi import to_snapshot
 from diagnostics.snapshot import take_snapshot
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures"
 SCHEMA = json.loads((ROOT / "docs" / "inventory.schema.json").read_text())
 JSON_FIXTURES = sorted(FIXTURES.glob("*.json"))

@@ -24,7 +24,7 @@ from diagnostics.inventory import Inventory, InventoryError, load_inventory
 from training import __main__ as trainer_cli
 from training.checkpoints.store import CheckpointStore, Manifest
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 INVENTORIES = sorted(FIXTURES.glob("*.json"))
 SETTINGS = settings(
     max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
