@@ -46,6 +46,7 @@ def main() -> None:
     import keras
     import tensorflow as tf
 
+    from training.loop.steps import StepsPerExecution
     from training.loop.trainer import Trainer
 
     strategy = setup.strategy
@@ -108,7 +109,7 @@ def main() -> None:
 
     def ceiling_steps(steps: int) -> None:
         # what several steps per call can give at most here: one call, one fetch, no callbacks
-        trainer.chunks.multi_step(trainer.iterator, tf.constant(steps, tf.int32)).numpy()
+        trainer.run_steps(steps, StepsPerExecution(steps))
 
     # Keras' own fit under the same strategy: same model family, data pipeline, optimizer and loss
     with strategy.scope():
@@ -172,7 +173,7 @@ def main() -> None:
                 "trainer_over_keras_fit": paired(rates["trainer"], rates["keras_fit"]),
                 "trainer_k1_over_hand_loop": paired(rates["trainer_k1"], rates["hand_loop"]),
                 "ceiling_over_hand_loop": paired(rates["ceiling"], rates["hand_loop"]),
-                "auto_k": trainer.chunks.spe.describe(),
+                "auto_k": trainer.steps_per_execution,
                 "input_over_training": medians["input_pipeline"] / medians["trainer"],
             }
         )

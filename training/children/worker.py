@@ -49,7 +49,7 @@ from training.loop.faults import (
     parse_worker_faults,
     worker_fault_for,
 )
-from training.loop.steps import AUTO, StepsPerExecution, parse_steps_per_execution, run_steps
+from training.loop.steps import AUTO, StepsPerExecution, parse_steps_per_execution
 
 # -- the worker process ---------------------------------------------------------------------------
 
@@ -147,7 +147,7 @@ class Worker:
             self.trainers[key] = trainer
         built = time.perf_counter()
         # one step traces the function (compile time, not benchmark time); every K reuses the trace
-        run_steps(trainer.chunks.multi_step, trainer.iterator, 1, self._schedule(key, request))
+        trainer.run_steps(1, self._schedule(key, request))
         done = time.perf_counter()
         params = sum(int(num_elements(v.shape)) for v in trainer.model.trainable_variables)
         gradient_bytes = sum(
@@ -175,7 +175,7 @@ class Worker:
         steps = int(request["steps"])
         schedule = self._schedule(key, request)
         started = time.perf_counter()
-        loss, calls = run_steps(trainer.chunks.multi_step, trainer.iterator, steps, schedule)
+        loss, calls = trainer.run_steps(steps, schedule)
         return {"seconds": time.perf_counter() - started, "loss": loss, "steps": steps, "calls": calls}
 
     def _schedule(self, key: tuple[Any, ...], request: dict[str, Any]) -> StepsPerExecution:

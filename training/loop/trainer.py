@@ -39,7 +39,7 @@ from training.loop.evaluate import VAL_PREFIX, Evaluator
 from training.loop.optimizers import build_optimizer, make_optimizer
 from training.loop.signals import GracefulStop
 from training.loop.state import ThroughputMeter, TrainResult
-from training.loop.steps import ChunkRunner
+from training.loop.steps import ChunkRunner, StepsPerExecution, run_steps
 from training.settings.config import (
     TrainConfig,
     batch_not_divisible_message,
@@ -319,6 +319,17 @@ class Trainer:
             self.faults.after_step(result.global_step)
         stop.raise_if_requested(result.global_step, result.last_checkpoint)
 
+    def run_steps(self, steps: int, schedule: StepsPerExecution | None = None) -> tuple[float, int]:
+        """`steps` training steps with no callbacks, in traced calls of `schedule`'s K (default: this
+        trainer's own `--steps-per-execution`), each ending on its host fetch: what the benchmark
+        worker and bench/ time. Returns the last loss and the number of calls."""
+        return run_steps(self.chunks.multi_step, self.iterator, steps, schedule or self.chunks.spe)
+
+    @property
+    def steps_per_execution(self) -> str:
+        """'auto (K=17 last)' or '20': what the summary reports."""
+        return self.chunks.spe.describe()
+
     def probe(self, steps: int = 2) -> None:
         """Run a few steps and wait for them (for --auto-batch-size): raises ResourceExhaustedError
         if this batch does not fit. The first step traces and allocates; the second reuses."""
@@ -399,7 +410,7 @@ def run(
         resumed_from=start.checkpoint if start is not None else None,
         setup_seconds=setup_seconds,
         wall_seconds=time.perf_counter() - started,
-        steps_per_execution=trainer.chunks.spe.describe(),
+        steps_per_execution=trainer.steps_per_execution,
         first_call=trainer.chunks.first_call,
         gpu_usage=usage.summarize(watching),
     )
