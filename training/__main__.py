@@ -23,8 +23,8 @@ import sys
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, NoReturn
 
 from common import files
 from common.child import is_out_of_memory
@@ -39,19 +39,35 @@ from training.inputs import models
 from training.inputs import validation as validation_mod
 from training.loop import faults as faults_mod
 from training.settings.cli import parse_config, parse_evaluate
-from training.settings.config import TrainConfig, batch_not_divisible_message, resolve_steps_per_epoch
+from training.settings.config import TrainConfig, per_replica_batch, resolve_steps_per_epoch
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 DEBUG_ENV = "GPUDIAG_DEBUG"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+@dataclass
+class Ending:
+    """How this process ends. One worker of several leaves without TensorFlow's shutdown: a worker
+    whose peer is gone can wait a long time there (the coordination service's barrier), and all is
+    said and saved by then."""
+
+    several_workers: bool = False
+
+    def exit(self, code: int) -> NoReturn:
+        if self.several_workers:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        sys.exit(code)
+
+
+def main(argv: Sequence[str] | None = None, ending: Ending | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        # a subcommand in front of the flat trainer flags: `python -m training [flags]` is unchanged
+        # a subcommand in front of the flat trainer flags: `python -m training [flags]`
         if argv[:1] == ["evaluate"]:
             return _evaluate(argv[1:])
-        return _main(argv)
+        return _main(argv, ending or Ending())
     except KeyboardInterrupt:
         print("\nstopped by SIGINT outside the training loop: nothing more was saved", file=sys.stderr)
         return 128 + signal.SIGINT
@@ -74,7 +90,7 @@ def _one_line(exc: BaseException) -> str:
     return text[:500] + ("..." if len(text) > 500 else "")
 
 
-def _main(argv: list[str]) -> int:
+def _main(argv: list[str], ending: Ending) -> int:
     try:
         faults_mod.from_env()  # a typo in GPUDIAG_FAULT is bad input, found before TensorFlow
         config, quiet = parse_config(argv)
@@ -82,9 +98,9 @@ def _main(argv: list[str]) -> int:
         if config.local_workers is not None:
             return _launch(argv, config, plan)
         cluster, plan = cluster_mod.place(config, plan, os.environ)
-        replicas = plan.num_replicas * (cluster.num_workers if cluster else 1)
-        if config.global_batch_size % replicas:
-            raise UserError(batch_not_divisible_message(config.global_batch_size, replicas))
+        per_replica_batch(
+            config.global_batch_size, plan.num_replicas * (cluster.num_workers if cluster else 1)
+        )
         examples = None
         if not config.dry_run or config.data:
             from training.inputs import data
@@ -116,6 +132,7 @@ def _main(argv: list[str]) -> int:
         if found is None:
             return EXIT_FAILED
         config = replace(config, global_batch_size=found)
+    ending.several_workers = cluster is not None
     return _train(config, plan, examples, validation, quiet, argv, cluster)
 
 
@@ -225,8 +242,6 @@ def _train(
     argv: list[str],
     cluster: ClusterTask | None = None,
 ) -> int:
-    global _SEVERAL_WORKERS
-    _SEVERAL_WORKERS = cluster is not None
     with _sigterm_raises():
         code = _train_inner(config, plan, examples, validation, quiet, argv, cluster)
     if cluster is not None and (code == EXIT_OK or code >= 128):
@@ -248,7 +263,8 @@ def _train_inner(
     setup = _start_devices(config, plan, cluster)
     if setup is None:
         return EXIT_FAILED
-    from training.loop import trainer as train
+    from training.app.run import run
+    from training.loop.errors import TrainingDiverged, TrainingInterrupted
 
     if cluster is not None:
         print(cluster_mod.describe(cluster, plan), file=sys.stderr, flush=True)
@@ -256,8 +272,8 @@ def _train_inner(
             config = replace(config, summary_json=None, save_model=None, log_dir=None)
     render.print_plan(config, plan, sys.stderr, steps_per_epoch=_steps_per_epoch(config, examples))
     try:
-        summary = train.run(config, setup, examples, verbose=0 if quiet else 1, validation=validation)
-    except train.TrainingInterrupted as exc:
+        summary = run(config, setup, examples, verbose=0 if quiet else 1, validation=validation)
+    except TrainingInterrupted as exc:
         print(f"\n{exc}", file=sys.stderr)
         if exc.checkpoint:
             print(f"resume with: {resume_command(argv)}", file=sys.stderr)
@@ -266,7 +282,7 @@ def _train_inner(
         else:
             print("nothing was saved: add --checkpoint-dir DIR to make a run resumable", file=sys.stderr)
         return exc.exit_code
-    except train.TrainingDiverged as exc:
+    except TrainingDiverged as exc:
         print(f"\nerror: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except UserError as exc:  # data or a checkpoint found wanting once training started
@@ -299,8 +315,7 @@ def _evaluate(argv: list[str]) -> int:
         model_path, config, quiet = parse_evaluate(argv)
         models.check_model_file(model_path)  # a file that is not a Keras model: exit 2, before TensorFlow
         plan = plan_devices(config.selection, config.cpu_replicas, config.require_gpu)
-        if config.global_batch_size % plan.num_replicas:
-            raise UserError(batch_not_divisible_message(config.global_batch_size, plan.num_replicas))
+        per_replica_batch(config.global_batch_size, plan.num_replicas)
         from training.inputs import data
 
         examples = data.load(config.data, config.seed)
@@ -338,15 +353,6 @@ def _evaluate(argv: list[str]) -> int:
     return EXIT_OK
 
 
-# set when this process is one worker of several: see the end of the file
-_SEVERAL_WORKERS = False
-
 if __name__ == "__main__":
-    code = main()
-    if _SEVERAL_WORKERS:
-        # A worker whose peer is gone can wait a long time in TensorFlow's shutdown (the
-        # coordination service's barrier): all is said and saved, so leave without it
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    sys.exit(code)
+    process = Ending()
+    process.exit(main(ending=process))

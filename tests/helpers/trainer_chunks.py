@@ -42,7 +42,8 @@ def main() -> None:
     root = Path(sys.argv[1])
     setup = setup_device_strategy(plan_devices(cpu_replicas=2))
     from training.checkpoints.store import CheckpointStore
-    from training.loop.trainer import Trainer, TrainingInterrupted
+    from training.loop.errors import TrainingInterrupted
+    from training.loop.trainer import Trainer
 
     examples = data.synthetic(seed=3, num_examples=STEPS * 32)
     base = replace(TrainConfig(), model="mlp", global_batch_size=32, seed=3, optimizer="sgd")
@@ -58,15 +59,7 @@ def main() -> None:
     )
     for name, setting, save_every in runs:
         trainer = Trainer(replace(base, steps_per_execution=setting), setup, examples)
-        sizes: list[int] = []
-        run = trainer.chunks.run
-
-        def counted(*args, _run=run, _sizes=sizes, **kwargs):  # records each chunk's length
-            rows = _run(*args, **kwargs)
-            _sizes.append(len(rows))
-            return rows
-
-        trainer.chunks.run = counted  # type: ignore[method-assign]
+        state = trainer.new_state()  # records each traced call's steps, also where a signal stops it
         seen = Seen(sigterm_after=2 if name == "sigterm" else None)
         store = CheckpointStore(str(root / name)) if name in ("k4_save3", "sigterm") else None
         if initial is None:
@@ -78,6 +71,7 @@ def main() -> None:
                 STEPS,
                 [seen],
                 verbose=0,
+                state=state,
                 checkpoints=store,
                 save_every_steps=save_every,
                 handle_signals=True,
@@ -94,7 +88,7 @@ def main() -> None:
             "from_initial": max(float(np.max(np.abs(w - i))) for w, i in zip(weights, initial, strict=True)),
             "max_diff": max(float(np.max(np.abs(w - r))) for w, r in zip(weights, reference, strict=True)),
             "ended": seen.ended,
-            "chunks": sizes,
+            "chunks": state.calls,
             "global_step": global_step,
             "checkpoints": sorted(p.name for p in (root / name).glob("ckpt-*.npz")),
         }

@@ -13,7 +13,7 @@ import tensorflow as tf
 from training.devices.setup import DeviceSetup
 from training.inputs.data import Examples
 from training.loop.learning_rate import rate_plan
-from training.loop.state import TrainResult
+from training.loop.state import RunState
 from training.settings.config import TrainConfig
 
 
@@ -21,13 +21,12 @@ def build_summary(
     config: TrainConfig,
     setup: DeviceSetup,
     examples: Examples,
-    result: TrainResult,
+    result: RunState,
     *,
     validation: Examples | None = None,
     global_batch_size: int,
     per_replica_batch_size: int,
     steps_per_epoch: int,
-    resumed_from: str | None,
     setup_seconds: float,
     wall_seconds: float,
     steps_per_execution: str = "1",
@@ -35,7 +34,7 @@ def build_summary(
     gpu_usage: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     final = result.history[-1] if result.history else {}
-    rate = result.meter.samples_per_sec if result.meter else None
+    rate = result.meter.samples_per_sec
     plan = setup.plan
     learning = rate_plan(config)
     return {
@@ -53,7 +52,7 @@ def build_summary(
         "steps_per_epoch": steps_per_epoch,
         "steps": result.global_step,
         "steps_this_run": result.steps,
-        "resumed_from": resumed_from,
+        "resumed_from": result.resumed_from,
         "checkpoint_dir": config.checkpoint_dir,
         "last_checkpoint": result.last_checkpoint,
         "warmup_steps": config.warmup_steps,

@@ -1,13 +1,13 @@
-"""Resuming a run: where it picks up (`StartPoint`), the one check that a checkpoint was written by
-a run with the same settings (`check_fingerprint`: a different run is bad input, exit 2), that
-check before TensorFlow starts (`check_before_start`), and putting the newest good checkpoint
-back into a trainer (`resume_latest`).
+"""Resuming a run: the one check that a checkpoint was written by a run with the same settings
+(`check_fingerprint`: a different run is bad input, exit 2), that check before TensorFlow starts
+(`check_before_start`), and putting the newest good checkpoint back into a trainer, with the run's
+state as it was (`resume_latest`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -15,60 +15,13 @@ import numpy as np
 from training.checkpoints.store import (
     CheckpointError,
     CheckpointStore,
-    Manifest,
     describe_mismatch,
     fingerprint,
 )
 from training.devices.setup import DevicePlan
 from training.inputs.validation import training_size
-from training.loop.state import EpochSums, ThroughputMeter, TrainResult
-from training.settings.config import TrainConfig, resolve_steps_per_epoch
-
-
-@dataclass
-class StartPoint:
-    """Where a resumed run picks up: the position and running sums from a checkpoint's manifest."""
-
-    global_step: int
-    epoch: int
-    step_in_epoch: int
-    history: list[dict[str, float]] = field(default_factory=list)
-    loss_sum: float = 0.0
-    correct_sum: float = 0.0
-    seen: int = 0
-    checkpoint: str | None = None
-    stopped_early: bool = False
-
-    @classmethod
-    def from_manifest(cls, manifest: Manifest, checkpoint: str | None = None) -> StartPoint:
-        return cls(
-            manifest.global_step,
-            manifest.epoch,
-            manifest.step_in_epoch,
-            list(manifest.history),
-            manifest.loss_sum,
-            manifest.correct_sum,
-            manifest.seen,
-            checkpoint,
-            manifest.stopped_early,
-        )
-
-    def enter_epoch(self, epoch: int, global_batch_size: int) -> tuple[int, EpochSums]:
-        """The first step to run in `epoch`, and its sums so far: the checkpoint's, if it stopped
-        inside this epoch, so the logged loss and accuracy continue where they were."""
-        if epoch == self.epoch and self.step_in_epoch > 0:
-            sums = EpochSums(global_batch_size, self.loss_sum, self.correct_sum, self.seen)
-            return self.step_in_epoch, sums
-        return 0, EpochSums(global_batch_size)
-
-    def result(self, meter: ThroughputMeter) -> TrainResult:
-        """The run's record so far, to go on from."""
-        return TrainResult(
-            history=list(self.history),
-            meter=meter,
-            global_step=self.global_step,
-            last_checkpoint=self.checkpoint,
-        )
+from training.loop.state import RunState
+from training.settings.config import TrainConfig, resolve_steps_per_epoch, splits_evenly
 
 
 class Resumable(Protocol):
@@ -80,6 +33,8 @@ class Resumable(Protocol):
     def restore(self, names: Sequence[str], arrays: Sequence[np.ndarray], source: str) -> None: ...
 
     def seek(self, global_step: int) -> None: ...
+
+    def new_state(self) -> RunState: ...
 
 
 def check_fingerprint(saved: Mapping[str, Any], current: Mapping[str, Any], checkpoint_dir: Any) -> None:
@@ -108,7 +63,7 @@ def check_before_start(
     saved = found.manifest.fingerprint
     if config.auto_batch_size and isinstance(saved.get("global_batch_size"), int):
         batch = saved["global_batch_size"]
-        if batch > 0 and batch % plan.num_replicas == 0:
+        if batch > 0 and splits_evenly(batch, plan.num_replicas):
             config = replace(config, global_batch_size=batch)
     if examples is not None:  # the training examples, after any --validation-split
         num_examples = len(examples)
@@ -127,10 +82,10 @@ def resume_latest(
     current: dict[str, Any],
     epochs: int,
     notify: Callable[[str], None],
-) -> StartPoint | None:
+) -> RunState | None:
     """Load the newest good checkpoint in `store` into `trainer` and say so through `notify`.
 
-    Returns where fit picks up, or None (no usable checkpoint: train from the start). Raises
+    Returns the run's state where fit picks up, or None (no usable checkpoint: train from the start). Raises
     CheckpointError for a checkpoint of a different run or model.
     """
     restored = store.restore_latest(notify)
@@ -140,12 +95,12 @@ def resume_latest(
     manifest = restored.manifest
     trainer.restore([n for n, _ in manifest.variables], restored.arrays, restored.checkpoint.name)
     trainer.seek(manifest.global_step)
-    start = StartPoint.from_manifest(manifest, restored.checkpoint.name)
+    start = RunState.resume(trainer.new_state().meter, manifest, restored.checkpoint.name)
     replicas = trainer.num_replicas
     note = ""
     if manifest.replicas != replicas:
         note = f" (written on {manifest.replicas} replicas, now {replicas})"
-    notify(f"resuming from checkpoint {start.checkpoint} ({manifest.where()}){note}")
+    notify(f"resuming from checkpoint {start.resumed_from} ({manifest.where()}){note}")
     if manifest.stopped_early or manifest.epoch >= epochs:
         notify(f"that checkpoint ends the run: nothing left to train for --epochs {epochs}")
     return start

@@ -25,11 +25,10 @@ from diagnostics.nvml import NvmlUnavailable, read_inventory
 from diagnostics.selection import Limits, Selection, SelectionError, SelectionOptions, device_args
 from diagnostics.stack import Stack, read_stack
 from diagnostics.visible import read_visible
+from training.settings.config import CROSS_DEVICE_OPS
 
 if TYPE_CHECKING:
     import tensorflow as tf
-
-CROSS_DEVICE_OPS = ("auto", "nccl", "hierarchical", "reduce-to-one")
 
 
 class DeviceSetupError(RuntimeError):

@@ -1,12 +1,17 @@
-"""Where a training run stands: its position, the running sums of the epoch, and its throughput.
-
-Plain records that the loop in train.py updates after each step and that a checkpoint's manifest
-saves and restores (checkpointing.py); no TensorFlow here.
+"""Where a training run stands: one `RunState` owns its position (global step, epoch, step in the
+epoch), the running sums of the epoch, the history, the throughput meter, the newest checkpoint and
+whether a stop was asked for. The loop in trainer.py moves it forward one step at a time
+(`record_step`); a checkpoint's manifest saves it and `RunState.resume` puts it back. No TensorFlow
+here.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from typing import Any
+
+from training.loop.errors import TrainingDiverged, TrainingInterrupted
 
 
 @dataclass
@@ -60,12 +65,87 @@ class EpochSums:
 
 
 @dataclass
-class TrainResult:
+class RunState:
+    """A run's position and records. `epoch` and `step_in_epoch` say where the next step goes;
+    `global_step` counts every step the model has trained, resumed ones included; `steps` those of
+    this process. `calls` holds the steps each traced call ran (several steps per call)."""
+
+    meter: ThroughputMeter
+    global_step: int = 0
+    epoch: int = 0
+    step_in_epoch: int = 0
+    sums: EpochSums = field(init=False)
     history: list[dict[str, float]] = field(default_factory=list)
-    steps: int = 0  # steps run by this call
-    meter: ThroughputMeter | None = None
+    steps: int = 0
+    calls: list[int] = field(default_factory=list)
+    last_checkpoint: str | None = None
+    resumed_from: str | None = None
+    stopped_early: bool = False
+    # the signal that asked the run to stop after this step (on several workers: once they all
+    # agreed), or None; set by signals.GracefulStop
+    stop_signal: int | None = None
     train_seconds: float = 0.0  # the whole loop, validation included
     validation_seconds: float = 0.0  # evaluating the validation data after each epoch
-    stopped_early: bool = False
-    global_step: int = 0  # steps the model has trained in all, resumed ones included
-    last_checkpoint: str | None = None
+
+    def __post_init__(self) -> None:
+        self.sums = EpochSums(self.meter.global_batch_size)
+
+    @classmethod
+    def resume(cls, meter: ThroughputMeter, manifest: Any, checkpoint: str) -> RunState:
+        """Where a checkpoint's manifest left a run: its position, history and, if it stopped inside
+        an epoch, that epoch's sums, so the logged loss and accuracy continue where they were."""
+        state = cls(
+            meter,
+            global_step=manifest.global_step,
+            epoch=manifest.epoch,
+            step_in_epoch=manifest.step_in_epoch,
+            history=list(manifest.history),
+            last_checkpoint=checkpoint,
+            resumed_from=checkpoint,
+            stopped_early=manifest.stopped_early,
+        )
+        state.sums = EpochSums(
+            meter.global_batch_size, manifest.loss_sum, manifest.correct_sum, manifest.seen
+        )
+        return state
+
+    def begin_epoch(self, epoch: int) -> None:
+        """Enter `epoch`: a resumed run goes on inside the epoch it stopped in, with its sums."""
+        if epoch != self.epoch or self.step_in_epoch == 0:
+            self.epoch, self.step_in_epoch = epoch, 0
+            self.sums = EpochSums(self.meter.global_batch_size)
+
+    def first_epoch(self, epochs: int) -> int:
+        """The epoch a fit call starts at: none left where a resumed run had stopped early."""
+        return epochs if self.stopped_early else self.epoch
+
+    def record_step(self, loss: float, correct: float) -> dict[str, float]:
+        """One step done: count it and return the epoch's logs so far. A loss that is not finite
+        raises TrainingDiverged after counting its step: no checkpoint is written of those weights,
+        so the last good one stays the newest."""
+        self.steps += 1
+        self.global_step += 1
+        if not math.isfinite(loss):
+            raise TrainingDiverged(self.global_step, loss, self.last_checkpoint)
+        self.step_in_epoch += 1
+        return self.sums.add(loss, correct)
+
+    def end_epoch(self, logs: dict[str, float], stopped_early: bool) -> None:
+        """The epoch's last step is done: its logs join the history; the next epoch starts afresh."""
+        self.history.append({"epoch": self.epoch + 1, **logs})
+        self.stopped_early = stopped_early
+        self.epoch, self.step_in_epoch = self.epoch + 1, 0
+        self.sums = EpochSums(self.meter.global_batch_size)
+
+    @property
+    def stop_requested(self) -> bool:
+        return self.stop_signal is not None
+
+    def raise_if_stop_requested(self) -> None:
+        """Called after a whole step (and its checkpoint, if one was due): stop here if asked to."""
+        if self.stop_signal is not None:
+            raise TrainingInterrupted(self.stop_signal, self.global_step, self.last_checkpoint)
+
+    def position(self) -> tuple[int, str | None]:
+        """(global steps trained, newest checkpoint): what a stop's message reports."""
+        return self.global_step, self.last_checkpoint

@@ -31,36 +31,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from training.loop.errors import TrainingDiverged
+from training.loop.state import RunState
+from training.settings.checks import AUTO, MAX_STEPS, parse_steps_per_execution
 
-AUTO = "auto"
 # auto: a host sync about every TARGET_SECONDS of training, kept between LOW and HIGH seconds: the
 # progress bar moves (and a signal is answered) at least every HIGH seconds
 TARGET_SECONDS = 0.15
 LOW_SECONDS = 0.05
 HIGH_SECONDS = 0.2
-MAX_STEPS = 1000  # one traced call never runs more than this many steps
-
-
-def parse_steps_per_execution(text: str | int) -> int | str:
-    """'auto' or a positive whole number of steps; ValueError (one line, naming the flag) otherwise."""
-    if isinstance(text, int) and not isinstance(text, bool):
-        value = text
-    else:
-        raw = str(text).strip().lower()
-        if raw == AUTO:
-            return AUTO
-        try:
-            value = int(raw)
-        except ValueError:
-            raise ValueError(
-                f"--steps-per-execution must be 'auto' or a number of steps >= 1, got {text!r}"
-            ) from None
-    if not 1 <= value <= MAX_STEPS:
-        raise ValueError(
-            f"--steps-per-execution must be from 1 to {MAX_STEPS} steps (or 'auto'), got {text!r}"
-        )
-    return value
 
 
 def chunk_steps(
@@ -220,8 +198,8 @@ def first_non_finite(losses: list[float]) -> int | None:
 class ChunkRunner:
     """The trainer's side of several steps per call: runs a chunk (`run`), then hands each step's
     logs to the callbacks in order (`replay`). Holds the traced function, K's choice and the fault
-    hooks (GPUDIAG_FAULT: `faults`, None normally), so that the loop in train.py stays as it was
-    with one step replaced by one chunk.
+    hooks (GPUDIAG_FAULT: `faults`, None normally), so that the loop in trainer.py reads as one step
+    at a time with one step replaced by one chunk.
     """
 
     def __init__(
@@ -241,19 +219,14 @@ class ChunkRunner:
         self.first_call: tuple[int, float] | None = None  # (steps, seconds)
 
     def run(
-        self,
-        iterator: Any,
-        step_in_epoch: int,
-        steps_per_epoch: int,
-        global_step: int,
-        save_every_steps: int | None,
-        meter: Any = None,
+        self, iterator: Any, state: RunState, steps_per_epoch: int, save_every_steps: int | None
     ) -> list[tuple[float, float]]:
-        """Run the next chunk; every step's (loss, correct). The rows end at the first step whose
-        loss is not finite (on the device, or injected by GPUDIAG_FAULT's nan_at_step)."""
-        faults = self.faults
+        """Run the next chunk from where `state` stands; every step's (loss, correct). The rows end
+        at the first step whose loss is not finite (on the device, or injected by GPUDIAG_FAULT's
+        nan_at_step). The state records the call's steps and their time; `replay` moves it on."""
+        faults, global_step, meter = self.faults, state.global_step, state.meter
         cuts = (faults.nan_at_step, faults.kill_after_step) if faults is not None else ()
-        steps = self.spe.next_chunk(step_in_epoch, steps_per_epoch, global_step, save_every_steps, cuts)
+        steps = self.spe.next_chunk(state.step_in_epoch, steps_per_epoch, global_step, save_every_steps, cuts)
         if faults is not None:
             for g in range(global_step + 1, global_step + steps + 1):
                 faults.before_step(g, self.per_replica_batch)
@@ -263,9 +236,9 @@ class ChunkRunner:
         self.spe.observe(len(rows), done - started)
         if self.first_call is None:
             self.first_call = (len(rows), done - started)
-        if meter is not None:  # the chunk's steps share its time evenly: warm-up counting stays exact
-            for j in range(len(rows)):
-                meter.step_done(started + (done - started) * (j + 1) / len(rows))
+        state.calls.append(len(rows))
+        for j in range(len(rows)):  # the chunk's steps share its time evenly: warm-up counting stays exact
+            meter.step_done(started + (done - started) * (j + 1) / len(rows))
         if faults is not None:
             rows = [
                 (faults.loss_after_step(global_step + j + 1, loss), c) for j, (loss, c) in enumerate(rows)
@@ -275,29 +248,17 @@ class ChunkRunner:
         return rows
 
     @staticmethod
-    def replay(
-        rows: list[tuple[float, float]],
-        step_in_epoch: int,
-        callbacks: Any,
-        sums: Any,
-        result: Any,
-    ) -> tuple[dict[str, float] | None, int]:
-        """Each step's logs to the callbacks, in order, as one step per call gave them; counts the
-        steps in `result`. The caller calls on_train_batch_begin for the first step before the call
-        runs (as Keras does), so that with K=1 a callback sees the state before its step; this calls
-        it for the others. Raises TrainingDiverged at a non-finite loss, after counting its step
-        (on_train_batch_end is not called for it, as before). Returns the last logs and the step in
-        the epoch after the chunk."""
+    def replay(rows: list[tuple[float, float]], callbacks: Any, state: RunState) -> dict[str, float] | None:
+        """Each step's logs to the callbacks, in order, as one step per call gave them, moving
+        `state` on a step each. The caller calls on_train_batch_begin for the first step before the
+        call runs (as Keras does), so that with K=1 a callback sees the state before its step; this
+        calls it for the others. A non-finite loss raises TrainingDiverged (from
+        RunState.record_step) without on_train_batch_end. Returns the last logs."""
         logs = None
         for i, (loss, correct) in enumerate(rows):
             if i:
-                callbacks.on_train_batch_begin(step_in_epoch)
-            result.steps += 1
-            result.global_step += 1
-            if not math.isfinite(loss):
-                # no checkpoint of these weights: the last good one stays the newest
-                raise TrainingDiverged(result.global_step, loss, result.last_checkpoint)
-            logs = sums.add(loss, correct)
-            callbacks.on_train_batch_end(step_in_epoch, logs)
-            step_in_epoch += 1
-        return logs, step_in_epoch
+                callbacks.on_train_batch_begin(state.step_in_epoch)
+            step = state.step_in_epoch
+            logs = state.record_step(loss, correct)
+            callbacks.on_train_batch_end(step, logs)
+        return logs

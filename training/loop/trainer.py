@@ -1,20 +1,20 @@
 """Build, compile and train a Keras model under the strategy with a custom distributed loop.
 
-Why not `model.fit`: in Keras 3.15, `fit` under MirroredStrategy ran at half the speed of a plain
-`tf.function` + `strategy.run` loop on the same model and devices, and varied threefold from run
-to run (see ARCHITECTURE.md). This loop keeps what users expect of `fit`: the Keras progress bar,
-Keras callbacks (TensorBoard, ModelCheckpoint, EarlyStopping, ...), running loss and accuracy,
-and a compiled model that `model.save()` writes as usual.
+Why not `model.fit`: in Keras 3.15, `fit` under MirroredStrategy ran slower than a plain
+`tf.function` + `strategy.run` loop on the same model and devices, and varied from run to run
+(bench/test_trainer_speed.py measures both). This loop keeps what users expect of `fit`: the Keras
+progress bar, Keras callbacks (TensorBoard, ModelCheckpoint, EarlyStopping, ...), running loss and
+accuracy, and a compiled model that `model.save()` writes as usual.
 
-The loop's other concerns have modules of their own: progress.py (position, running sums,
-throughput), checkpointing.py (when to save, resuming), signals.py (SIGINT/SIGTERM), errors.py
-(how a run ends early), optimizers.py (the optimizer and its learning-rate schedule), evaluate.py
-(validation after each epoch) and summary.py (the summary dict).
+The loop's other concerns have modules of their own: state.py (`RunState`: position, running
+sums, throughput, stop requests), steps.py (several steps per traced call), signals.py
+(SIGINT/SIGTERM), errors.py (how a run ends early), optimizers.py (the optimizer and its
+learning-rate schedule), evaluate.py (validation after each epoch); checkpoints/ (when to save,
+resuming). The run around the loop is training.app.run.
 """
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -23,42 +23,19 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from common.files import replacing
-from training.app import usage
-from training.app.summary import build_summary
-from training.checkpoints.resume import StartPoint, resume_latest
 from training.checkpoints.saving import Checkpointing
-from training.checkpoints.store import CheckpointError, CheckpointStore, fingerprint
+from training.checkpoints.store import CheckpointError, CheckpointStore
 from training.devices import multiworker
 from training.devices.setup import DeviceSetup
 from training.inputs import data as data_mod
 from training.inputs import models
 from training.loop import faults as faults_mod
-from training.loop.errors import TrainingDiverged, TrainingInterrupted
 from training.loop.evaluate import VAL_PREFIX, Evaluator
-from training.loop.optimizers import build_optimizer, make_optimizer
+from training.loop.optimizers import build_optimizer
 from training.loop.signals import GracefulStop
-from training.loop.state import ThroughputMeter, TrainResult
+from training.loop.state import RunState, ThroughputMeter
 from training.loop.steps import ChunkRunner, StepsPerExecution, run_steps
-from training.settings.config import (
-    TrainConfig,
-    batch_not_divisible_message,
-    parse_save_freq,
-    resolve_steps_per_epoch,
-)
-
-# what other modules import from here; the run's records and exceptions live in their own modules
-__all__ = [
-    "StartPoint",
-    "ThroughputMeter",
-    "TrainResult",
-    "Trainer",
-    "TrainingDiverged",
-    "TrainingInterrupted",
-    "make_optimizer",
-    "run",
-    "save_model_atomically",
-]
+from training.settings.config import TrainConfig, per_replica_batch, resolve_steps_per_epoch
 
 
 class Trainer:
@@ -73,11 +50,8 @@ class Trainer:
     ) -> None:
         self.config, self.setup, self.examples = config, setup, examples
         self.strategy = setup.strategy
-        replicas = setup.num_replicas
-        if config.global_batch_size % replicas:
-            raise ValueError(batch_not_divisible_message(config.global_batch_size, replicas))
         self.global_batch_size = config.global_batch_size
-        self.per_replica_batch_size = config.global_batch_size // replicas
+        self.per_replica_batch_size = per_replica_batch(config.global_batch_size, setup.num_replicas)
         if config.mixed_precision:
             keras.mixed_precision.set_global_policy("mixed_float16")
         keras.utils.set_random_seed(config.seed)
@@ -100,7 +74,6 @@ class Trainer:
             dataset = data_mod.make_dataset(examples, self.global_batch_size, config.seed)
             self.dist_dataset = data_mod.distribute(self.strategy, dataset)
         self.iterator = iter(self.dist_dataset)
-        self.train_step = self._make_train_step()
         self.evaluator = (
             Evaluator(self.strategy, self.model, validation, self.global_batch_size)
             if validation is not None
@@ -115,7 +88,7 @@ class Trainer:
         )
         self.chunks = ChunkRunner(
             self.strategy,
-            self._replica_step,
+            self._make_replica_step(),
             config.steps_per_execution,
             self.per_replica_batch_size,
             self.faults,
@@ -166,7 +139,10 @@ class Trainer:
 
     # -- the step -------------------------------------------------------------------------------
 
-    def _make_train_step(self) -> Callable[[Any], tf.Tensor]:
+    def _make_replica_step(self) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
+        """One replica's share of a step, the one place the step is built: forward, loss over the
+        GLOBAL batch, gradients, update; returns [loss, correct predictions]. The traced loop of
+        steps.py runs it under `strategy.run`, K steps per call."""
         model, optimizer, loss_fn = self.model, self.optimizer, self.loss_fn
         global_batch = self.global_batch_size
         mixed = self.config.mixed_precision
@@ -197,19 +173,13 @@ class Trainer:
             optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
             return tf.stack([loss, correct])
 
-        self._replica_step = replica_step  # what the several-steps-per-call loop runs
-        strategy = self.strategy
-
-        @tf.function
-        def train_step(iterator: Any) -> tf.Tensor:
-            """One global step; returns [loss, correct predictions] as one tensor: one host fetch."""
-            x, y = next(iterator)
-            per_replica = strategy.run(replica_step, args=(x, y))
-            return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
-
-        return train_step
+        return replica_step
 
     # -- the loop -------------------------------------------------------------------------------
+
+    def new_state(self) -> RunState:
+        """A run at its start: what fit goes on from, unless a checkpoint's (checkpoints.resume)."""
+        return RunState(ThroughputMeter(self.global_batch_size, self.config.warmup_steps))
 
     def fit(
         self,
@@ -217,76 +187,79 @@ class Trainer:
         steps_per_epoch: int,
         callbacks: Sequence[keras.callbacks.Callback] = (),
         verbose: int = 1,
-        initial_epoch: int = 0,
         *,
+        state: RunState | None = None,
         checkpoints: CheckpointStore | None = None,
         save_every_steps: int | None = None,
-        start: StartPoint | None = None,
         handle_signals: bool = False,
-        fingerprint_: dict[str, Any] | None = None,
-    ) -> TrainResult:
-        """Train from `start` (a checkpoint's position; call seek() and restore() first) or from
-        `initial_epoch`. With `checkpoints`, save at the end of each epoch, or every
-        `save_every_steps` steps, at the end, and on SIGINT/SIGTERM (with `handle_signals`)."""
-        if start is None:
-            start = StartPoint(initial_epoch * steps_per_epoch, initial_epoch, 0)
-        meter = ThroughputMeter(self.global_batch_size, self.config.warmup_steps)
-        result = start.result(meter)
+        fingerprint: dict[str, Any] | None = None,
+    ) -> RunState:
+        """Train from where `state` stands (a resumed run's: call seek() and restore() first), or
+        from the start. With `checkpoints`, save at the end of each epoch, or every
+        `save_every_steps` steps, at the end, and on SIGINT/SIGTERM (with `handle_signals`).
+        Returns the state, which also holds where a run that raised stopped."""
+        run = state if state is not None else self.new_state()
         cbs = self._callback_list(callbacks, verbose, epochs, steps_per_epoch)
         saving = Checkpointing(
             checkpoints,
-            result,
-            meter,
+            run,
             state=self.state,
             replicas=int(self.strategy.num_replicas_in_sync),
             every_steps=save_every_steps,
-            fingerprint=fingerprint_,
+            fingerprint=fingerprint,
         )
-        stop = GracefulStop(lambda: (result.global_step, result.last_checkpoint), install=handle_signals)
+        stop = GracefulStop(run, install=handle_signals)
         self.model.stop_training = False
         started = time.perf_counter()
-        logs: dict[str, float] = {}
         with stop:
             cbs.on_train_begin()
-            for epoch in range(epochs if start.stopped_early else start.epoch, epochs):
-                cbs.on_epoch_begin(epoch)
-                first_step, sums = start.enter_epoch(epoch, self.global_batch_size)
-                meter.pause()
-                step = first_step
-                while step < steps_per_epoch:
-                    # one traced call of several steps, then each step's logs to the callbacks; the
-                    # first step's begin comes before the call, as in Keras' steps_per_execution
-                    cbs.on_train_batch_begin(step)
-                    rows = self.chunks.run(
-                        self.iterator, step, steps_per_epoch, result.global_step, save_every_steps, meter
-                    )
-                    chunk_logs, step = self.chunks.replay(rows, step, cbs, sums, result)
-                    logs = chunk_logs or logs
-                    if self.agreement is not None:  # several workers: stop and K the same on all
-                        any_stop, self.chunks.spe.agreed = self.agreement(
-                            stop.pending, self.chunks.spe.proposed()
-                        )
-                        stop.settle(any_stop)
-                    if self.model.stop_training:
-                        break
-                    # an epoch's last step is saved (and checked for a signal) at the epoch's end
-                    if step < steps_per_epoch:
-                        saving.mid_epoch(epoch, step, sums, stopping=stop.requested)
-                        self._after_step(result, stop)
-                meter.pause()
-                if self.evaluator is not None:
-                    logs = {**logs, **self._validate(cbs, result)}
-                cbs.on_epoch_end(epoch, logs)
-                result.history.append({"epoch": epoch + 1, **logs})
-                result.stopped_early = bool(self.model.stop_training)
-                final = epoch + 1 == epochs or result.stopped_early
-                saving.epoch_end(epoch + 1, final, stopping=stop.requested)
-                self._after_step(result, stop)
-                if result.stopped_early:
+            logs: dict[str, float] = {}
+            for epoch in range(run.first_epoch(epochs), epochs):
+                logs = self._epoch(epoch, steps_per_epoch, run, cbs, saving, stop)
+                final = epoch + 1 == epochs or run.stopped_early
+                saving.epoch_end(final)
+                self._after_step(run)
+                if run.stopped_early:
                     break
             cbs.on_train_end(logs)
-        result.train_seconds = time.perf_counter() - started
-        return result
+        run.train_seconds = time.perf_counter() - started
+        return run
+
+    def _epoch(
+        self,
+        epoch: int,
+        steps_per_epoch: int,
+        run: RunState,
+        cbs: keras.callbacks.CallbackList,
+        saving: Checkpointing,
+        stop: GracefulStop,
+    ) -> dict[str, float]:
+        """One epoch's steps, chunk by chunk, then validation; returns the epoch's logs."""
+        run.begin_epoch(epoch)
+        cbs.on_epoch_begin(epoch)
+        run.meter.pause()
+        logs: dict[str, float] = {}
+        while run.step_in_epoch < steps_per_epoch:
+            # one traced call of several steps, then each step's logs to the callbacks; the
+            # first step's begin comes before the call, as in Keras' steps_per_execution
+            cbs.on_train_batch_begin(run.step_in_epoch)
+            rows = self.chunks.run(self.iterator, run, steps_per_epoch, saving.every_steps)
+            logs = self.chunks.replay(rows, cbs, run) or logs
+            if self.agreement is not None:  # several workers: stop and K the same on all
+                any_stop, self.chunks.spe.agreed = self.agreement(stop.pending, self.chunks.spe.proposed())
+                stop.settle(any_stop)
+            if self.model.stop_training:
+                break
+            # an epoch's last step is saved (and checked for a signal) at the epoch's end
+            if run.step_in_epoch < steps_per_epoch:
+                saving.mid_epoch()
+                self._after_step(run)
+        run.meter.pause()
+        if self.evaluator is not None:
+            logs = {**logs, **self._validate(cbs, run)}
+        cbs.on_epoch_end(epoch, logs)
+        run.end_epoch(logs, stopped_early=bool(self.model.stop_training))
+        return logs
 
     def _callback_list(
         self, callbacks: Sequence[keras.callbacks.Callback], verbose: int, epochs: int, steps: int
@@ -302,7 +275,7 @@ class Trainer:
             steps=steps,
         )
 
-    def _validate(self, cbs: keras.callbacks.CallbackList, result: TrainResult) -> dict[str, float]:
+    def _validate(self, cbs: keras.callbacks.CallbackList, run: RunState) -> dict[str, float]:
         """The validation figures after an epoch, as fit's logs name them (val_loss, val_accuracy);
         Keras' on_test_* hooks run as in fit, TensorBoard writing them to its validation folder."""
         assert self.evaluator is not None
@@ -310,14 +283,14 @@ class Trainer:
         cbs.on_test_begin()
         figures = self.evaluator.evaluate(cbs.on_test_batch_begin, cbs.on_test_batch_end)
         cbs.on_test_end(figures)
-        result.validation_seconds += time.perf_counter() - started
+        run.validation_seconds += time.perf_counter() - started
         return {f"{VAL_PREFIX}{name}": value for name, value in figures.items()}
 
-    def _after_step(self, result: TrainResult, stop: GracefulStop) -> None:
+    def _after_step(self, run: RunState) -> None:
         """After a step and any checkpoint written for it: where a kill or a signal stops the run."""
         if self.faults is not None:
-            self.faults.after_step(result.global_step)
-        stop.raise_if_requested(result.global_step, result.last_checkpoint)
+            self.faults.after_step(run.global_step)
+        run.raise_if_stop_requested()
 
     def run_steps(self, steps: int, schedule: StepsPerExecution | None = None) -> tuple[float, int]:
         """`steps` training steps with no callbacks, in traced calls of `schedule`'s K (default: this
@@ -333,84 +306,11 @@ class Trainer:
     def probe(self, steps: int = 2) -> None:
         """Run a few steps and wait for them (for --auto-batch-size): raises ResourceExhaustedError
         if this batch does not fit. The first step traces and allocates; the second reuses."""
+        one_step = StepsPerExecution(1)
         for step in range(steps):
             if self.faults is not None:
                 self.faults.before_step(step + 1, self.per_replica_batch_size)
-            self.train_step(self.iterator).numpy()
+            self.run_steps(1, one_step)
 
     def weights(self) -> list[np.ndarray]:
         return [np.asarray(w) for w in self.model.get_weights()]
-
-
-def save_model_atomically(model: keras.Model, path: str) -> None:
-    """model.save() to a temporary .keras file beside the target, then rename over it."""
-    with replacing(path, suffix=".keras") as tmp:
-        model.save(tmp)
-
-
-def _to_stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def run(
-    config: TrainConfig,
-    setup: DeviceSetup,
-    examples: data_mod.Examples,
-    callbacks: Sequence[keras.callbacks.Callback] = (),
-    verbose: int = 1,
-    notify: Callable[[str], None] = _to_stderr,
-    validation: data_mod.Examples | None = None,
-) -> dict[str, Any]:
-    """Train as configured and return the summary (what --summary-json writes).
-
-    With config.checkpoint_dir: resume from the newest good checkpoint there (and say so through
-    `notify`), save as --save-freq asks, and on SIGINT/SIGTERM save and raise TrainingInterrupted.
-    With `validation` (held out by training.inputs.validation), evaluate on it after each epoch.
-    """
-    started = time.perf_counter()
-    trainer = Trainer(config, setup, examples, validation)
-    steps_per_epoch = resolve_steps_per_epoch(config, len(examples))
-    all_callbacks = list(callbacks)
-    chief = setup.is_chief  # on several workers only the chief writes what the user sees
-    if config.log_dir and chief:
-        all_callbacks.append(keras.callbacks.TensorBoard(log_dir=config.log_dir, update_freq="epoch"))
-    current = fingerprint(config, len(examples), steps_per_epoch)
-    store, start = None, None
-    if config.checkpoint_dir:
-        store = CheckpointStore(config.checkpoint_dir, faults=trainer.faults)
-        # every worker resumes from the chief's checkpoints (storage they all see); only the chief writes
-        start = resume_latest(store, trainer, current, config.epochs, notify)
-        store = store if chief else None
-    setup_seconds = time.perf_counter() - started
-    watched_gpus = [g.index for g in setup.plan.gpus] if setup.plan.kind == "gpu" else []
-    with usage.sampler(watched_gpus) as watching:
-        watching.active = True
-        result = trainer.fit(
-            config.epochs,
-            steps_per_epoch,
-            all_callbacks,
-            verbose=verbose,
-            checkpoints=store,
-            save_every_steps=parse_save_freq(config.save_freq),
-            start=start,
-            handle_signals=True,
-            fingerprint_=current,
-        )
-    if config.save_model and chief:
-        save_model_atomically(trainer.model, config.save_model)
-    return build_summary(
-        config,
-        setup,
-        examples,
-        result,
-        validation=validation,
-        global_batch_size=trainer.global_batch_size,
-        per_replica_batch_size=trainer.per_replica_batch_size,
-        steps_per_epoch=steps_per_epoch,
-        resumed_from=start.checkpoint if start is not None else None,
-        setup_seconds=setup_seconds,
-        wall_seconds=time.perf_counter() - started,
-        steps_per_execution=trainer.steps_per_execution,
-        first_call=trainer.chunks.first_call,
-        gpu_usage=usage.summarize(watching),
-    )

@@ -1,6 +1,8 @@
-"""Training settings: defaults, then a TOML config file, then TRAINING_* environment variables,
-then command-line flags, each overriding the one before; and `validate`, every check of them that
-needs neither devices nor TensorFlow.
+"""The trainer's settings: `TrainConfig`, the one table of them (type, default, help, group and
+check of each), and where their values come from: defaults, then a TOML config file, then
+TRAINING_* environment variables, then command-line flags, each overriding the one before;
+`validate`, every check of them that needs neither devices nor TensorFlow; and the rule that the
+global batch splits evenly over the replicas (`per_replica_batch`).
 
 The GPU-selection settings are one `SelectionOptions` (`config.selection`); in files, the
 environment and flags they keep their flat names (`device_mode`, `custom_gpus`, ...).
@@ -8,7 +10,6 @@ environment and flags they keep their flat names (`device_mode`, `custom_gpus`, 
 
 from __future__ import annotations
 
-import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -16,11 +17,11 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from common.errors import UserError
 from diagnostics.cluster import CLUSTER_MODES
 from diagnostics.selection import SELECTION_DESTS, SelectionError, SelectionOptions
 from training.inputs import models
-from training.loop.steps import parse_steps_per_execution  # pure Python until a trainer is built
+from training.settings import checks
+from training.settings.table import ConfigError, check_all, coerce, parse_text, rows, setting
 
 GLOBAL_BATCH_SIZE = 128
 DEFAULT_EPOCHS = 2
@@ -30,6 +31,8 @@ DEFAULT_SEED = 42
 OPTIMIZERS = ("sgd", "plain-sgd", "adam")
 DEFAULT_LEARNING_RATES = {"sgd": 0.01, "plain-sgd": 0.01, "adam": 0.001}
 SCALING_RULES = ("none", "linear", "sqrt")
+# MirroredStrategy's all-reduce: --cross-device-ops (training.devices.setup maps them to TensorFlow's)
+CROSS_DEVICE_OPS = ("auto", "nccl", "hierarchical", "reduce-to-one")
 # MultiWorkerMirroredStrategy's CommunicationOptions.implementation
 COMMUNICATIONS = ("auto", "ring", "nccl")
 # How long a collective waits for a peer: long enough for a slow peer's first step (tracing, XLA),
@@ -38,65 +41,191 @@ COLLECTIVE_TIMEOUT_S = 300.0
 ENV_PREFIX = "TRAINING_"
 
 
-class ConfigError(UserError):
-    """A setting that cannot be used (a user error: one line, exit 2)."""
-
-
 # A setting's flat name -> its SelectionOptions field, in the same order.
 _SELECTION_FIELDS = dict(zip(SELECTION_DESTS, (f.name for f in fields(SelectionOptions)), strict=True))
 
 
+# -- the table ---------------------------------------------------------------------------------------
+
+_DEFAULT_RATES = ", ".join(f"{name} {rate:g}" for name, rate in DEFAULT_LEARNING_RATES.items())
+_DATA_HELP = ".npz with arrays x, y or an image folder; default synthetic"
+DEVICES, TRAINING, VALIDATION, OUTPUT = "devices", "training", "validation", "output"
+FAULTS = "faults and resuming (docs/faults.md)"
+MACHINES = "more than one machine (MultiWorkerMirroredStrategy)"
+
+
 @dataclass(frozen=True)
 class TrainConfig:
+    """Every setting of a run, one field each: its type, default, flag help, group and check.
+
+    Flags, `--config` TOML keys, `TRAINING_<NAME>` variables and validation all come from these
+    declarations (training.settings.table). The GPU selection is one `SelectionOptions`, declared by
+    diagnostics.selection for gpudiag, the trainer and the sweep alike.
+    """
+
     selection: SelectionOptions = field(default_factory=SelectionOptions)
-    model: str = "cnn"
-    data: str | None = None
-    epochs: int = DEFAULT_EPOCHS
-    steps_per_epoch: int | None = None
-    global_batch_size: int = GLOBAL_BATCH_SIZE
-    learning_rate: float | None = None  # None: the optimizer's default (base_learning_rate)
-    optimizer: str = "sgd"
-    scale_learning_rate: str = "none"  # "linear" or "sqrt": by global batch / reference batch
-    reference_batch_size: int = GLOBAL_BATCH_SIZE
-    warmup_epochs: float = 0.0  # linear learning-rate warm-up (not --warmup-steps, the throughput's)
-    validation_split: float | None = None  # a fraction of the data held out for validation
-    validation_data: str | None = None
-    seed: int = DEFAULT_SEED
-    mixed_precision: bool = False
-    jit_compile: bool = False
-    cross_device_ops: str = "auto"
-    cpu_replicas: int | None = None
-    log_dir: str | None = None
-    summary_json: str | None = None
-    save_model: str | None = None
-    warmup_steps: int = 5
-    require_gpu: bool = False
-    dry_run: bool = False
-    inventory: str | None = None
-    checkpoint_dir: str | None = None
-    save_freq: str = "epoch"  # "epoch", or a number of steps as text ("200")
-    steps_per_execution: str = "auto"  # "auto", or a number of steps per traced call as text ("20")
-    cluster: str = "auto"  # diagnostics.cluster.CLUSTER_MODES
-    communication: str = "auto"
-    collective_timeout: float = COLLECTIVE_TIMEOUT_S
-    local_workers: int | None = None
-    auto_batch_size: bool = False
-    skip_preflight: bool = False  # train even where gpudiag's preflight checks fail
+    # devices
+    cpu_replicas: int | None = setting(
+        None, "train on N CPU logical devices", group=DEVICES, metavar="N", evaluate=True
+    )
+    require_gpu: bool = setting(False, "exit 1 instead of using the CPU", group=DEVICES, evaluate=True)
+    cross_device_ops: str = setting("auto", group=DEVICES, choices=CROSS_DEVICE_OPS, evaluate=True)
+    inventory: str | None = setting(
+        None,
+        "plan for a recorded snapshot or an nvidia-smi -q -x dump (only with --dry-run)",
+        group=DEVICES,
+        metavar="FILE",
+    )
+    skip_preflight: bool = setting(
+        False, "run even where gpudiag's checks of the selected GPUs fail", group=DEVICES, evaluate=True
+    )
+    # training
+    model: str = setting(
+        "cnn", f"one of {', '.join(models.names())} (default cnn)", group=TRAINING, check=checks.model_name
+    )
+    data: str | None = setting(None, _DATA_HELP, group=TRAINING, metavar="PATH", evaluate=True)
+    epochs: int = setting(DEFAULT_EPOCHS, group=TRAINING, check=checks.positive_int)
+    steps_per_epoch: int | None = setting(None, group=TRAINING, check=checks.positive_int)
+    global_batch_size: int = setting(
+        GLOBAL_BATCH_SIZE,
+        f"split over the replicas (default {GLOBAL_BATCH_SIZE})",
+        group=TRAINING,
+        check=checks.positive_int,
+        evaluate=True,
+    )
+    learning_rate: float | None = setting(
+        None,
+        f"the rate for --reference-batch-size (default: the optimizer's usual rate: {_DEFAULT_RATES})",
+        group=TRAINING,
+        check=checks.positive_number,
+    )
+    optimizer: str = setting("sgd", "sgd (momentum 0.9, default)", group=TRAINING, choices=OPTIMIZERS)
+    scale_learning_rate: str = setting(
+        "none",
+        "scale the rate by global batch / --reference-batch-size (linear) or its square root "
+        "(sqrt); default none",
+        group=TRAINING,
+        choices=SCALING_RULES,
+    )
+    reference_batch_size: int = setting(
+        GLOBAL_BATCH_SIZE,
+        f"the global batch --learning-rate is meant for (default {GLOBAL_BATCH_SIZE})",
+        group=TRAINING,
+        metavar="N",
+        check=checks.positive_int,
+    )
+    # a linear learning-rate warm-up (not --warmup-steps, the throughput's)
+    warmup_epochs: float = setting(
+        0.0,
+        "reach the rate by a linear warm-up over E epochs (Goyal et al.; default 0)",
+        group=TRAINING,
+        metavar="E",
+        check=checks.epochs_at_least_0,
+    )
+    seed: int = setting(
+        DEFAULT_SEED, group=TRAINING, evaluate=f"the synthetic data's seed (default {DEFAULT_SEED})"
+    )
+    mixed_precision: bool = setting(False, group=TRAINING)
+    jit_compile: bool = setting(False, "XLA for each replica's step", group=TRAINING)
+    warmup_steps: int = setting(
+        5, "steps left out of the throughput (default 5)", group=TRAINING, check=checks.at_least(0, ">= 0")
+    )
+    # validation
+    validation_split: float | None = setting(
+        None,
+        "hold out this fraction of the data (chosen by --seed) and evaluate on it after each epoch",
+        group=VALIDATION,
+        metavar="F",
+        check=checks.fraction,
+    )
+    validation_data: str | None = setting(
+        None,
+        "evaluate on this data (.npz or image folder, like --data) after each epoch",
+        group=VALIDATION,
+        metavar="PATH",
+    )
+    # output
+    log_dir: str | None = setting(None, "TensorBoard logs", group=OUTPUT, metavar="DIR")
+    summary_json: str | None = setting(
+        None,
+        group=OUTPUT,
+        metavar="PATH",
+        check=checks.writable_file,
+        evaluate="write the results here as JSON",
+    )
+    save_model: str | None = setting(None, group=OUTPUT, metavar="PATH.keras", check=checks.keras_file)
+    dry_run: bool = setting(False, "print the plan and exit", group=OUTPUT)
+    # faults and resuming
+    checkpoint_dir: str | None = setting(
+        None,
+        "save checkpoints here and resume from the newest good one when run again",
+        group=FAULTS,
+        metavar="DIR",
+        check=checks.checkpoint_dir,
+    )
+    save_freq: str = setting(
+        "epoch",
+        "checkpoint every epoch (default) or every N steps",
+        group=FAULTS,
+        metavar="{epoch,N}",
+        check=checks.save_freq,
+        number_as_text=True,
+    )
+    steps_per_execution: str = setting(
+        "auto",
+        "training steps per traced call, one host sync each (default auto: about every 0.15 s); "
+        "checkpoints, signals and callbacks' stop requests act at the end of a call",
+        group=FAULTS,
+        metavar="{auto,K}",
+        check=checks.steps_per_execution,
+        number_as_text=True,
+    )
+    auto_batch_size: bool = setting(
+        False,
+        "find the largest per-replica batch that fits in memory (a child process per try)",
+        group=FAULTS,
+    )
+    # more than one machine
+    cluster: str = setting(
+        "auto",
+        "auto (default): TF_CONFIG if set, else a Slurm job step of several tasks, else this "
+        "machine alone; each worker runs the same command",
+        group=MACHINES,
+        choices=CLUSTER_MODES,
+    )
+    communication: str = setting(
+        "auto", "the collectives' implementation", group=MACHINES, choices=COMMUNICATIONS
+    )
+    collective_timeout: float = setting(
+        COLLECTIVE_TIMEOUT_S,
+        f"seconds a collective waits for a peer before the run stops (default {COLLECTIVE_TIMEOUT_S:g})",
+        group=MACHINES,
+        metavar="S",
+        check=checks.seconds,
+    )
+    local_workers: int | None = setting(
+        None,
+        "start N workers on this machine (localhost ports, TF_CONFIG set for each), GPUs split "
+        "between them; exits with the worst worker's code",
+        group=MACHINES,
+        metavar="N",
+        check=checks.at_least(1, "a number of workers >= 1"),
+    )
 
     def merged(self, overrides: Mapping[str, Any], origin: str) -> TrainConfig:
         """A copy with `overrides` applied; unknown keys and wrong types are a ConfigError."""
-        known = setting_names()
+        table = {row.name: row for row in rows(TrainConfig)}
         changes: dict[str, Any] = {}
         selection: dict[str, Any] = {}
         for raw_key, value in overrides.items():
             key = raw_key.replace("-", "_")
-            if key not in known:
-                raise ConfigError(f"{origin}: unknown setting {raw_key!r}")
             if key in _SELECTION_FIELDS:
                 name = _SELECTION_FIELDS[key]
-                selection[name] = _coerce(key, value, getattr(self.selection, name), origin)
+                selection[name] = _coerce_selection(key, value, getattr(self.selection, name), origin)
+            elif key in table:
+                changes[key] = coerce(table[key], value, origin)
             else:
-                changes[key] = _coerce(key, value, getattr(self, key), origin)
+                raise ConfigError(f"{origin}: unknown setting {raw_key!r}")
         if selection:
             changes["selection"] = replace(self.selection, **selection)
         return replace(self, **changes)
@@ -112,13 +241,11 @@ class TrainConfig:
 
 def setting_names() -> set[str]:
     """Every key a config file, a TRAINING_* variable or a flag may set."""
-    return {f.name for f in fields(TrainConfig) if f.name != "selection"} | set(SELECTION_DESTS)
+    return {row.name for row in rows(TrainConfig)} | set(SELECTION_DESTS)
 
 
-def _coerce(key: str, value: Any, current: Any, origin: str) -> Any:
-    """Type-check a value from a file or the environment against the setting's default."""
-    if key in ("save_freq", "steps_per_execution") and isinstance(value, int) and not isinstance(value, bool):
-        value = str(value)  # `save_freq = 200` in TOML
+def _coerce_selection(key: str, value: Any, current: Any, origin: str) -> Any:
+    """A selection setting from a file or the environment (SelectionOptions.validate checks it)."""
     if key == "custom_gpus":
         if isinstance(value, str):
             value = value.replace(",", " ").split()
@@ -128,52 +255,19 @@ def _coerce(key: str, value: Any, current: Any, origin: str) -> Any:
             return tuple(int(v) for v in value)
         except (TypeError, ValueError):
             raise ConfigError(f"{origin}: {key} must be a list of GPU ids, got {value!r}") from None
-    expected: type = type(current) if current is not None else _OPTIONAL_TYPES.get(key, str)
-    if isinstance(value, str) and expected is not str:
-        value = _parse_text(value, expected, key, origin)
-    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+    kind = type(current)
+    if isinstance(value, str) and kind is not str:
+        value = parse_text(value, kind, key, origin)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
-    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-        raise ConfigError(f"{origin}: {key} must be {expected.__name__}, got {value!r}")
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigError(f"{origin}: {key} must be {kind.__name__}, got {value!r}")
     return value
-
-
-_OPTIONAL_TYPES: dict[str, type] = {
-    "local_workers": int,
-    "steps_per_epoch": int,
-    "cpu_replicas": int,
-    "learning_rate": float,
-    "validation_split": float,
-}
-
-
-def parse_save_freq(text: str) -> int | None:
-    """--save-freq: None for "epoch" (a checkpoint at the end of each epoch), else every N steps."""
-    value = text.strip().lower()
-    if value == "epoch":
-        return None
-    if value.isdigit() and int(value) > 0:
-        return int(value)
-    raise ConfigError(f"--save-freq must be 'epoch' or a positive number of steps, got {text!r}")
 
 
 def resolve_steps_per_epoch(config: TrainConfig, num_examples: int) -> int:
     """--steps-per-epoch, or one pass over the data in whole global batches."""
     return config.steps_per_epoch or max(1, num_examples // config.global_batch_size)
-
-
-def _parse_text(text: str, expected: type, key: str, origin: str) -> Any:
-    if expected is bool:
-        lowered = text.strip().lower()
-        if lowered in ("1", "true", "yes", "on"):
-            return True
-        if lowered in ("0", "false", "no", "off", ""):
-            return False
-        raise ConfigError(f"{origin}: {key} must be true or false, got {text!r}")
-    try:
-        return expected(text)
-    except ValueError:
-        raise ConfigError(f"{origin}: {key} must be {expected.__name__}, got {text!r}") from None
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
@@ -219,82 +313,18 @@ def resolve_config(
 
 
 def validate(c: TrainConfig) -> TrainConfig:
-    """The checks that need neither devices nor TensorFlow; raises a UserError, returns `c`."""
+    """Every check that needs neither devices nor TensorFlow: each setting's own (the table's), then
+    those between settings. Raises a ConfigError, returns `c`."""
     try:
         c.selection.validate()
     except SelectionError as exc:
         raise ConfigError(str(exc)) from None
-    for name in ("epochs", "global_batch_size"):
-        value = getattr(c, name)
-        if value < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
-    if c.steps_per_epoch is not None and c.steps_per_epoch < 1:
-        raise ConfigError(f"--steps-per-epoch must be a positive integer, got {c.steps_per_epoch}")
-    if c.warmup_steps < 0:
-        raise ConfigError(f"--warmup-steps must be >= 0, got {c.warmup_steps}")
-    if c.learning_rate is not None and not (c.learning_rate > 0 and math.isfinite(c.learning_rate)):
-        raise ConfigError(f"--learning-rate must be a positive number, got {c.learning_rate:g}")
-    _check_choice("--optimizer", c.optimizer, OPTIMIZERS)
-    _check_choice("--scale-learning-rate", c.scale_learning_rate, SCALING_RULES)
-    if c.reference_batch_size < 1:
-        raise ConfigError(f"--reference-batch-size must be a positive integer, got {c.reference_batch_size}")
-    if not (c.warmup_epochs >= 0 and math.isfinite(c.warmup_epochs)):
-        raise ConfigError(f"--warmup-epochs must be a number of epochs >= 0, got {c.warmup_epochs:g}")
-    if c.validation_split is not None and not 0 < c.validation_split < 1:
-        raise ConfigError(
-            f"--validation-split must be a fraction between 0 and 1, both excluded, "
-            f"got {c.validation_split:g}"
-        )
+    check_all(c)
     if c.validation_split is not None and c.validation_data:
         raise ConfigError("--validation-split and --validation-data both name validation data: give one")
     if c.inventory and not c.dry_run:
         raise ConfigError("--inventory replays a recorded machine and only works with --dry-run")
-    if c.save_model and not c.save_model.endswith(".keras"):
-        raise ConfigError(f"--save-model {c.save_model}: the file name must end in .keras")
-    for flag, path in (("--summary-json", c.summary_json), ("--save-model", c.save_model)):
-        if path:
-            folder = os.path.dirname(os.path.abspath(path))
-            if not os.path.isdir(folder):
-                raise ConfigError(f"{flag} {path}: folder {folder} does not exist")
-            if not os.access(folder, os.W_OK):
-                raise ConfigError(f"{flag} {path}: folder {folder} is not writable")
-    models.check_name(c.model)
-    parse_save_freq(c.save_freq)
-    try:
-        parse_steps_per_execution(c.steps_per_execution)
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
-    if c.checkpoint_dir:
-        _check_checkpoint_dir(c.checkpoint_dir)
-    _check_choice("--cluster", c.cluster, CLUSTER_MODES)
-    _check_choice("--communication", c.communication, COMMUNICATIONS)
-    if not (c.collective_timeout > 0 and math.isfinite(c.collective_timeout)):
-        raise ConfigError(
-            f"--collective-timeout must be a positive number of seconds, got {c.collective_timeout:g}"
-        )
-    if c.local_workers is not None and c.local_workers < 1:
-        raise ConfigError(f"--local-workers must be a number of workers >= 1, got {c.local_workers}")
     return c
-
-
-def _check_choice(flag: str, value: str, choices: tuple[str, ...]) -> None:
-    # argparse checks the flag; a config file or a TRAINING_* variable is checked here
-    if value not in choices:
-        raise ConfigError(f"unknown {flag} {value!r}: choose {', '.join(choices)}")
-
-
-def _check_checkpoint_dir(path: str) -> None:
-    """A folder that exists and is writable, or can be created (its nearest existing parent is)."""
-    target = os.path.abspath(path)
-    if os.path.exists(target) and not os.path.isdir(target):
-        raise ConfigError(f"--checkpoint-dir {path}: exists and is not a folder")
-    existing = target
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-        raise ConfigError(f"--checkpoint-dir {path}: {existing} is not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"--checkpoint-dir {path}: folder {existing} is not writable")
 
 
 def nearest_valid_batches(global_batch_size: int, replicas: int) -> list[int]:
@@ -320,9 +350,18 @@ def batch_advice(global_batch_size: int, gpus: int) -> str | None:
     )
 
 
-def batch_not_divisible_message(global_batch_size: int, replicas: int) -> str:
-    options = " or ".join(str(b) for b in nearest_valid_batches(global_batch_size, replicas))
-    return (
-        f"--global-batch-size {global_batch_size} does not split evenly over {replicas} replicas: "
-        f"use a multiple of {replicas}, e.g. {options}"
-    )
+def splits_evenly(global_batch_size: int, replicas: int) -> bool:
+    """The rule: every replica takes the same share of the global batch."""
+    return replicas > 0 and global_batch_size % replicas == 0
+
+
+def per_replica_batch(global_batch_size: int, replicas: int) -> int:
+    """Each replica's share of the global batch; a ConfigError (exit 2) naming the nearest batches
+    that split evenly where it does not."""
+    if not splits_evenly(global_batch_size, replicas):
+        options = " or ".join(str(b) for b in nearest_valid_batches(global_batch_size, replicas))
+        raise ConfigError(
+            f"--global-batch-size {global_batch_size} does not split evenly over {replicas} replicas: "
+            f"use a multiple of {replicas}, e.g. {options}"
+        )
+    return global_batch_size // replicas

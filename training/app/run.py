@@ -1,0 +1,97 @@
+"""One training run from checked settings and running devices to its summary: build the trainer,
+resume from the newest checkpoint, train with the callbacks the settings ask for, save the model,
+and summarise. `python -m training` calls `run`; so can a script that has its own devices.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import keras
+
+from common.files import replacing
+from training.app import usage
+from training.app.summary import build_summary
+from training.checkpoints.resume import resume_latest
+from training.checkpoints.store import CheckpointStore, fingerprint
+from training.devices.setup import DeviceSetup
+from training.inputs import data as data_mod
+from training.loop.trainer import Trainer
+from training.settings.checks import parse_save_freq
+from training.settings.config import TrainConfig, resolve_steps_per_epoch
+
+
+def save_model_atomically(model: keras.Model, path: str) -> None:
+    """model.save() to a temporary .keras file beside the target, then rename over it."""
+    with replacing(path, suffix=".keras") as tmp:
+        model.save(tmp)
+
+
+def _to_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def run(
+    config: TrainConfig,
+    setup: DeviceSetup,
+    examples: data_mod.Examples,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    verbose: int = 1,
+    notify: Callable[[str], None] = _to_stderr,
+    validation: data_mod.Examples | None = None,
+) -> dict[str, Any]:
+    """Train as configured and return the summary (what --summary-json writes).
+
+    With config.checkpoint_dir: resume from the newest good checkpoint there (and say so through
+    `notify`), save as --save-freq asks, and on SIGINT/SIGTERM save and raise TrainingInterrupted.
+    With `validation` (held out by training.inputs.validation), evaluate on it after each epoch.
+    """
+    started = time.perf_counter()
+    trainer = Trainer(config, setup, examples, validation)
+    steps_per_epoch = resolve_steps_per_epoch(config, len(examples))
+    all_callbacks = list(callbacks)
+    chief = setup.is_chief  # on several workers only the chief writes what the user sees
+    if config.log_dir and chief:
+        all_callbacks.append(keras.callbacks.TensorBoard(log_dir=config.log_dir, update_freq="epoch"))
+    current = fingerprint(config, len(examples), steps_per_epoch)
+    store, state = None, None
+    if config.checkpoint_dir:
+        store = CheckpointStore(config.checkpoint_dir, faults=trainer.faults)
+        # every worker resumes from the chief's checkpoints (storage they all see); only the chief writes
+        state = resume_latest(store, trainer, current, config.epochs, notify)
+        store = store if chief else None
+    setup_seconds = time.perf_counter() - started
+    watched_gpus = [g.index for g in setup.plan.gpus] if setup.plan.kind == "gpu" else []
+    with usage.sampler(watched_gpus) as watching:
+        watching.active = True
+        result = trainer.fit(
+            config.epochs,
+            steps_per_epoch,
+            all_callbacks,
+            verbose=verbose,
+            state=state,
+            checkpoints=store,
+            save_every_steps=parse_save_freq(config.save_freq),
+            handle_signals=True,
+            fingerprint=current,
+        )
+    if config.save_model and chief:
+        save_model_atomically(trainer.model, config.save_model)
+    return build_summary(
+        config,
+        setup,
+        examples,
+        result,
+        validation=validation,
+        global_batch_size=trainer.global_batch_size,
+        per_replica_batch_size=trainer.per_replica_batch_size,
+        steps_per_epoch=steps_per_epoch,
+        setup_seconds=setup_seconds,
+        wall_seconds=time.perf_counter() - started,
+        steps_per_execution=trainer.steps_per_execution,
+        first_call=trainer.chunks.first_call,
+        gpu_usage=usage.summarize(watching),
+    )
