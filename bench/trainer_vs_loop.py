@@ -24,13 +24,16 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 from training.devices.setup import add_device_args, plan_from_args, setup_device_strategy
 from training.inputs import data, models
 from training.settings.config import TrainConfig
 
 WARMUP_STEPS = 3
+Steps = Callable[[int], Any]  # runs a round of N steps and ends on a host sync
 
 
 def main() -> None:
@@ -43,55 +46,15 @@ def main() -> None:
     args = parser.parse_args()
 
     setup = setup_device_strategy(plan_from_args(args))
-    import keras
-    import tensorflow as tf
-
     from training.loop.steps import StepsPerExecution
     from training.loop.trainer import Trainer
 
-    strategy = setup.strategy
     config = replace(
         TrainConfig(), model=args.model, global_batch_size=args.global_batch_size, warmup_steps=WARMUP_STEPS
     )
     examples = data.synthetic(seed=config.seed)
     trainer = Trainer(config, setup, examples)  # --steps-per-execution auto, the default
     trainer_k1 = Trainer(replace(config, steps_per_execution="1"), setup, examples)
-
-    # -- the reference: the minimal loop the trainer must keep up with --------------------------
-    gb = args.global_batch_size
-    with strategy.scope():
-        model = models.build(args.model, examples.input_shape, examples.num_classes)
-        optimizer = keras.optimizers.SGD(learning_rate=config.base_learning_rate, momentum=0.9)
-        optimizer.build(model.trainable_variables)
-        loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
-        dist = strategy.experimental_distribute_dataset(data.make_dataset(examples, gb, config.seed))
-    iterator = iter(dist)
-
-    def replica_step(x, y):
-        with tf.GradientTape() as tape:
-            loss = tf.reduce_sum(loss_fn(y, model(x, training=True))) / gb
-        grads = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
-        return loss
-
-    @tf.function
-    def hand_step(it):
-        return strategy.reduce(
-            tf.distribute.ReduceOp.SUM, strategy.run(replica_step, args=next(it)), axis=None
-        )
-
-    def timed(run_steps) -> float:
-        """Samples/s of one call that runs the round's steps and ends on a host sync."""
-        start = time.perf_counter()
-        run_steps()
-        return args.steps * gb / (time.perf_counter() - start)
-
-    def hand_steps(steps: int) -> None:
-        loss = hand_step(iterator)
-        for _ in range(steps - 1):
-            loss = hand_step(iterator)
-        float(loss)  # the host sync: every step has run
-
     meter_rates: list[float] = []
 
     def trainer_steps(steps: int, trainer: Trainer = trainer) -> None:
@@ -99,64 +62,26 @@ def main() -> None:
         # reads its last loss back on the host before it returns
         with contextlib.redirect_stdout(io.StringIO()):
             result = trainer.fit(epochs=1, steps_per_epoch=steps, verbose=1)
-        if (
-            trainer is not trainer_k1
-            and steps == args.steps
-            and result.meter
-            and result.meter.samples_per_sec
-        ):
-            meter_rates.append(result.meter.samples_per_sec)
+        rate = result.meter.samples_per_sec
+        if trainer is not trainer_k1 and steps == args.steps and rate:
+            meter_rates.append(rate)
 
-    def ceiling_steps(steps: int) -> None:
-        # what several steps per call can give at most here: one call, one fetch, no callbacks
-        trainer.run_steps(steps, StepsPerExecution(steps))
-
-    # Keras' own fit under the same strategy: same model family, data pipeline, optimizer and loss
-    with strategy.scope():
-        fit_model = models.build(args.model, examples.input_shape, examples.num_classes)
-        fit_model.compile(
-            optimizer=keras.optimizers.SGD(learning_rate=config.base_learning_rate, momentum=0.9),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=["accuracy"],
-        )
-    fit_data = data.make_dataset(examples, gb, config.seed)
-
-    def fit_steps(steps: int) -> None:
-        history = fit_model.fit(fit_data, epochs=1, steps_per_epoch=steps, verbose=0)
-        float(history.history["loss"][-1])
-
-    pipe_iter = iter(trainer.dist_dataset)
-
-    def input_round(steps: int) -> float:
-        next(pipe_iter)
-        start = time.perf_counter()
-        for _ in range(steps):
-            batch = next(pipe_iter)
-        tf.nest.map_structure(lambda t: t.values[0].numpy() if hasattr(t, "values") else t.numpy(), batch)
-        return steps * gb / (time.perf_counter() - start)
-
-    contenders = {
+    contenders: dict[str, Steps] = {
         "trainer": trainer_steps,
-        "hand_loop": hand_steps,
-        "keras_fit": fit_steps,
+        "hand_loop": hand_loop(setup.strategy, config, examples),
+        "keras_fit": keras_fit(setup.strategy, config, examples),
         "trainer_k1": lambda steps: trainer_steps(steps, trainer_k1),
-        "ceiling": ceiling_steps,
+        # what several steps per call can give at most here: one call, one fetch, no callbacks
+        "ceiling": lambda steps: trainer.run_steps(steps, StepsPerExecution(steps)),
     }
-    for run in contenders.values():  # trace each step function before anything is timed
-        run(WARMUP_STEPS)
-    rates: dict[str, list[float]] = {name: [] for name in (*contenders, "input_pipeline")}
-    for _ in range(args.rounds):
-        for name, run in contenders.items():
-            run(WARMUP_STEPS)  # back in the caches after the others ran
-            rates[name].append(timed(lambda run=run: run(args.steps)))
-        rates["input_pipeline"].append(input_round(args.steps * 4))
+    rates = measure(contenders, input_rounds(trainer.dist_dataset), args.rounds, args.steps, config)
     medians = {k: statistics.median(v) for k, v in rates.items()}
     print(
         json.dumps(
             {
                 "replicas": setup.num_replicas,
                 "model": args.model,
-                "global_batch_size": gb,
+                "global_batch_size": config.global_batch_size,
                 "rounds": args.rounds,
                 "steps_per_round": args.steps,
                 "warmup_steps": WARMUP_STEPS,
@@ -178,6 +103,102 @@ def main() -> None:
             }
         )
     )
+
+
+def hand_loop(strategy: Any, config: TrainConfig, examples: data.Examples) -> Steps:
+    """The reference: the minimal loop the trainer must keep up with, one step per traced call."""
+    import keras
+    import tensorflow as tf
+
+    gb = config.global_batch_size
+    with strategy.scope():
+        model = models.build(config.model, examples.input_shape, examples.num_classes)
+        optimizer = keras.optimizers.SGD(learning_rate=config.base_learning_rate, momentum=0.9)
+        optimizer.build(model.trainable_variables)
+        loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
+        dist = strategy.experimental_distribute_dataset(data.make_dataset(examples, gb, config.seed))
+    iterator = iter(dist)
+
+    def replica_step(x: Any, y: Any) -> Any:
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(loss_fn(y, model(x, training=True))) / gb
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+        return loss
+
+    @tf.function
+    def hand_step(it: Any) -> Any:
+        return strategy.reduce(
+            tf.distribute.ReduceOp.SUM, strategy.run(replica_step, args=next(it)), axis=None
+        )
+
+    def hand_steps(steps: int) -> None:
+        loss = hand_step(iterator)
+        for _ in range(steps - 1):
+            loss = hand_step(iterator)
+        float(loss)  # the host sync: every step has run
+
+    return hand_steps
+
+
+def keras_fit(strategy: Any, config: TrainConfig, examples: data.Examples) -> Steps:
+    """Keras' own fit under the same strategy: same model family, data pipeline, optimizer, loss."""
+    import keras
+
+    with strategy.scope():
+        fit_model = models.build(config.model, examples.input_shape, examples.num_classes)
+        fit_model.compile(
+            optimizer=keras.optimizers.SGD(learning_rate=config.base_learning_rate, momentum=0.9),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+        )
+    fit_data = data.make_dataset(examples, config.global_batch_size, config.seed)
+
+    def fit_steps(steps: int) -> None:
+        history = fit_model.fit(fit_data, epochs=1, steps_per_epoch=steps, verbose=0)
+        float(history.history["loss"][-1])
+
+    return fit_steps
+
+
+def input_rounds(dist_dataset: Any) -> Callable[[int], float]:
+    """The trainer's own distributed pipeline iterated with no model: batches per second."""
+    import tensorflow as tf
+
+    pipe_iter = iter(dist_dataset)
+
+    def input_round(steps: int) -> float:
+        next(pipe_iter)
+        start = time.perf_counter()
+        for _ in range(steps):
+            batch = next(pipe_iter)
+        tf.nest.map_structure(lambda t: t.values[0].numpy() if hasattr(t, "values") else t.numpy(), batch)
+        return float(steps / (time.perf_counter() - start))
+
+    return input_round
+
+
+def measure(
+    contenders: dict[str, Steps],
+    input_round: Callable[[int], float],
+    rounds: int,
+    steps: int,
+    config: TrainConfig,
+) -> dict[str, list[float]]:
+    """Samples/s of each contender per round, in alternating rounds, each timed the same way: one
+    call that runs the round's steps and ends on a host sync, after warm-up steps."""
+    gb = config.global_batch_size
+    for run in contenders.values():  # trace each step function before anything is timed
+        run(WARMUP_STEPS)
+    rates: dict[str, list[float]] = {name: [] for name in (*contenders, "input_pipeline")}
+    for _ in range(rounds):
+        for name, run in contenders.items():
+            run(WARMUP_STEPS)  # back in the caches after the others ran
+            start = time.perf_counter()
+            run(steps)
+            rates[name].append(steps * gb / (time.perf_counter() - start))
+        rates["input_pipeline"].append(input_round(steps * 4) * gb)
+    return rates
 
 
 def paired(a: list[float], b: list[float]) -> float:

@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 # A pynvml that finds no driver (tests/fakes/no_driver/pynvml.py): first on a child's PYTHONPATH.
 NO_DRIVER_PATH = Path(__file__).resolve().parent / "fakes" / "no_driver"
+HELPERS = Path(__file__).resolve().parent / "helpers"  # child scripts that run TensorFlow
 
 
 def child_env(**extra: str) -> dict[str, str]:
@@ -35,26 +36,52 @@ def installed_script(name: str) -> Path:
     return Path(sys.executable).parent / name
 
 
-def run_module(
-    module: str, *args: str, timeout: float = 300, cwd: Path | None = None, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", module, *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
+def start_child(
+    *argv: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    """`python ARGV...` in the background (`-m MODULE ...` or a script), in the repository, with
+    `child_env()` unless `env` is given; its output captured as text."""
+    return subprocess.Popen(
+        [sys.executable, *argv],
         cwd=cwd or ROOT,
         env=env or child_env(),
-    )
-
-
-def start_training(args: list[str], fault: str = "") -> subprocess.Popen[str]:
-    """`python -m training ARGS` in the background, with GPUDIAG_FAULT set to `fault`."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "training", *args],
-        cwd=ROOT,
-        env=child_env(GPUDIAG_FAULT=fault),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def run_child(
+    *argv: str, timeout: float = 300, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`python ARGV...` to its end, as start_child starts it; killed (TimeoutExpired) after `timeout`."""
+    proc = start_child(*argv, cwd=cwd, env=env)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def run_module(
+    module: str, *args: str, timeout: float = 300, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`python -m MODULE ARGS...` to its end."""
+    return run_child("-m", module, *args, timeout=timeout, cwd=cwd, env=env)
+
+
+def run_helper(script: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """One of tests/helpers/ (a child script that runs TensorFlow) to its end."""
+    return run_child(str(HELPERS / script), *args, timeout=timeout)
+
+
+def start_helper(script: str, *args: str) -> subprocess.Popen[str]:
+    """One of tests/helpers/ in the background."""
+    return start_child(str(HELPERS / script), *args)
+
+
+def start_training(args: list[str], fault: str = "", **env: str) -> subprocess.Popen[str]:
+    """`python -m training ARGS` in the background, with GPUDIAG_FAULT set to `fault`."""
+    return start_child("-m", "training", *args, env=child_env(GPUDIAG_FAULT=fault, **env))

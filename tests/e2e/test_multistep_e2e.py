@@ -6,11 +6,9 @@ SIGTERM takes effect at the end of the chunk it arrived in. Then the flag's bad 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
-from support import ROOT, child_env, run_module
+from support import run_helper, run_module
 
 from training.settings.config import TrainConfig
 
@@ -20,14 +18,7 @@ STEPS, EPOCHS = 11, 2
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("chunks")
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "tests/helpers/trainer_chunks.py"), str(root)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-        env=child_env(),
-    )
+    proc = run_helper("trainer_chunks.py", str(root))
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

@@ -12,13 +12,12 @@ import json
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from support import ROOT, child_env
+from support import child_env, start_child
 
 from training.__main__ import main
 from training.devices.launcher import free_ports
@@ -38,14 +37,7 @@ def train_args(directory: Path, *extra: str) -> list[str]:
 
 
 def start(args: list[str], **env: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "training", *args],
-        cwd=ROOT,
-        env=child_env(**env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return start_child("-m", "training", *args, env=child_env(**env))
 
 
 def start_workers(args: list[str], faults: tuple[str, ...] = ("", "")) -> list[subprocess.Popen[str]]:

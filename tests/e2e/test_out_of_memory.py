@@ -4,11 +4,9 @@ batch-size search, tested on errors TensorFlow really raises inside a traced fun
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
-from support import ROOT, child_env
+from support import run_helper
 
 from common.child import is_out_of_memory
 
@@ -23,10 +21,7 @@ def test_text_from_a_child_is_classified_like_the_exception():
 
 @pytest.mark.slow
 def test_real_tensorflow_errors_inside_a_traced_function():
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "helpers" / "real_oom.py")],
-        capture_output=True, text=True, timeout=300, cwd=ROOT, env=child_env(),
-    )  # fmt: skip
+    proc = run_helper("real_oom.py")
     assert proc.returncode == 0, proc.stderr[-3000:]
     found = json.loads(proc.stdout.strip().splitlines()[-1])
     assert found["allocation"]["type"] == "ResourceExhaustedError" and found["allocation"]["oom"], found

@@ -6,13 +6,11 @@ Each child costs a TensorFlow start, so each test here checks as much as one pro
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import zipfile
 
 import numpy as np
 import pytest
-from support import ROOT, child_env, run_module
+from support import run_helper, run_module, start_helper
 
 SUMMARY_KEYS = {
     "model",
@@ -84,21 +82,7 @@ def test_one_two_and_four_replicas_end_with_the_same_weights(tmp_path):
     """Same seed, data and global batch: the replicas' averaged gradients equal one device's."""
     weights = {}
     procs = {
-        n: subprocess.Popen(
-            [
-                sys.executable,
-                str(ROOT / "tests/helpers/replica_run.py"),
-                str(n),
-                "8",
-                str(tmp_path / f"{n}.npz"),
-            ],
-            cwd=ROOT,
-            env=child_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for n in (1, 2, 4)
+        n: start_helper("replica_run.py", str(n), "8", str(tmp_path / f"{n}.npz")) for n in (1, 2, 4)
     }
     for n, proc in procs.items():
         _out, err = proc.communicate(timeout=300)
@@ -120,19 +104,10 @@ def test_one_two_and_four_replicas_end_with_the_same_weights(tmp_path):
             assert rel < 1e-4, f"{n} replicas differ from 1 by {rel:.2e}"
 
 
-def _run_helper(script: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "helpers" / script)],
-        cwd=ROOT,
-        env=child_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 def test_setup_after_a_tensorflow_op_gives_the_clear_error():
-    result = _run_helper("late_setup.py")
+    result = run_helper("late_setup.py")
     assert result.returncode == 3, result.stderr[-2000:]
     assert "runtime was already initialised" in result.stdout
     assert "Call setup_device_strategy() before any TensorFlow operation" in result.stdout
@@ -141,6 +116,6 @@ def test_setup_after_a_tensorflow_op_gives_the_clear_error():
 
 def test_keras_fit_with_steps_per_execution_still_fails_under_two_replicas():
     """Pins the Keras 3.15 bug the trainer avoids: if this starts passing, revisit train.py."""
-    result = _run_helper("fit_steps_per_execution.py")
+    result = run_helper("fit_steps_per_execution.py")
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().startswith("FAILS:"), result.stdout

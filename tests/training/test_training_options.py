@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
-from support import ROOT, child_env
+from support import start_child
 
 BASE = ["--cpu-replicas", "2", "--epochs", "1", "--steps-per-epoch", "3", "-q"]
 
@@ -45,14 +43,7 @@ def test_each_option_trains(tmp_path):
     for name, args in runs.items():
         summary = tmp_path / f"{name}.json"
         procs[name] = (
-            subprocess.Popen(
-                [sys.executable, "-m", "training", *BASE, *args, "--summary-json", str(summary)],
-                cwd=ROOT,
-                env=child_env(),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            ),
+            start_child("-m", "training", *BASE, *args, "--summary-json", str(summary)),
             summary,
         )
     results = {}
