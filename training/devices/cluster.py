@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from common.errors import UserError
 from diagnostics.cluster import ClusterTask, discover
 from training.devices.setup import DevicePlan
-from training.settings.config import TrainConfig
+from training.settings.config import TrainConfig, per_replica_batch
 
 
 def place(
@@ -57,11 +57,7 @@ def check_launch(config: TrainConfig, plan: DevicePlan, env: Mapping[str, str]) 
             "under MultiWorkerMirroredStrategy; drop --cpu-replicas"
         )
     replicas = sum(plan.share(i, count).num_replicas for i in range(count)) if plan.kind == "gpu" else count
-    if config.global_batch_size % replicas:
-        raise UserError(
-            f"--global-batch-size {config.global_batch_size} does not split evenly over {replicas} replicas "
-            f"({count} workers): use a multiple of {replicas}"
-        )
+    per_replica_batch(config.global_batch_size, replicas)
     if config.dry_run:
         raise UserError("--local-workers starts training processes: it does not combine with --dry-run")
 
