@@ -299,7 +299,7 @@ def _train_inner(
         print(f"\nerror: {message}", file=sys.stderr)
         return EXIT_FAILED
     render.print_summary(summary)
-    _write_summary(config, summary)
+    _write_summary(config, summary.as_dict())
     return EXIT_OK
 
 

@@ -4,11 +4,14 @@ results of `python -m training evaluate`."""
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from training.devices.setup import DevicePlan
 from training.loop.learning_rate import rate_plan
 from training.settings.config import TrainConfig, batch_advice
+
+if TYPE_CHECKING:  # summary.py imports TensorFlow; the plan is printed before it starts
+    from training.app.summary import RunSummary
 
 
 def print_plan(
@@ -61,8 +64,9 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def print_summary(summary: dict[str, Any], out: Any = None) -> None:
+def print_summary(run: RunSummary, out: Any = None) -> None:
     out = out or sys.stdout
+    summary = run.as_dict()
     from tabulate import tabulate
 
     keys = [

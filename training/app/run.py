@@ -8,13 +8,12 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import keras
 
 from common.files import replacing
 from training.app import usage
-from training.app.summary import build_summary
+from training.app.summary import RunSummary, build_summary
 from training.checkpoints.resume import resume_latest
 from training.checkpoints.store import CheckpointStore, fingerprint
 from training.devices.setup import DeviceSetup
@@ -42,7 +41,7 @@ def run(
     verbose: int = 1,
     notify: Callable[[str], None] = _to_stderr,
     validation: data_mod.Examples | None = None,
-) -> dict[str, Any]:
+) -> RunSummary:
     """Train as configured and return the summary (what --summary-json writes).
 
     With config.checkpoint_dir: resume from the newest good checkpoint there (and say so through
