@@ -98,9 +98,8 @@ def _main(argv: list[str], ending: Ending) -> int:
         if config.local_workers is not None:
             return _launch(argv, config, plan)
         cluster, plan = cluster_mod.place(config, plan, os.environ)
-        per_replica_batch(
-            config.global_batch_size, plan.num_replicas * (cluster.num_workers if cluster else 1)
-        )
+        replicas = plan.num_replicas * (cluster.num_workers if cluster else 1)
+        per_replica_batch(config.global_batch_size, replicas, config.accumulate_steps)
         examples = None
         if not config.dry_run or config.data:
             from training.inputs import data

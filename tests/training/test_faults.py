@@ -91,4 +91,5 @@ def test_out_of_memory_message_names_the_batches():
     assert "out of memory at global batch 256 (64 per replica x 4 replicas)" in text
     assert "next smaller valid batch is --global-batch-size 252 (63 per replica)" in text
     assert "--global-batch-size 128" in text and "--auto-batch-size" in text
+    assert "--accumulate-steps 2" in text  # the batch kept, the memory lowered
     assert "not even one example per replica fits" in oom_message(2, 2)

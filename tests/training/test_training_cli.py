@@ -103,6 +103,18 @@ def test_batch_not_divisible_names_the_nearest_valid_sizes(capsys, fixture_path)
     assert "does not split evenly over 4 replicas" in err and "128 or 132" in err
 
 
+def test_accumulate_steps_must_split_each_replicas_batch(capsys, fixture_path):
+    """--accumulate-steps K cuts each replica's batch into K equal micro-batches: checked before
+    anything runs, naming the batches that split."""
+    path = str(fixture_path("example-server-4xa100.json"))
+    code, _out, err = run(capsys, "--dry-run", "--inventory", path, "--accumulate-steps", "3")
+    assert code == 2 and err.count("\n") == 1
+    assert "does not split evenly over 4 replicas x 3 micro-batches (--accumulate-steps)" in err
+    assert "use a multiple of 12, e.g. 120 or 132" in err
+    assert run(capsys, "--dry-run", "--inventory", path, "--accumulate-steps", "4")[0] == 0
+    assert run(capsys, "--dry-run", "--inventory", path, "--accumulate-steps", "0")[0] == 2
+
+
 def test_custom_id_not_on_the_machine(capsys, fixture_path):
     path = str(fixture_path("example-server-4xa100.json"))
     code, _out, err = run(

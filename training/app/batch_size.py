@@ -168,7 +168,8 @@ def say(line: str) -> None:
 
 
 def oom_message(global_batch: int, replicas: int) -> str:
-    """What failed and what to try: the next smaller valid batch, half, or the finder."""
+    """What failed and what to try: the next smaller valid batch, half, or the finder; or keep the
+    batch (and what the updates mean) and compute it in micro-batches."""
     per_replica = global_batch // replicas
     failed = f"out of memory at global batch {global_batch} ({per_replica} per replica x {replicas} replicas)"
     if per_replica <= 1:
@@ -178,7 +179,8 @@ def oom_message(global_batch: int, replicas: int) -> str:
     return (
         f"{failed}: the next smaller valid batch is --global-batch-size {smaller} "
         f"({per_replica - 1} per replica); halving, --global-batch-size {half}, is the usual next try, "
-        "and --auto-batch-size finds the largest that fits"
+        "and --auto-batch-size finds the largest that fits; to keep the batch, --accumulate-steps 2 "
+        "computes each update in two micro-batches, in about half the activation memory"
     )
 
 

@@ -319,4 +319,6 @@ def fingerprint(config: TrainConfig, num_examples: int, steps_per_epoch: int) ->
         found["reference_batch_size"] = config.reference_batch_size
     if config.warmup_epochs > 0:
         found["warmup_epochs"] = config.warmup_epochs
+    if config.accumulate_steps != 1:  # the same update in other float rounding: resumed under one K
+        found["accumulate_steps"] = config.accumulate_steps
     return found

@@ -51,7 +51,9 @@ class Trainer:
         self.config, self.setup, self.examples = config, setup, examples
         self.strategy = setup.strategy
         self.global_batch_size = config.global_batch_size
-        self.per_replica_batch_size = per_replica_batch(config.global_batch_size, setup.num_replicas)
+        self.per_replica_batch_size = per_replica_batch(
+            config.global_batch_size, setup.num_replicas, config.accumulate_steps
+        )
         if config.mixed_precision:
             keras.mixed_precision.set_global_policy("mixed_float16")
         keras.utils.set_random_seed(config.seed)
@@ -142,17 +144,23 @@ class Trainer:
     def _make_replica_step(self) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
         """One replica's share of a step, the one place the step is built: forward, loss over the
         GLOBAL batch, gradients, update; returns [loss, correct predictions]. The traced loop of
-        steps.py runs it under `strategy.run`, K steps per call."""
+        steps.py runs it under `strategy.run`, K steps per call.
+
+        With --accumulate-steps M, the replica's batch is cut into M micro-batches, in order, run
+        one after the other (a while loop: only one micro-batch's activations live at a time); each
+        loss is still divided by the GLOBAL batch, so their gradients' sum is the whole batch's
+        gradient, and apply_gradients all-reduces it once, as without accumulation."""
         model, optimizer, loss_fn = self.model, self.optimizer, self.loss_fn
         global_batch = self.global_batch_size
         mixed = self.config.mixed_precision
+        micro_batches = self.config.accumulate_steps
 
         def loss_and_grads(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, list[tf.Tensor]]:
             with tf.GradientTape() as tape:
                 logits = model(x, training=True)
                 loss = tf.reduce_sum(loss_fn(y, logits)) / global_batch
-                if model.losses:
-                    loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+                if model.losses:  # once per step: a 1/M share in each of M micro-batches
+                    loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses)) / micro_batches
                 scaled = optimizer.scale_loss(loss) if mixed else loss
             grads = tape.gradient(scaled, model.trainable_variables)
             correct = tf.reduce_sum(
@@ -168,8 +176,26 @@ class Trainer:
             # apply_gradients stays outside it, where MirroredStrategy can run it
             loss_and_grads = tf.function(loss_and_grads, jit_compile=True)
 
+        def accumulated(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, list[tf.Tensor]]:
+            def split(t: tf.Tensor) -> tf.Tensor:  # [M, batch / M, ...], the micro-batches in order
+                return tf.reshape(t, tf.concat([[micro_batches, -1], tf.shape(t)[1:]], axis=0))
+
+            xs, ys = split(x), split(y)
+
+            def body(i: tf.Tensor, loss: tf.Tensor, correct: tf.Tensor, grads: list[tf.Tensor]) -> Any:
+                part_loss, part_correct, part_grads = loss_and_grads(xs[i], ys[i])
+                summed = [g + p for g, p in zip(grads, part_grads, strict=True)]
+                return i + 1, loss + part_loss, correct + part_correct, summed
+
+            zeros = [tf.zeros(v.shape, v.dtype) for v in model.trainable_variables]
+            start = (tf.constant(0), tf.constant(0.0), tf.constant(0.0), zeros)
+            _, loss, correct, grads = tf.while_loop(lambda i, *_: i < micro_batches, body, start)
+            return loss, correct, grads
+
+        step_grads = accumulated if micro_batches > 1 else loss_and_grads
+
         def replica_step(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
-            loss, correct, grads = loss_and_grads(x, y)
+            loss, correct, grads = step_grads(x, y)
             optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
             return tf.stack([loss, correct])
 

@@ -130,6 +130,14 @@ class TrainConfig:
     warmup_steps: int = setting(
         5, "steps left out of the throughput (default 5)", group=TRAINING, check=checks.at_least(0, ">= 0")
     )
+    accumulate_steps: int = setting(
+        1,
+        "compute each update over K micro-batches (the global batch split in K), their gradients "
+        "summed and all-reduced once: the same update in less memory (default 1)",
+        group=TRAINING,
+        metavar="K",
+        check=checks.positive_int,
+    )
     # validation
     validation_split: float | None = setting(
         None,
@@ -355,13 +363,18 @@ def splits_evenly(global_batch_size: int, replicas: int) -> bool:
     return replicas > 0 and global_batch_size % replicas == 0
 
 
-def per_replica_batch(global_batch_size: int, replicas: int) -> int:
+def per_replica_batch(global_batch_size: int, replicas: int, accumulate_steps: int = 1) -> int:
     """Each replica's share of the global batch; a ConfigError (exit 2) naming the nearest batches
-    that split evenly where it does not."""
-    if not splits_evenly(global_batch_size, replicas):
-        options = " or ".join(str(b) for b in nearest_valid_batches(global_batch_size, replicas))
+    that split evenly where it does not, over the replicas and, with --accumulate-steps K, into K
+    equal micro-batches on each replica."""
+    parts = replicas * accumulate_steps
+    if not splits_evenly(global_batch_size, parts):
+        options = " or ".join(str(b) for b in nearest_valid_batches(global_batch_size, parts))
+        over = f"{replicas} replicas"
+        if accumulate_steps > 1:
+            over += f" x {accumulate_steps} micro-batches (--accumulate-steps)"
         raise ConfigError(
-            f"--global-batch-size {global_batch_size} does not split evenly over {replicas} replicas: "
-            f"use a multiple of {replicas}, e.g. {options}"
+            f"--global-batch-size {global_batch_size} does not split evenly over {over}: "
+            f"use a multiple of {parts}, e.g. {options}"
         )
     return global_batch_size // replicas
