@@ -1,7 +1,7 @@
 """How a training run ends before its last epoch: divergence, or a stop by SIGINT/SIGTERM.
 
-Kept apart from train.py so that the loop's pieces (signals.py, checkpointing.py) can raise them
-without importing the trainer; `training.loop.trainer` re-exports both, and callers catch them from there.
+A module of their own so that the loop's pieces (state.py, signals.py, checkpoints/saving.py) raise
+them without importing the trainer; `python -m training` catches them from here.
 """
 
 from __future__ import annotations
