@@ -1,6 +1,7 @@
-"""The sweep itself: one long-lived worker per (device count, cross-device ops) (training/worker.py,
-started on the resolved devices), each case timed by pytest-benchmark, failures recorded, and the
-raw results (reports/results.py's schema) with the harness's own timing and the variants measured.
+"""The sweep itself: one long-lived worker per (device count, cross-device ops)
+(training/children/worker.py, started on the resolved devices), each case timed by pytest-benchmark,
+failures recorded, and the raw results as reports/results.py's typed rows, with the harness's own
+timing and the variants measured.
 
 No TensorFlow here: the workers import it, one process per device count.
 """
@@ -15,15 +16,43 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sweep_cases import ALLREDUCE_BYTES_PER_ROUND, Case, allreduce_iters, not_applicable
+from sweep_cases import (
+    ALLREDUCE_BYTES_PER_ROUND,
+    Case,
+    allreduce_iters,
+    not_applicable,
+    work_of,
+)
+from sweep_cases import data_request as data_request  # what a case trains on: part of sweep's interface
 from sweep_env import environment, process_started_at
 from sweep_options import SweepOptions
 
 from diagnostics.inventory import Inventory
 from diagnostics.monitor import BackgroundSampler, utilization_by_gpu
-from reports.results import SCHEMA, failure_summary
+from reports.codec import from_json, to_json
+from reports.results import (
+    SCHEMA,
+    AllreduceRow,
+    Environment,
+    Failure,
+    Harness,
+    InputRow,
+    Method,
+    NotApplicable,
+    Results,
+    TrainRow,
+    Variants,
+    failure_summary,
+)
 from reports.variants import AXES, is_default, label
-from training.children.worker_client import ALLREDUCE_UNROLL, WorkerClient, WorkerError
+from training.children.protocol import (
+    ALLREDUCE_UNROLL,
+    Prepared,
+    Ran,
+    Ready,
+    Work,
+)
+from training.children.worker_client import WorkerClient, WorkerError
 from training.devices.setup import DevicePlan
 
 UTILIZATION_INTERVAL_S = 0.5
@@ -49,11 +78,13 @@ def utilization(sampler: BackgroundSampler) -> dict[str, list[float]] | None:
     return per_gpu if any(per_gpu.values()) else None
 
 
-def data_request(options: SweepOptions) -> dict[str, Any]:
-    """What the worker trains and feeds on: the user's data, or synthetic images of a size."""
-    if options.data is not None:
-        return {"data": str(options.data)}
-    return {"image_size": options.image_size} if options.image_size is not None else {}
+@dataclass
+class Rounds:
+    """One case's timed rounds, as the worker answered them."""
+
+    warm: list[float] = field(default_factory=list)
+    measured: list[float] = field(default_factory=list)
+    last: Ran | None = None
 
 
 @dataclass
@@ -61,17 +92,17 @@ class Sweep:
     options: SweepOptions
     plan: DevicePlan
     started_at: float = field(default_factory=lambda: process_started_at() or time.time())
-    train: list[dict[str, Any]] = field(default_factory=list)
-    input: list[dict[str, Any]] = field(default_factory=list)
-    allreduce: list[dict[str, Any]] = field(default_factory=list)
-    failures: list[dict[str, Any]] = field(default_factory=list)
+    train: list[TrainRow] = field(default_factory=list)
+    input: list[InputRow] = field(default_factory=list)
+    allreduce: list[AllreduceRow] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
     benchmark_seconds: float = 0.0
     worker_start_seconds: float = 0.0
     prepare_seconds: float = 0.0
     close_seconds: float = 0.0
     case_seconds: float = 0.0  # inside Sweep.run, from asking for a worker to the last answer
     first_case_at: float | None = None
-    ready: dict[tuple[int, str], dict[str, Any]] = field(default_factory=dict)  # by (count, ops)
+    ready: dict[tuple[int, str], Ready] = field(default_factory=dict)  # by (count, ops)
     _client: WorkerClient | None = None
     _client_key: tuple[int, str] | None = None
     _start_failures: dict[tuple[int, str], WorkerError] = field(default_factory=dict)
@@ -129,21 +160,22 @@ class Sweep:
         if not is_default(case.variant):
             summary += f" ({label(case.variant)})"
         self.failures.append(
-            {
-                "benchmark": case.benchmark,
-                "gpus": case.gpus,
-                "batch_per_gpu": case.batch_per_gpu,
-                "bytes": case.nbytes,
-                "variant": case.variant,
-                "error": exc.kind,
-                "message": str(exc),
-                "summary": summary,
-            }
+            Failure(
+                benchmark=case.benchmark,
+                gpus=case.gpus,
+                batch_per_gpu=case.batch_per_gpu,
+                bytes=case.nbytes,
+                variant=case.variant,
+                error=exc.kind,
+                message=str(exc),
+                summary=summary,
+            )
         )
         return CaseFailed(f"{summary}: {exc}", expected=exc.kind == "oom")
 
     def run(self, benchmark: Any, case: Case) -> dict[str, Any] | None:
-        """Run one case under pytest-benchmark; record its row or its failure (raises CaseFailed)."""
+        """Run one case under pytest-benchmark; record its row (returned as results.json has it) or
+        its failure (raises CaseFailed)."""
         started = time.perf_counter()
         if self.first_case_at is None:
             self.first_case_at = time.time()
@@ -152,178 +184,208 @@ class Sweep:
         finally:
             self.case_seconds += time.perf_counter() - started
 
+    def _steps(self, case: Case) -> tuple[int, int]:
+        """(warm-up, measured) steps of one round of the case."""
+        if case.benchmark == "allreduce":
+            assert case.nbytes is not None
+            iters = allreduce_iters(self.options, case.nbytes)
+            return iters, iters
+        return self.options.warmup_steps, self.options.steps
+
     def _run(self, benchmark: Any, case: Case) -> dict[str, Any] | None:
-        o = self.options
+        o, work = self.options, work_of(case, self.options)
+        warm_steps, steps = self._steps(case)
         try:
             client = self.worker(case.gpus, case.cross_device_ops)
-            if case.benchmark == "allreduce":
-                assert case.nbytes is not None
-                iters = allreduce_iters(o, case.nbytes)
-                request: dict[str, Any] = {"kind": "allreduce", "bytes": case.nbytes, "steps": iters}
-                warm_steps, steps = iters, iters
-            else:
-                request = {"kind": case.benchmark, "model": o.model, "batch_per_replica": case.batch_per_gpu}
-                request.update(data_request(o))
-                if case.benchmark == "train":
-                    request.update(
-                        jit_compile=case.jit_compile,
-                        mixed_precision=case.mixed_precision,
-                        steps_per_execution=case.steps_per_execution,
-                    )
-                warm_steps, steps = o.warmup_steps, o.steps
-            prepared = client.request({"cmd": "prepare", **request}, o.worker_timeout)
-            self.prepare_seconds += prepared["seconds"]
+            prepared = client.prepare(work, o.worker_timeout, steps)
+            self.prepare_seconds += prepared.seconds
             ready = self.ready[(case.gpus, case.cross_device_ops)]
-            watched = ready.get("gpu_indices", []) if case.benchmark == "train" else []
+            watched = ready.gpu_indices if case.benchmark == "train" else []
             sampler = BackgroundSampler(read_utilization, watched, UTILIZATION_INTERVAL_S)
-            warmup_rounds = 1 if warm_steps > 0 else 0
-            calls = itertools.count()
-            warm: list[float] = []
-            measured: list[float] = []
-            answers: list[dict[str, Any]] = []
-
-            def setup() -> tuple[tuple[int, bool], dict[str, Any]]:
-                is_warm = next(calls) < warmup_rounds
-                return (warm_steps if is_warm else steps, is_warm), {}
-
-            def target(k: int, is_warm: bool) -> None:
-                sampler.active = not is_warm
-                answer = client.request({"cmd": "run", **request, "steps": k}, o.worker_timeout)
-                self.benchmark_seconds += answer["seconds"]
-                (warm if is_warm else measured).append(answer["seconds"])
-                answers.append(answer)
-
             with sampler:
-                benchmark.pedantic(target, setup=setup, rounds=o.rounds, warmup_rounds=warmup_rounds)
+                rounds = self._rounds(benchmark, client, work, sampler, warm_steps, steps)
         except WorkerError as exc:
             raise self._record_failure(case, exc) from None
-        if not measured:  # --benchmark-disable: ran once, measured nothing
+        if not rounds.measured or rounds.last is None:  # --benchmark-disable: ran once, measured nothing
             return None
-        row: dict[str, Any] = {
-            "gpus": case.gpus,
-            "round_seconds": measured,
-            "warmup_seconds": warm,
-            "prepare_seconds": prepared["seconds"],
-            "devices": ready.get("devices"),
-            "gpu_names": ready.get("gpu_names"),
-        }
-        if case.variant:
-            row["variant"] = case.variant
+        row = self._row(case, ready, prepared, rounds, warm_steps, steps, utilization(sampler))
+        return to_json(row)
+
+    def _rounds(
+        self,
+        benchmark: Any,
+        client: WorkerClient,
+        work: Work,
+        sampler: BackgroundSampler,
+        warm_steps: int,
+        steps: int,
+    ) -> Rounds:
+        """pytest-benchmark's rounds, each one request to the worker (the first a warm-up)."""
+        warmup_rounds = 1 if warm_steps > 0 else 0
+        calls = itertools.count()
+        rounds = Rounds()
+
+        def setup() -> tuple[tuple[int, bool], dict[str, Any]]:
+            is_warm = next(calls) < warmup_rounds
+            return (warm_steps if is_warm else steps, is_warm), {}
+
+        def target(k: int, is_warm: bool) -> None:
+            sampler.active = not is_warm
+            answer = client.run(work, k, self.options.worker_timeout)
+            self.benchmark_seconds += answer.seconds
+            (rounds.warm if is_warm else rounds.measured).append(answer.seconds)
+            rounds.last = answer
+
+        benchmark.pedantic(target, setup=setup, rounds=self.options.rounds, warmup_rounds=warmup_rounds)
+        return rounds
+
+    def _row(
+        self,
+        case: Case,
+        ready: Ready,
+        prepared: Prepared,
+        rounds: Rounds,
+        warm_steps: int,
+        steps: int,
+        utilization: dict[str, list[float]] | None,
+    ) -> TrainRow | InputRow | AllreduceRow:
+        """The results row of a measured case, recorded in its section."""
+        assert rounds.last is not None
         if case.benchmark == "allreduce":
-            # the worker runs whole traced calls of ALLREDUCE_UNROLL: it says how many it did
-            row.update({"bytes": case.nbytes, "iters": answers[-1].get("steps", steps)})
-            self.allreduce.append(row)
-        else:
-            row.update(
-                {
-                    "batch_per_gpu": case.batch_per_gpu,
-                    "global_batch": prepared["global_batch"],
-                    "steps": steps,
-                    "warmup_steps": warm_steps,
-                }
+            assert case.nbytes is not None
+            allreduce = AllreduceRow(
+                gpus=case.gpus,
+                round_seconds=rounds.measured,
+                warmup_seconds=rounds.warm,
+                prepare_seconds=prepared.seconds,
+                devices=ready.devices,
+                gpu_names=ready.gpu_names,
+                variant=case.variant,
+                bytes=case.nbytes,
+                iters=rounds.last.steps,  # whole traced calls of ALLREDUCE_UNROLL: what the worker ran
             )
-            if case.benchmark == "train":
-                row.update(
-                    {
-                        "flops_per_sample": prepared.get("flops_per_sample"),
-                        "gradient_bytes": prepared.get("gradient_bytes"),
-                        "trainable_params": prepared.get("trainable_params"),
-                        "build_seconds": prepared.get("build_seconds"),
-                        "dtype_policy": prepared.get("dtype_policy"),
-                        "input_shape": prepared.get("input_shape"),
-                        "examples": prepared.get("examples"),
-                        "first_step_seconds": prepared.get("first_step_seconds"),
-                        "loss": answers[-1].get("loss"),
-                        # traced calls per measured round (with auto: the K it settled on)
-                        "calls_per_round": answers[-1].get("calls"),
-                        "utilization": utilization(sampler),
-                    }
-                )
-                self.train.append(row)
-            else:
-                self.input.append(row)
-        return row
+            self.allreduce.append(allreduce)
+            return allreduce
+        assert case.batch_per_gpu is not None and prepared.global_batch is not None
+        row = InputRow(
+            gpus=case.gpus,
+            round_seconds=rounds.measured,
+            warmup_seconds=rounds.warm,
+            prepare_seconds=prepared.seconds,
+            devices=ready.devices,
+            gpu_names=ready.gpu_names,
+            batch_per_gpu=case.batch_per_gpu,
+            global_batch=prepared.global_batch,
+            steps=steps,
+            warmup_steps=warm_steps,
+        )
+        if case.benchmark == "input":
+            self.input.append(row)
+            return row
+        train = TrainRow(
+            **{**vars(row), "variant": case.variant},
+            flops_per_sample=prepared.flops_per_sample,
+            gradient_bytes=prepared.gradient_bytes,
+            trainable_params=prepared.trainable_params,
+            build_seconds=prepared.build_seconds,
+            dtype_policy=prepared.dtype_policy,
+            input_shape=prepared.input_shape,
+            examples=prepared.examples,
+            first_step_seconds=prepared.first_step_seconds,
+            loss=rounds.last.loss,
+            calls_per_round=rounds.last.calls,
+            utilization=utilization,
+        )
+        self.train.append(train)
+        return train
 
     def has_data(self) -> bool:
         return bool(self.train or self.input or self.allreduce or self.failures)
 
-    def results(self, complete: bool = True, other_tests_seconds: float = 0.0) -> dict[str, Any]:
-        """The raw results, the harness figure taken now (call it last, just before the report)."""
-        o = self.options
-        env = environment(self.plan)
+    def _environment(self) -> Environment:
+        """The machine's, with the versions and devices of the largest count's worker (the baseline
+        cross-device ops' where it started)."""
+        env = from_json(Environment, environment(self.plan))
         if self.ready:
-            # the largest count's worker, the baseline cross-device ops where it started
-            baseline_ops = o.cross_device_ops[0]
+            baseline_ops = self.options.cross_device_ops[0]
             latest = self.ready[max(self.ready, key=lambda k: (k[0], k[1] == baseline_ops))]
-            env.update(
-                {
-                    "tensorflow": latest.get("tensorflow") or env.get("tensorflow"),
-                    "keras": latest.get("keras") or env.get("keras"),
-                    "devices": latest.get("devices"),
-                    "cross_device_ops": latest.get("cross_device_ops"),
-                }
-            )
-        return {
-            "schema": SCHEMA,
-            "created_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
-            "complete": complete,
-            "device_kind": self.plan.kind,
-            "fallback_reason": self.plan.fallback_reason,
-            "model": o.model,
-            "image_size": o.image_size,
-            "data": str(o.data) if o.data is not None else None,
-            "scaling": o.scaling,
-            "gpu_counts": list(o.gpu_counts),
-            "batch_sizes": list(o.batch_sizes),
-            "method": {
-                "steps_per_round": o.steps,
-                "rounds": o.rounds,
-                "warmup_steps": o.warmup_steps,
-                "warmup_rounds": 1 if o.warmup_steps else 0,
-                "allreduce_iters": o.allreduce_iters,
-                "allreduce_bytes_per_round": ALLREDUCE_BYTES_PER_ROUND,
-                "allreduce_unroll": ALLREDUCE_UNROLL,
-                "statistic": "median over rounds",
-                "timer": "time.perf_counter() inside the worker, around each round, ending on a host sync",
-                "seed": 42,
-            },
-            "variants": {
-                "axes": {
-                    "jit_compile": list(o.jit_compile),
-                    "mixed_precision": list(o.mixed_precision),
-                    "cross_device_ops": list(o.cross_device_ops),
-                    "steps_per_execution": list(o.steps_per_execution),
-                },
-                # what every other variant's speedup is measured against: each axis' first value
-                "baseline": {
-                    "jit_compile": o.jit_compile[0],
-                    "mixed_precision": o.mixed_precision[0],
-                    "cross_device_ops": o.cross_device_ops[0],
-                    "steps_per_execution": o.steps_per_execution[0],
-                },
-                "not_applicable": not_applicable(o),
-            },
-            "environment": env,
-            "harness": self.harness(other_tests_seconds),
-            "train": self.train,
-            "input": self.input,
-            "allreduce": self.allreduce,
-            "failures": self.failures,
+            env.tensorflow = latest.tensorflow or env.tensorflow
+            env.keras = latest.keras or env.keras
+            env.devices = latest.devices
+            env.cross_device_ops = latest.cross_device_ops
+        return env
+
+    def _method(self) -> Method:
+        o = self.options
+        return Method(
+            steps_per_round=o.steps,
+            rounds=o.rounds,
+            warmup_steps=o.warmup_steps,
+            warmup_rounds=1 if o.warmup_steps else 0,
+            allreduce_iters=o.allreduce_iters,
+            allreduce_bytes_per_round=ALLREDUCE_BYTES_PER_ROUND,
+            allreduce_unroll=ALLREDUCE_UNROLL,
+            statistic="median over rounds",
+            timer="time.perf_counter() inside the worker, around each round, ending on a host sync",
+            seed=42,
+        )
+
+    def _variants(self) -> Variants:
+        o = self.options
+        axes: dict[str, list[Any]] = {
+            "jit_compile": list(o.jit_compile),
+            "mixed_precision": list(o.mixed_precision),
+            "cross_device_ops": list(o.cross_device_ops),
+            "steps_per_execution": list(o.steps_per_execution),
         }
+        # what every other variant's speedup is measured against: each axis' first value
+        return Variants(
+            axes=axes,
+            baseline={axis: values[0] for axis, values in axes.items()},
+            not_applicable=[from_json(NotApplicable, na) for na in not_applicable(o)],
+        )
+
+    def results(self, complete: bool = True, other_tests_seconds: float = 0.0) -> dict[str, Any]:
+        """The raw results as results.json has them, the harness figure taken now (call it last,
+        just before the report)."""
+        o = self.options
+        results = Results(
+            schema=SCHEMA,
+            created_at=datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+            complete=complete,
+            device_kind=self.plan.kind,
+            fallback_reason=self.plan.fallback_reason,
+            model=o.model,
+            image_size=o.image_size,
+            data=str(o.data) if o.data is not None else None,
+            scaling=o.scaling,
+            gpu_counts=list(o.gpu_counts),
+            batch_sizes=list(o.batch_sizes),
+            method=self._method(),
+            variants=self._variants(),
+            environment=self._environment(),
+            harness=from_json(Harness, self.harness(other_tests_seconds)),
+            train=self.train,
+            input=self.input,
+            allreduce=self.allreduce,
+            failures=self.failures,
+        )
+        return results.to_json()
 
     def harness(self, other_tests_seconds: float = 0.0) -> dict[str, Any]:
         """Where the wall time went. Time in other benchmark modules of the same pytest run
         (`other_tests_seconds`) is not the sweep's and is left out of its wall time."""
         wall = time.time() - self.started_at - other_tests_seconds
-        return {
-            "wall_seconds": wall,
-            "benchmark_seconds": self.benchmark_seconds,
-            "worker_start_seconds": self.worker_start_seconds,
-            "prepare_seconds": self.prepare_seconds,
-            "close_seconds": self.close_seconds,
-            "case_seconds": self.case_seconds,
-            "startup_seconds": (self.first_case_at - self.started_at) if self.first_case_at else None,
-            "fraction": self.benchmark_seconds / wall if wall > 0 else None,
-            "wall_measured_from": "process start" if process_started_at() else "conftest import",
-            "other_tests_seconds": other_tests_seconds,
-        }
+        harness = Harness(
+            wall_seconds=wall,
+            benchmark_seconds=self.benchmark_seconds,
+            worker_start_seconds=self.worker_start_seconds,
+            prepare_seconds=self.prepare_seconds,
+            close_seconds=self.close_seconds,
+            case_seconds=self.case_seconds,
+            startup_seconds=(self.first_case_at - self.started_at) if self.first_case_at else None,
+            fraction=self.benchmark_seconds / wall if wall > 0 else None,
+            wall_measured_from="process start" if process_started_at() else "conftest import",
+            other_tests_seconds=other_tests_seconds,
+        )
+        return to_json(harness)

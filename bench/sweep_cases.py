@@ -1,7 +1,7 @@
 """The sweep's benchmark cases: which (device count, batch per device) configurations the weak and
 strong series need, every variant of each (XLA x mixed precision x cross-device ops x steps per
-call), the variants these devices cannot run, every case in the order the workers run them, and
-all-reduces per round.
+call), the variants these devices cannot run, every case in the order the workers run them, the
+work each case asks of its worker, and all-reduces per round.
 
 Training runs for every variant; the all-reduce for every cross-device ops (the only axis it
 depends on); the input pipeline, which depends on none, once per device count.
@@ -17,7 +17,7 @@ from sweep_options import SweepOptions
 
 from reports.results import format_bytes
 from reports.variants import AXES, AXES_OF
-from training.children.worker_client import ALLREDUCE_UNROLL
+from training.children.protocol import ALLREDUCE_UNROLL, AllreduceWork, InputWork, TrainWork, Work
 
 BENCHMARKS = ("train", "input", "allreduce")
 # Large messages run fewer chained all-reduces per round: at most this many bytes per round.
@@ -133,3 +133,29 @@ def allreduce_iters(options: SweepOptions, nbytes: int) -> int:
     worker's traced calls of ALLREDUCE_UNROLL where there is more than one call)."""
     iters = max(1, min(options.allreduce_iters, ALLREDUCE_BYTES_PER_ROUND // nbytes))
     return iters - iters % ALLREDUCE_UNROLL if iters > ALLREDUCE_UNROLL else iters
+
+
+def data_request(options: SweepOptions) -> dict[str, Any]:
+    """What the worker trains and feeds on: the user's data, or synthetic images of a size (the
+    fields of TrainWork and InputWork that say so)."""
+    if options.data is not None:
+        return {"data": str(options.data)}
+    return {"image_size": options.image_size} if options.image_size is not None else {}
+
+
+def work_of(case: Case, options: SweepOptions) -> Work:
+    """What the worker runs for one case."""
+    if case.benchmark == "allreduce":
+        assert case.nbytes is not None
+        return AllreduceWork(bytes=case.nbytes)
+    assert case.batch_per_gpu is not None
+    if case.benchmark == "input":
+        return InputWork(batch_per_replica=case.batch_per_gpu, **data_request(options))
+    return TrainWork(
+        model=options.model,
+        batch_per_replica=case.batch_per_gpu,
+        jit_compile=case.jit_compile,
+        mixed_precision=case.mixed_precision,
+        steps_per_execution=case.steps_per_execution,
+        **data_request(options),
+    )

@@ -2,8 +2,8 @@
 efficiency, all-reduce bandwidth, input-pipeline headroom, fraction of datasheet peak, GPU
 utilisation (all of the baseline variant), and the variants side by side (reports.variant_figures).
 
-Pure: a results dict in, a JSON-ready dict out. reports/figures.py adds the recommendations argued
-from these figures (reports/recommend.py, which reads this module) to make scaling.json's "figures".
+Pure: typed results in (reports.results), typed figures out (reports.figure_rows). reports/figures.py
+adds the recommendations argued from these figures (reports/recommend.py, which reads this module).
 """
 
 from __future__ import annotations
@@ -17,7 +17,17 @@ from typing import Any
 from diagnostics.knowledge import peak_for
 from diagnostics.monitor import lagging
 from reports import stats
-from reports.results import format_bytes
+from reports.codec import to_json
+from reports.figure_rows import (
+    AllreduceFigure,
+    Figures,
+    InputFigure,
+    Series,
+    SeriesPoint,
+    TrainFigure,
+    Utilization,
+)
+from reports.results import Results, format_bytes
 from reports.variant_figures import variant_figures
 from reports.variants import baseline_results
 
@@ -50,52 +60,43 @@ def lookup_peaks(gpu_names: Iterable[str]) -> Peaks:
     )
 
 
-def device_unit(results: dict[str, Any]) -> str:
-    return "GPU" if results.get("device_kind") == "gpu" else "CPU device"
-
-
-def title(results: dict[str, Any]) -> str:
-    model = results.get("model", "?")
-    if results.get("device_kind") == "gpu":
-        names = results.get("environment", {}).get("selected_gpu_names") or []
-        counts = results.get("gpu_counts") or []
+def title(results: Results) -> str:
+    model = results.model or "?"
+    if results.device_kind == "gpu":
+        names = results.environment.selected_gpu_names
         kinds = sorted(set(names)) or ["GPU"]
-        return f"Scaling report: {model} on up to {max(counts, default=0)} x {' + '.join(kinds)}"
-    why = results.get("fallback_reason")
+        return f"Scaling report: {model} on up to {max(results.gpu_counts, default=0)} x {' + '.join(kinds)}"
+    why = results.fallback_reason
     tail = f" (no GPU: {why})" if why else " (--cpu-replicas: no GPU used)"
     return f"Scaling report: {model} on CPU logical devices{tail}"
 
 
-def _rates(row: dict[str, Any]) -> list[float]:
-    return [row["global_batch"] * row["steps"] / s for s in row["round_seconds"]]
-
-
-def train_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+def train_rows(results: Results) -> list[TrainFigure]:
     rows = []
-    for row in sorted(results.get("train", []), key=lambda r: (r["gpus"], r["batch_per_gpu"])):
-        rate = stats.summarize(_rates(row))
-        flops = row.get("flops_per_sample")
+    for row in sorted(results.train, key=lambda r: (r.gpus, r.batch_per_gpu)):
+        rate = stats.summarize(row.rates())
+        flops = row.flops_per_sample
         achieved = flops * rate.median / 1e12 if flops else None
-        peaks = lookup_peaks(row.get("gpu_names") or []) if results.get("device_kind") == "gpu" else None
+        peaks = lookup_peaks(row.gpu_names or []) if results.device_kind == "gpu" else None
         fraction = achieved / peaks.fp32_tflops if achieved and peaks and peaks.fp32_tflops else None
         rows.append(
-            {
-                "gpus": row["gpus"],
-                "batch_per_gpu": row["batch_per_gpu"],
-                "global_batch": row["global_batch"],
-                "samples_per_sec": rate.to_dict(),
-                "samples_per_sec_per_gpu": rate.median / row["gpus"],
-                "step_seconds": row["global_batch"] / rate.median,
-                "achieved_tflops": achieved,
-                "peak_fp32_tflops": peaks.fp32_tflops if peaks else None,
-                "fraction_of_peak": fraction,
-                "utilization": utilization_summary(row.get("utilization")),
-            }
+            TrainFigure(
+                gpus=row.gpus,
+                batch_per_gpu=row.batch_per_gpu,
+                global_batch=row.global_batch,
+                samples_per_sec=rate,
+                samples_per_sec_per_gpu=rate.median / row.gpus,
+                step_seconds=row.global_batch / rate.median,
+                achieved_tflops=achieved,
+                peak_fp32_tflops=peaks.fp32_tflops if peaks else None,
+                fraction_of_peak=fraction,
+                utilization=utilization_of(row.utilization),
+            )
         )
     return rows
 
 
-def utilization_summary(samples: dict[str, list[float]] | None) -> dict[str, Any] | None:
+def utilization_of(samples: dict[str, list[float]] | None) -> Utilization | None:
     """Mean utilisation per GPU from NVML samples; flags a GPU well below the busiest one."""
     if not samples:
         return None
@@ -103,105 +104,108 @@ def utilization_summary(samples: dict[str, list[float]] | None) -> dict[str, Any
     if not means:
         return None
     idle = lagging(means)
-    return {"mean_pct": means, "imbalanced": bool(idle), "lagging_gpus": idle}
+    return Utilization(mean_pct=means, imbalanced=bool(idle), lagging_gpus=idle)
 
 
-def _find(rows: list[dict[str, Any]], gpus: int, batch: int) -> dict[str, Any] | None:
-    return next((r for r in rows if r["gpus"] == gpus and r["batch_per_gpu"] == batch), None)
+def utilization_summary(samples: dict[str, list[float]] | None) -> dict[str, Any] | None:
+    """utilization_of as scaling.json writes it."""
+    summary = utilization_of(samples)
+    return to_json(summary) if summary else None
 
 
-def series(results: dict[str, Any], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _find(rows: list[TrainFigure], gpus: int, batch: int) -> TrainFigure | None:
+    return next((r for r in rows if r.gpus == gpus and r.batch_per_gpu == batch), None)
+
+
+def _plans(results: Results, batch: int, counts: list[int]) -> list[tuple[str, str, list[tuple[int, int]]]]:
+    """(scaling, label, configurations) of the series one batch size gives."""
+    plans = []
+    if results.scaling in ("weak", "both"):
+        plans.append(("weak", f"{batch} per {results.unit}", [(n, batch) for n in counts]))
+    if results.scaling in ("strong", "both"):
+        total = batch * counts[0]
+        plans.append(("strong", f"global batch {total}", [(n, total // n) for n in counts if total % n == 0]))
+    return plans
+
+
+def series(results: Results, rows: list[TrainFigure]) -> list[Series]:
     """Weak series keep the batch per GPU; strong series keep the global batch (batch x N0)."""
-    counts = sorted(results.get("gpu_counts") or {r["gpus"] for r in rows})
+    counts = sorted(results.gpu_counts or {r.gpus for r in rows})
     if not counts:
         return []
     base = counts[0]
-    mode = results.get("scaling", "weak")
     out = []
-    for batch in sorted(results.get("batch_sizes") or {r["batch_per_gpu"] for r in rows}):
-        plans = []
-        if mode in ("weak", "both"):
-            plans.append(("weak", f"{batch} per {device_unit(results)}", [(n, batch) for n in counts]))
-        if mode in ("strong", "both"):
-            total = batch * base
-            plans.append(
-                ("strong", f"global batch {total}", [(n, total // n) for n in counts if total % n == 0])
-            )
-        for scaling, label, configs in plans:
+    for batch in sorted(results.batch_sizes or {r.batch_per_gpu for r in rows}):
+        for scaling, label, configs in _plans(results, batch, counts):
             base_row = _find(rows, *configs[0]) if configs and configs[0][0] == base else None
+            base_rate = base_row.samples_per_sec.median if base_row else None
             points = []
             for n, b in configs:
                 row = _find(rows, n, b)
-                rate = row["samples_per_sec"]["median"] if row else None
-                base_rate = base_row["samples_per_sec"]["median"] if base_row else None
+                rate = row.samples_per_sec.median if row else None
                 points.append(
-                    {
-                        "gpus": n,
-                        "batch_per_gpu": b,
-                        "global_batch": n * b,
-                        "samples_per_sec": rate,
-                        "speedup": rate / base_rate if rate and base_rate else None,
-                        "efficiency": stats.scaling_efficiency(rate, n, base_rate, base)
+                    SeriesPoint(
+                        gpus=n,
+                        batch_per_gpu=b,
+                        global_batch=n * b,
+                        samples_per_sec=rate,
+                        speedup=rate / base_rate if rate and base_rate else None,
+                        efficiency=stats.scaling_efficiency(rate, n, base_rate, base)
                         if rate and base_rate
                         else None,
-                        "ideal_samples_per_sec": base_rate * n / base if base_rate else None,
-                    }
+                        ideal_samples_per_sec=base_rate * n / base if base_rate else None,
+                    )
                 )
-            out.append(
-                {"scaling": scaling, "batch": batch, "label": label, "base_gpus": base, "points": points}
-            )
+            out.append(Series(scaling=scaling, batch=batch, label=label, base_gpus=base, points=points))
     return out
 
 
-def allreduce_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+def allreduce_rows(results: Results) -> list[AllreduceFigure]:
     rows = []
-    for row in sorted(results.get("allreduce", []), key=lambda r: (r["gpus"], r["bytes"])):
-        n, nbytes, iters = row["gpus"], row["bytes"], row["iters"]
-        per_op = [s / iters for s in row["round_seconds"]]
-        alg = [stats.algbw(nbytes, t) / 1e9 for t in per_op]
-        bus = stats.summarize([stats.busbw(a, n) for a in alg])
-        peaks = lookup_peaks(row.get("gpu_names") or []) if results.get("device_kind") == "gpu" else None
+    for row in sorted(results.allreduce, key=lambda r: (r.gpus, r.bytes)):
+        per_op = [s / row.iters for s in row.round_seconds]
+        alg = [stats.algbw(row.bytes, t) / 1e9 for t in per_op]
+        bus = stats.summarize([stats.busbw(a, row.gpus) for a in alg])
+        peaks = lookup_peaks(row.gpu_names or []) if results.device_kind == "gpu" else None
         link = peaks.link_gbps_per_direction if peaks else None
         rows.append(
-            {
-                "gpus": n,
-                "bytes": nbytes,
-                "size": format_bytes(nbytes),
-                "iters": iters,
-                "time_us": stats.summarize([t * 1e6 for t in per_op]).to_dict(),
-                "algbw_gbps": stats.summarize(alg).median,
-                "busbw_gbps": bus.to_dict(),
-                "link_gbps_per_direction": link,
-                "fraction_of_link": bus.median / link if link else None,
-            }
+            AllreduceFigure(
+                gpus=row.gpus,
+                bytes=row.bytes,
+                size=format_bytes(row.bytes),
+                iters=row.iters,
+                time_us=stats.summarize([t * 1e6 for t in per_op]),
+                algbw_gbps=stats.summarize(alg).median,
+                busbw_gbps=bus,
+                link_gbps_per_direction=link,
+                fraction_of_link=bus.median / link if link else None,
+            )
         )
     return rows
 
 
-def input_rows(results: dict[str, Any], train: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def input_rows(results: Results, train: list[TrainFigure]) -> list[InputFigure]:
     rows = []
-    for row in sorted(results.get("input", []), key=lambda r: (r["gpus"], r["batch_per_gpu"])):
-        rate = stats.summarize(_rates(row))
-        trained = _find(train, row["gpus"], row["batch_per_gpu"])
-        train_rate = trained["samples_per_sec"]["median"] if trained else None
+    for row in sorted(results.input, key=lambda r: (r.gpus, r.batch_per_gpu)):
+        rate = stats.summarize(row.rates())
+        trained = _find(train, row.gpus, row.batch_per_gpu)
+        train_rate = trained.samples_per_sec.median if trained else None
         rows.append(
-            {
-                "gpus": row["gpus"],
-                "batch_per_gpu": row["batch_per_gpu"],
-                "global_batch": row["global_batch"],
-                "pipeline_samples_per_sec": rate.to_dict(),
-                "train_samples_per_sec": train_rate,
-                "headroom": rate.median / train_rate if train_rate else None,
-            }
+            InputFigure(
+                gpus=row.gpus,
+                batch_per_gpu=row.batch_per_gpu,
+                global_batch=row.global_batch,
+                pipeline_samples_per_sec=rate,
+                train_samples_per_sec=train_rate,
+                headroom=rate.median / train_rate if train_rate else None,
+            )
         )
     return rows
 
 
-def allreduce_seconds(allreduce: list[dict[str, Any]], gpus: int, nbytes: float) -> float | None:
+def allreduce_seconds(allreduce: list[AllreduceFigure], gpus: int, nbytes: float) -> float | None:
     """Time of one all-reduce of `nbytes` on `gpus`, log-interpolated between measured sizes."""
-    points = sorted(
-        (r["bytes"], r["time_us"]["median"] / 1e6) for r in allreduce if r["gpus"] == gpus and r["bytes"] > 0
-    )
+    points = sorted((r.bytes, r.time_us.median / 1e6) for r in allreduce if r.gpus == gpus and r.bytes > 0)
     if not points or nbytes <= 0:
         return None
     if nbytes <= points[0][0]:
@@ -215,20 +219,20 @@ def allreduce_seconds(allreduce: list[dict[str, Any]], gpus: int, nbytes: float)
     return t_last * nbytes / b_last
 
 
-def analyse(results: dict[str, Any]) -> dict[str, Any]:
-    """Every measured figure, JSON-ready (reports.figures.report_figures adds the recommendations).
+def analyse(results: Results) -> Figures:
+    """Every measured figure (reports.figures.report_figures adds the recommendations).
 
-    The scaling figures are the baseline variant's; the variants side by side are "variants"."""
+    The scaling figures are the baseline variant's; the variants side by side are `variants`."""
     full, results = results, baseline_results(results)
     train = train_rows(results)
-    return {
-        "title": title(results),
-        "unit": device_unit(results),
-        "train": train,
-        "series": series(results, train),
-        "allreduce": allreduce_rows(results),
-        "input": input_rows(results, train),
-        "variants": variant_figures(full),
-        "failures": list(full.get("failures", [])),
-        "harness": results.get("harness") or {},
-    }
+    return Figures(
+        title=title(results),
+        unit=results.unit,
+        train=train,
+        series=series(results, train),
+        allreduce=allreduce_rows(results),
+        input=input_rows(results, train),
+        variants=variant_figures(full),
+        failures=list(full.failures),
+        harness=results.harness,
+    )

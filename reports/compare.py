@@ -19,7 +19,7 @@ from typing import Any
 from tabulate import tabulate
 
 from reports import stats
-from reports.results import REPORT_SCHEMA, ResultsError, format_bytes, validate
+from reports.results import Results, ResultsError, format_bytes, unwrap, validate
 from reports.variants import label, variant_key, variant_of
 
 DEFAULT_THRESHOLD = 0.05
@@ -87,69 +87,56 @@ class Comparison:
         return [c for c in self.changes if c.verdict in (REGRESSED, FAILED)]
 
 
-def _unwrap(data: Any) -> Any:
-    if (
-        isinstance(data, dict)
-        and data.get("schema") == REPORT_SCHEMA
-        and isinstance(data.get("results"), dict)
-    ):
-        return data["results"]  # a scaling.json carries the raw results it was made from
-    return data
-
-
-def check_comparable(base: Any, new: Any, base_name: str, new_name: str) -> tuple[dict[str, Any], ...]:
+def check_comparable(base: Any, new: Any, base_name: str, new_name: str) -> tuple[Results, Results]:
     """Both validated; raises CompareError saying what differs (schema first, then what was measured)."""
-    base, new = _unwrap(base), _unwrap(new)
+    base, new = unwrap(base), unwrap(new)
     schemas = [d.get("schema") if isinstance(d, dict) else None for d in (base, new)]
     if schemas[0] != schemas[1]:
         raise CompareError(
             f"different schemas: {base_name} is {schemas[0]!r}, {new_name} is {schemas[1]!r}; "
             "compare needs two results files of the same schema"
         )
-    base, new = validate(base, base_name), validate(new, new_name)
+    typed = validate(base, base_name), validate(new, new_name)
     differs = [
-        f"{what} {base.get(key)!s} in {base_name}, {new.get(key)!s} in {new_name}"
+        f"{what} {getattr(typed[0], key)!s} in {base_name}, {getattr(typed[1], key)!s} in {new_name}"
         for key, what in IDENTITY.items()
-        if base.get(key) != new.get(key)
+        if getattr(typed[0], key) != getattr(typed[1], key)
     ]
     if differs:
         raise CompareError(f"the runs measured different things: {'; '.join(differs)}")
-    return base, new
+    return typed
 
 
-def _unit(results: dict[str, Any], n: int) -> str:
-    unit = "GPU" if results.get("device_kind") == "gpu" else "CPU device"
-    return f"{n} {unit}{'s' if n != 1 else ''}"
+def _unit(results: Results, n: int | None) -> str:
+    return f"{n} {results.unit}{'s' if n != 1 else ''}"
 
 
-def cases(results: dict[str, Any]) -> dict[tuple[Any, ...], Case]:
+def cases(results: Results) -> dict[tuple[Any, ...], Case]:
     """Every measured case by its key, with the per-round rates (higher is better)."""
     out: dict[tuple[Any, ...], Case] = {}
-    for benchmark in ("train", "input"):
-        for row in results.get(benchmark, []):
-            variant = variant_of(row, benchmark)
-            key = (benchmark, row["gpus"], row["batch_per_gpu"], variant_key(variant))
+    for benchmark, rows in (("train", results.train), ("input", results.input)):
+        for row in rows:
+            variant = variant_of(row.variant, benchmark)
+            key = (benchmark, row.gpus, row.batch_per_gpu, variant_key(variant))
             tail = f" ({label(variant)})" if benchmark == "train" else ""
-            name = f"{benchmark} {_unit(results, row['gpus'])} x {row['batch_per_gpu']}{tail}"
-            rates = tuple(row["global_batch"] * row["steps"] / s for s in row["round_seconds"])
-            out[key] = Case(key, name, "samples/s", rates)
-    for row in results.get("allreduce", []):
-        variant = variant_of(row, "allreduce")
-        key = ("allreduce", row["gpus"], row["bytes"], variant_key(variant))
-        name = f"all-reduce {_unit(results, row['gpus'])} {format_bytes(row['bytes'])} ({label(variant)})"
-        rates = tuple(row["bytes"] * row["iters"] / s / 1e9 for s in row["round_seconds"])
+            name = f"{benchmark} {_unit(results, row.gpus)} x {row.batch_per_gpu}{tail}"
+            out[key] = Case(key, name, "samples/s", tuple(row.rates()))
+    for ar in results.allreduce:
+        variant = variant_of(ar.variant, "allreduce")
+        key = ("allreduce", ar.gpus, ar.bytes, variant_key(variant))
+        name = f"all-reduce {_unit(results, ar.gpus)} {format_bytes(ar.bytes)} ({label(variant)})"
+        rates = tuple(ar.bytes * ar.iters / s / 1e9 for s in ar.round_seconds)
         out[key] = Case(key, name, "GB/s algbw", rates)
     return out
 
 
-def failed_keys(results: dict[str, Any]) -> set[tuple[Any, ...]]:
+def failed_keys(results: Results) -> set[tuple[Any, ...]]:
     keys = set()
-    for f in results.get("failures", []):
-        benchmark = f.get("benchmark")
-        if benchmark not in ("train", "input", "allreduce"):
+    for f in results.failures:
+        if f.benchmark not in ("train", "input", "allreduce"):
             continue
-        size = f.get("bytes") if benchmark == "allreduce" else f.get("batch_per_gpu")
-        keys.add((benchmark, f.get("gpus"), size, variant_key(variant_of(f, benchmark))))
+        size = f.bytes if f.benchmark == "allreduce" else f.batch_per_gpu
+        keys.add((f.benchmark, f.gpus, size, variant_key(variant_of(f.variant, f.benchmark))))
     return keys
 
 
@@ -186,9 +173,11 @@ def compare(
         else:
             verdict = ONLY_NEW if a is None else FAILED if key in new_failed else ONLY_BASE
             changes.append(Change(some.name, some.unit, a, b, None, verdict))
-    env_a, env_b = base.get("environment") or {}, new.get("environment") or {}
+    env_a, env_b = base.environment, new.environment
     environment = [
-        f"{k} {env_a.get(k)} -> {env_b.get(k)}" for k in ENVIRONMENT if env_a.get(k) != env_b.get(k)
+        f"{k} {getattr(env_a, k)} -> {getattr(env_b, k)}"
+        for k in ENVIRONMENT
+        if getattr(env_a, k) != getattr(env_b, k)
     ]
     return Comparison(threshold, changes, environment, (describe_run(base), describe_run(new)))
 
@@ -205,13 +194,13 @@ def _rate(summary: stats.Summary | None) -> tuple[str, str]:
     return format(summary.median, fmt), ci
 
 
-def describe_run(results: dict[str, Any]) -> str:
+def describe_run(results: Results) -> str:
     """'2026-11-27T10:00:00Z, TensorFlow 2.21.0, driver 570.86' from what the results record."""
-    env = results.get("environment") or {}
+    env = results.environment
     parts = [
-        str(results.get("created_at") or "undated"),
-        f"TensorFlow {env.get('tensorflow') or '?'}",
-        f"driver {env['driver_version']}" if env.get("driver_version") else "no NVIDIA driver",
+        results.created_at or "undated",
+        f"TensorFlow {env.tensorflow or '?'}",
+        f"driver {env.driver_version}" if env.driver_version else "no NVIDIA driver",
     ]
     return ", ".join(parts)
 

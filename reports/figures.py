@@ -1,4 +1,4 @@
-"""Every figure of the report in one JSON-ready dict (scaling.json's "figures"): the measurements
+"""Every figure of the report (scaling.json's "figures"): the measurements
 (reports.analysis) and the recommendations argued from them (reports.recommend).
 
 Kept apart from both so that recommend depends on analysis and nothing depends back.
@@ -6,13 +6,12 @@ Kept apart from both so that recommend depends on analysis and nothing depends b
 
 from __future__ import annotations
 
-from dataclasses import asdict
-from typing import Any
-
 from reports import analysis, recommend
+from reports.figure_rows import Figures
+from reports.results import Results
 
 
-def report_figures(results: dict[str, Any]) -> dict[str, Any]:
+def report_figures(results: Results) -> Figures:
     figures = analysis.analyse(results)
-    figures["recommendations"] = [asdict(r) for r in recommend.recommend(results, figures)]
+    figures.recommendations = recommend.recommend(results, figures)
     return figures

@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 from typing import Any
 
+from reports.figure_rows import Figures
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -26,21 +28,21 @@ def _png(plt: Any, fig: Any) -> bytes:
     return buffer.getvalue()
 
 
-def throughput(figures: dict[str, Any]) -> bytes | None:
-    drawn = [s for s in figures["series"] if sum(p["samples_per_sec"] is not None for p in s["points"]) >= 1]
+def throughput(figures: Figures) -> bytes | None:
+    drawn = [s for s in figures.series if any(p.samples_per_sec is not None for p in s.points)]
     if not drawn:
         return None
     plt, (fig, ax) = _figure()
     for s in drawn:
-        xs = [p["gpus"] for p in s["points"] if p["samples_per_sec"] is not None]
-        ys = [p["samples_per_sec"] for p in s["points"] if p["samples_per_sec"] is not None]
-        (line,) = ax.plot(xs, ys, marker="o", label=f"{s['scaling']}: {s['label']}")
-        ideal = [(p["gpus"], p["ideal_samples_per_sec"]) for p in s["points"] if p["ideal_samples_per_sec"]]
+        xs = [p.gpus for p in s.points if p.samples_per_sec is not None]
+        ys = [p.samples_per_sec for p in s.points if p.samples_per_sec is not None]
+        (line,) = ax.plot(xs, ys, marker="o", label=f"{s.scaling}: {s.label}")
+        ideal = [(p.gpus, p.ideal_samples_per_sec) for p in s.points if p.ideal_samples_per_sec]
         if ideal:
             ax.plot(*zip(*ideal, strict=True), linestyle="--", color=line.get_color(), alpha=0.5)
-    counts = sorted({p["gpus"] for s in drawn for p in s["points"]})
+    counts = sorted({p.gpus for s in drawn for p in s.points})
     ax.set_xticks(counts)
-    ax.set_xlabel(f"{figures['unit']}s")
+    ax.set_xlabel(f"{figures.unit}s")
     ax.set_ylabel("samples/s (median)")
     ax.set_title("Training throughput (dashed: ideal linear scaling)")
     ax.grid(True, alpha=0.3)
@@ -48,19 +50,19 @@ def throughput(figures: dict[str, Any]) -> bytes | None:
     return _png(plt, fig)
 
 
-def efficiency(figures: dict[str, Any]) -> bytes | None:
-    drawn = [s for s in figures["series"] if any(p["efficiency"] is not None for p in s["points"])]
-    if not drawn or not any(p["gpus"] != s["base_gpus"] for s in drawn for p in s["points"]):
+def efficiency(figures: Figures) -> bytes | None:
+    drawn = [s for s in figures.series if any(p.efficiency is not None for p in s.points)]
+    if not drawn or not any(p.gpus != s.base_gpus for s in drawn for p in s.points):
         return None
     from reports.recommend import EFFICIENCY_TARGET
 
     plt, (fig, ax) = _figure()
     for s in drawn:
-        pts = [(p["gpus"], p["efficiency"] * 100) for p in s["points"] if p["efficiency"] is not None]
-        ax.plot(*zip(*pts, strict=True), marker="o", label=f"{s['scaling']}: {s['label']}")
+        pts = [(p.gpus, p.efficiency * 100) for p in s.points if p.efficiency is not None]
+        ax.plot(*zip(*pts, strict=True), marker="o", label=f"{s.scaling}: {s.label}")
     ax.axhline(EFFICIENCY_TARGET * 100, color="grey", linestyle=":", label=f"{EFFICIENCY_TARGET:.0%} target")
-    ax.set_xticks(sorted({p["gpus"] for s in drawn for p in s["points"]}))
-    ax.set_xlabel(f"{figures['unit']}s")
+    ax.set_xticks(sorted({p.gpus for s in drawn for p in s.points}))
+    ax.set_xlabel(f"{figures.unit}s")
     ax.set_ylabel("scaling efficiency (%)")
     ax.set_ylim(bottom=0)
     ax.set_title("Scaling efficiency T(N) / (N x T(1))")
@@ -69,20 +71,20 @@ def efficiency(figures: dict[str, Any]) -> bytes | None:
     return _png(plt, fig)
 
 
-def allreduce(figures: dict[str, Any]) -> bytes | None:
-    rows = figures["allreduce"]
+def allreduce(figures: Figures) -> bytes | None:
+    rows = figures.allreduce
     if not rows:
         return None
     plt, (fig, ax) = _figure()
-    for n in sorted({r["gpus"] for r in rows}):
-        mine = [r for r in rows if r["gpus"] == n]
+    for n in sorted({r.gpus for r in rows}):
+        mine = [r for r in rows if r.gpus == n]
         ax.plot(
-            [r["bytes"] for r in mine],
-            [r["busbw_gbps"]["median"] for r in mine],
+            [r.bytes for r in mine],
+            [r.busbw_gbps.median for r in mine],
             marker="o",
-            label=f"{n} {figures['unit']}s",
+            label=f"{n} {figures.unit}s",
         )
-    links = {r["link_gbps_per_direction"] for r in rows if r["link_gbps_per_direction"]}
+    links = {r.link_gbps_per_direction for r in rows if r.link_gbps_per_direction}
     for link in links:
         ax.axhline(link, color="grey", linestyle=":", label=f"link {link:g} GB/s per direction")
     ax.set_xscale("log", base=2)
@@ -94,7 +96,7 @@ def allreduce(figures: dict[str, Any]) -> bytes | None:
     return _png(plt, fig)
 
 
-def render_all(figures: dict[str, Any]) -> dict[str, bytes]:
+def render_all(figures: Figures) -> dict[str, bytes]:
     """File name -> PNG bytes, for the plots there is something to draw in."""
     out = {}
     for name, draw in (

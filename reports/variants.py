@@ -1,15 +1,17 @@
 """The sweep's variant axes as the results carry them: XLA, mixed precision, the cross-device ops
 and the training steps per traced call.
 
-A train row may carry `"variant": {"jit_compile": bool, "mixed_precision": bool,
-"cross_device_ops": str, "steps_per_execution": "auto" | int}` and an all-reduce row
-`"variant": {"cross_device_ops": str}`; a missing axis (every row of a sweep made before that axis
+A row's `variant` (reports.results: TrainRow, AllreduceRow, Failure) maps each axis its benchmark
+depends on (AXES_OF) to its value; a missing axis (every row of a sweep made before that axis
 existed) has its default value. The input pipeline does not depend on any axis and carries none.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
+
+from reports.results import Results
 
 # axis -> its default value, in the order labels and tables list them
 # (steps_per_execution: the trainer's own default, `auto`, which the sweep's baseline measures)
@@ -33,9 +35,9 @@ AXIS_FLAGS = {
 }
 
 
-def variant_of(row: dict[str, Any], benchmark: str = "train") -> dict[str, Any]:
-    """The row's value on each axis its benchmark depends on (defaults filled in)."""
-    given = row.get("variant") or {}
+def variant_of(given: dict[str, Any] | None, benchmark: str = "train") -> dict[str, Any]:
+    """A row's value (`given`: its `variant`) on each axis its benchmark depends on (defaults filled in)."""
+    given = given or {}
     return {axis: given.get(axis, AXES[axis]) for axis in AXES_OF[benchmark]}
 
 
@@ -90,22 +92,23 @@ def flag_value(value: Any) -> str:
     return str(value)
 
 
-def baseline(results: dict[str, Any]) -> dict[str, Any]:
+def baseline(results: Results) -> dict[str, Any]:
     """The variant every other is measured against: what the sweep recorded (each axis' first
     value), else the defaults."""
-    given = (results.get("variants") or {}).get("baseline") or {}
+    given = results.variants.baseline if results.variants else {}
     return {axis: given.get(axis, default) for axis, default in AXES.items()}
 
 
-def is_baseline(row: dict[str, Any], benchmark: str, base: dict[str, Any]) -> bool:
-    return all(value == base[axis] for axis, value in variant_of(row, benchmark).items())
+def is_baseline(variant: dict[str, Any] | None, benchmark: str, base: dict[str, Any]) -> bool:
+    return all(value == base[axis] for axis, value in variant_of(variant, benchmark).items())
 
 
-def baseline_results(results: dict[str, Any]) -> dict[str, Any]:
+def baseline_results(results: Results) -> Results:
     """`results` with only the baseline variant's rows: what the scaling tables and plots show
     (a sweep without variants comes back with the same rows)."""
     base = baseline(results)
-    out = dict(results)
-    for benchmark in ("train", "allreduce"):
-        out[benchmark] = [r for r in results.get(benchmark, []) if is_baseline(r, benchmark, base)]
-    return out
+    return dataclasses.replace(
+        results,
+        train=[r for r in results.train if is_baseline(r.variant, "train", base)],
+        allreduce=[r for r in results.allreduce if is_baseline(r.variant, "allreduce", base)],
+    )

@@ -15,7 +15,7 @@ from common.errors import UserError
 from common.files import write_bytes
 from reports import markdown, plots
 from reports.figures import report_figures
-from reports.results import REPORT_SCHEMA, validate
+from reports.results import REPORT_SCHEMA, Results, validate
 
 REPORT_FILES = ("scaling.md", "scaling.json")
 RESULTS_FILE = "results.json"
@@ -41,14 +41,17 @@ def check_report_dir(path: str | Path) -> None:
         raise ReportDirError(f"report directory {path} cannot be created: {parent} is not writable")
 
 
-def write_report(results: dict[str, Any], out_dir: str | Path, write_results: bool = True) -> list[Path]:
-    """Render and write the report; returns the paths written.
+def write_report(
+    results: Results | dict[str, Any], out_dir: str | Path, write_results: bool = True
+) -> list[Path]:
+    """Render and write the report; returns the paths written. `results`: typed, or as JSON.
 
     The report shows `results` as given: the sweep puts its harness timing in before calling this.
     """
     out = Path(out_dir)
     check_report_dir(out)
-    results = validate(results)
+    if not isinstance(results, Results):
+        results = validate(results)
     figures = report_figures(results)
     pngs = plots.render_all(figures)
     out.mkdir(parents=True, exist_ok=True)
@@ -60,13 +63,19 @@ def write_report(results: dict[str, Any], out_dir: str | Path, write_results: bo
         (out / stale).unlink(missing_ok=True)
     text_files = {
         "scaling.json": json.dumps(
-            {"schema": REPORT_SCHEMA, "figures": figures, "plots": sorted(pngs), "results": results}, indent=2
+            {
+                "schema": REPORT_SCHEMA,
+                "figures": figures.to_json(),
+                "plots": sorted(pngs),
+                "results": results.to_json(),
+            },
+            indent=2,
         )
         + "\n",
         "scaling.md": markdown.render(results, figures, sorted(pngs, key=list(markdown.PLOT_TITLES).index)),
     }
     if write_results:
-        text_files[RESULTS_FILE] = json.dumps(results, indent=2) + "\n"
+        text_files[RESULTS_FILE] = json.dumps(results.to_json(), indent=2) + "\n"
     for name, text in text_files.items():
         write_bytes(out / name, text.encode("utf-8"))
         written.append(out / name)

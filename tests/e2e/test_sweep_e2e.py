@@ -19,6 +19,7 @@ import pytest
 from reports import markdown
 from reports.figures import report_figures
 from reports.plots import PNG_SIGNATURE
+from reports.results import validate
 from training.loop.faults import WORKER_FAULT_ENV as FAULT_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -77,9 +78,11 @@ def test_tiny_sweep_report_agrees_with_its_json(tiny_report):
     )
     assert [(r["gpus"], r["bytes"]) for r in results["allreduce"]] == [(2, 1024), (2, 65536), (2, 2**20)]
     assert results["device_kind"] == "cpu" and results["failures"] == []
-    assert figures == json.loads(json.dumps(report_figures(results)))  # recomputed from the raw times
+    typed = validate(results)
+    recomputed = report_figures(typed)  # from the raw times
+    assert figures == json.loads(json.dumps(recomputed.to_json()))
     text = (out / "scaling.md").read_text()
-    assert text == markdown.render(results, figures, ["throughput.png", "efficiency.png", "allreduce.png"])
+    assert text == markdown.render(typed, recomputed, ["throughput.png", "efficiency.png", "allreduce.png"])
     assert text.startswith("# Scaling report: cnn on CPU logical devices")
     for row in figures["train"]:
         assert f"{row['samples_per_sec']['median']:,.0f}" in text

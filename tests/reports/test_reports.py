@@ -44,6 +44,11 @@ def input_row(gpus: int, batch: int, rate: float) -> dict[str, Any]:
     }
 
 
+def allreduce_row(gpus: int, nbytes: int, seconds: float) -> dict[str, Any]:
+    """One all-reduce of `nbytes` per round, each taking `seconds`."""
+    return {"gpus": gpus, "bytes": nbytes, "iters": 1, "round_seconds": [seconds] * ROUNDS}
+
+
 def results(**overrides: Any) -> dict[str, Any]:
     base: dict[str, Any] = {
         "schema": SCHEMA,
@@ -61,12 +66,17 @@ def results(**overrides: Any) -> dict[str, Any]:
             "seed": 42,
         },
         "environment": {"tensorflow": "2.21.0", "keras": "3.15.1", "cpu": "test CPU, 2 logical cores"},
-        "harness": {
+        "harness": {  # every field the sweep writes
             "wall_seconds": 100.0,
             "benchmark_seconds": 70.0,
-            "fraction": 0.7,
             "worker_start_seconds": 10.0,
             "prepare_seconds": 12.0,
+            "close_seconds": 1.0,
+            "case_seconds": 95.0,
+            "startup_seconds": 4.0,
+            "fraction": 0.7,
+            "wall_measured_from": "process start",
+            "other_tests_seconds": 0.0,
         },
         "train": [train_row(1, 32, 1000), train_row(2, 32, 1800), train_row(4, 32, 2400)],
         "input": [input_row(1, 32, 50_000), input_row(2, 32, 50_000), input_row(4, 32, 50_000)],
@@ -93,66 +103,64 @@ def gpu_results() -> dict[str, Any]:
 
 
 def test_weak_series_has_speedup_and_efficiency():
-    figures = analysis.analyse(results())
-    (series,) = figures["series"]
-    assert [p["speedup"] for p in series["points"]] == pytest.approx([1.0, 1.8, 2.4])
-    assert [p["efficiency"] for p in series["points"]] == pytest.approx([1.0, 0.9, 0.6])
-    assert [p["ideal_samples_per_sec"] for p in series["points"]] == pytest.approx([1000, 2000, 4000])
-    row = figures["train"][1]
-    assert row["samples_per_sec"]["median"] == pytest.approx(1800)
-    assert row["samples_per_sec_per_gpu"] == pytest.approx(900)
-    assert row["samples_per_sec"]["ci_method"] == "median (order statistics)"
+    figures = analysis.analyse(validate(results()))
+    (series,) = figures.series
+    assert [p.speedup for p in series.points] == pytest.approx([1.0, 1.8, 2.4])
+    assert [p.efficiency for p in series.points] == pytest.approx([1.0, 0.9, 0.6])
+    assert [p.ideal_samples_per_sec for p in series.points] == pytest.approx([1000, 2000, 4000])
+    row = figures.train[1]
+    assert row.samples_per_sec.median == pytest.approx(1800)
+    assert row.samples_per_sec_per_gpu == pytest.approx(900)
+    assert row.samples_per_sec.ci_method == "median (order statistics)"
 
 
 def test_strong_series_keeps_the_global_batch():
     data = results(
         scaling="strong", train=[train_row(1, 32, 1000), train_row(2, 16, 1500), train_row(4, 8, 2000)]
     )
-    (series,) = analysis.analyse(data)["series"]
-    assert series["label"] == "global batch 32"
-    assert [(p["gpus"], p["batch_per_gpu"]) for p in series["points"]] == [(1, 32), (2, 16), (4, 8)]
-    assert [p["efficiency"] for p in series["points"]] == pytest.approx([1.0, 0.75, 0.5])
+    (series,) = analysis.analyse(validate(data)).series
+    assert series.label == "global batch 32"
+    assert [(p.gpus, p.batch_per_gpu) for p in series.points] == [(1, 32), (2, 16), (4, 8)]
+    assert [p.efficiency for p in series.points] == pytest.approx([1.0, 0.75, 0.5])
 
 
 def test_missing_baseline_gives_no_efficiency():
     data = results(train=[train_row(2, 32, 1800)])
-    (series,) = analysis.analyse(data)["series"]
-    assert all(p["efficiency"] is None for p in series["points"])
+    (series,) = analysis.analyse(validate(data)).series
+    assert all(p.efficiency is None for p in series.points)
 
 
 def test_allreduce_bandwidth_and_fraction_of_the_link():
     """1 GiB in 10 ms on 4 A100s: algbw 107.37, busbw 161.06 GB/s = 53.7% of 300 GB/s per direction."""
-    (row,) = analysis.analyse(gpu_results())["allreduce"]
-    assert row["algbw_gbps"] == pytest.approx(107.3741824)
-    assert row["busbw_gbps"]["median"] == pytest.approx(161.0612736)
-    assert row["link_gbps_per_direction"] == 300
-    assert row["fraction_of_link"] == pytest.approx(161.0612736 / 300)
-    assert row["time_us"]["median"] == pytest.approx(10_000)
+    (row,) = analysis.analyse(validate(gpu_results())).allreduce
+    assert row.algbw_gbps == pytest.approx(107.3741824)
+    assert row.busbw_gbps.median == pytest.approx(161.0612736)
+    assert row.link_gbps_per_direction == 300
+    assert row.fraction_of_link == pytest.approx(161.0612736 / 300)
+    assert row.time_us.median == pytest.approx(10_000)
 
 
 def test_fraction_of_peak_compute_from_flops_per_sample():
     """1 GFLOP per sample x 1000 samples/s = 1 TFLOP/s, of 19.5 on one A100 and 78 on four."""
-    rows = analysis.analyse(gpu_results())["train"]
-    assert rows[0]["achieved_tflops"] == pytest.approx(1.0)
-    assert rows[0]["fraction_of_peak"] == pytest.approx(1 / 19.5)
-    assert rows[2]["fraction_of_peak"] == pytest.approx(3.6 / 78)
+    rows = analysis.analyse(validate(gpu_results())).train
+    assert rows[0].achieved_tflops == pytest.approx(1.0)
+    assert rows[0].fraction_of_peak == pytest.approx(1 / 19.5)
+    assert rows[2].fraction_of_peak == pytest.approx(3.6 / 78)
 
 
 def test_no_peak_for_cpu_devices():
-    rows = analysis.analyse(results())["train"]
-    assert all(r["fraction_of_peak"] is None for r in rows)
+    rows = analysis.analyse(validate(results())).train
+    assert all(r.fraction_of_peak is None for r in rows)
 
 
 def test_input_headroom_is_pipeline_rate_over_training_rate():
-    rows = analysis.analyse(results())["input"]
-    assert [r["headroom"] for r in rows] == pytest.approx([50, 50 / 1.8, 50 / 2.4])
+    rows = analysis.analyse(validate(results())).input
+    assert [r.headroom for r in rows] == pytest.approx([50, 50 / 1.8, 50 / 2.4])
 
 
 def test_allreduce_time_is_interpolated_on_a_log_scale():
-    rows = [
-        {"gpus": 2, "bytes": 2**20, "time_us": {"median": 100.0}},
-        {"gpus": 2, "bytes": 2**22, "time_us": {"median": 400.0}},
-    ]
+    measured = [allreduce_row(2, 2**20, 100e-6), allreduce_row(2, 2**22, 400e-6)]
+    rows = analysis.allreduce_rows(validate(results(allreduce=measured)))
     assert analysis.allreduce_seconds(rows, 2, 2**21) == pytest.approx(200e-6)
     assert analysis.allreduce_seconds(rows, 2, 2**10) == pytest.approx(100e-6)
     assert analysis.allreduce_seconds(rows, 2, 2**23) == pytest.approx(800e-6)
@@ -160,16 +168,16 @@ def test_allreduce_time_is_interpolated_on_a_log_scale():
 
 
 def _bottlenecks(data: dict[str, Any]) -> dict[int, str]:
-    recs = report_figures(data)["recommendations"]
-    return {r["gpus"]: r["bottleneck"] for r in recs if r["kind"] == "bottleneck"}
+    recs = report_figures(validate(data)).recommendations
+    return {r.gpus: r.bottleneck for r in recs if r.kind == "bottleneck"}
 
 
 def test_best_batch_per_count():
     data = results(
         batch_sizes=[32, 64], train=[*results()["train"], train_row(1, 64, 1200), train_row(2, 64, 1700)]
     )
-    best = [r for r in report_figures(data)["recommendations"] if r["kind"] == "best-batch"]
-    assert [(r["gpus"], r["batch_per_gpu"]) for r in best] == [(1, 64), (2, 32), (4, 32)]
+    best = [r for r in report_figures(validate(data)).recommendations if r.kind == "best-batch"]
+    assert [(r.gpus, r.batch_per_gpu) for r in best] == [(1, 64), (2, 32), (4, 32)]
 
 
 def test_input_bound_when_the_pipeline_has_no_headroom():
@@ -190,10 +198,10 @@ def test_allreduce_bound_when_gradients_take_the_lost_time():
 
 def test_compute_bound_otherwise_and_cpu_devices_say_why():
     data = results()
-    recs = [r for r in report_figures(data)["recommendations"] if r["kind"] == "bottleneck"]
-    assert [(r["gpus"], r["bottleneck"]) for r in recs] == [(4, "compute")]
-    assert "share the same cores" in recs[0]["text"]
-    assert "efficiency 60%" in recs[0]["text"]
+    recs = [r for r in report_figures(validate(data)).recommendations if r.kind == "bottleneck"]
+    assert [(r.gpus, r.bottleneck) for r in recs] == [(4, "compute")]
+    assert "share the same cores" in recs[0].text
+    assert "efficiency 60%" in recs[0].text
 
 
 def test_oom_is_recommended_with_the_largest_batch_that_fit():
@@ -209,18 +217,19 @@ def test_oom_is_recommended_with_the_largest_batch_that_fit():
             }
         ]
     )
-    texts = [r["text"] for r in report_figures(data)["recommendations"] if r["kind"] == "failure"]
+    texts = [r.text for r in report_figures(validate(data)).recommendations if r.kind == "failure"]
     assert texts == ["4 CPU devices: out of memory at 256 per CPU device; the largest that fit was 32"]
 
 
 def test_utilisation_imbalance_is_flagged():
-    summary = analysis.utilization_summary({"0": [95, 97], "1": [60, 62]})
-    assert summary["imbalanced"] and summary["lagging_gpus"] == ["1"]
-    assert not analysis.utilization_summary({"0": [95], "1": [90]})["imbalanced"]
-    assert analysis.utilization_summary(None) is None
+    summary = analysis.utilization_of({"0": [95, 97], "1": [60, 62]})
+    assert summary is not None and summary.imbalanced and summary.lagging_gpus == ["1"]
+    even = analysis.utilization_of({"0": [95], "1": [90]})
+    assert even is not None and not even.imbalanced
+    assert analysis.utilization_of(None) is None
     data = gpu_results()
     data["train"][1]["utilization"] = {"0": [95.0], "1": [50.0]}
-    kinds = [r["kind"] for r in report_figures(data)["recommendations"]]
+    kinds = [r.kind for r in report_figures(validate(data)).recommendations]
     assert "imbalance" in kinds
 
 
@@ -238,8 +247,8 @@ def test_failure_summaries_read_like_the_issue():
 
 
 def test_title_says_cpu_or_names_the_gpus():
-    assert analysis.title(results()).startswith("Scaling report: cnn on CPU logical devices")
-    assert analysis.title(gpu_results()) == f"Scaling report: cnn on up to 4 x {A100}"
+    assert analysis.title(validate(results())).startswith("Scaling report: cnn on CPU logical devices")
+    assert analysis.title(validate(gpu_results())) == f"Scaling report: cnn on up to 4 x {A100}"
 
 
 def test_markdown_has_every_section_and_the_method():
@@ -254,8 +263,8 @@ def test_markdown_has_every_section_and_the_method():
             "summary": "OOM at 256 per GPU on 4 GPUs",
         }
     ]
-    figures = report_figures(data)
-    text = markdown.render(data, figures, ["throughput.png"])
+    figures = report_figures(validate(data))
+    text = markdown.render(validate(data), figures, ["throughput.png"])
     for heading in (
         "## Training throughput",
         "### Weak scaling",
@@ -277,11 +286,11 @@ def test_markdown_has_every_section_and_the_method():
 
 
 def test_plots_are_png_and_skipped_when_empty():
-    figures = analysis.analyse(gpu_results())
+    figures = analysis.analyse(validate(gpu_results()))
     pngs = plots.render_all(figures)
     assert set(pngs) == {"throughput.png", "efficiency.png", "allreduce.png"}
     assert all(p.startswith(plots.PNG_SIGNATURE) for p in pngs.values())
-    one_count = analysis.analyse(results(gpu_counts=[1], train=[train_row(1, 32, 1000)], input=[]))
+    one_count = analysis.analyse(validate(results(gpu_counts=[1], train=[train_row(1, 32, 1000)], input=[])))
     assert set(plots.render_all(one_count)) == {"throughput.png"}
 
 
@@ -350,11 +359,11 @@ def test_rerender_of_a_bad_file_is_one_line_and_exit_2(tmp_path):
 
 def test_report_figures_are_the_measurements_and_the_recommendations_argued_from_them():
     data = gpu_results()
-    figures = report_figures(data)
-    measured = analysis.analyse(data)
-    assert "recommendations" not in measured
-    assert {k: v for k, v in figures.items() if k != "recommendations"} == measured
-    assert figures["recommendations"] == [dataclasses.asdict(r) for r in recommend.recommend(data, measured)]
+    figures = report_figures(validate(data))
+    measured = analysis.analyse(validate(data))
+    assert measured.recommendations == []
+    assert dataclasses.replace(figures, recommendations=[]) == measured
+    assert figures.recommendations == recommend.recommend(validate(data), measured)
 
 
 def test_the_report_shows_the_harness_timing_it_is_given(tmp_path):

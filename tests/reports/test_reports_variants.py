@@ -7,9 +7,14 @@ from typing import Any
 
 from reports import markdown
 from reports.figures import report_figures
-from reports.results import SCHEMA
+from reports.results import SCHEMA, validate
 
 SPREAD = (0.98, 0.99, 1.0, 1.0, 1.01, 1.02)  # 6 rounds: the median's interval is [min, max]
+
+
+def figures_json(data: dict[str, Any]) -> dict[str, Any]:
+    """The figures as scaling.json has them."""
+    return report_figures(validate(data)).to_json()
 
 
 def train_row(gpus: int, rate: float, **variant: Any) -> dict[str, Any]:
@@ -90,8 +95,8 @@ def results(**overrides: Any) -> dict[str, Any]:
 
 
 def test_the_scaling_tables_are_the_baseline_s_alone():
-    with_variants = report_figures(results())
-    plain = report_figures(results(train=[train_row(1, 1000), train_row(2, 1800)], allreduce=[
+    with_variants = figures_json(results())
+    plain = figures_json(results(train=[train_row(1, 1000), train_row(2, 1800)], allreduce=[
         allreduce_row("auto", 0.010)], variants=None, failures=[]))  # fmt: skip
     assert with_variants["train"] == plain["train"] and with_variants["series"] == plain["series"]
     assert with_variants["allreduce"] == plain["allreduce"]
@@ -101,7 +106,7 @@ def test_the_scaling_tables_are_the_baseline_s_alone():
 
 
 def test_variants_side_by_side_with_the_speedup_over_the_baseline():
-    v = report_figures(results())["variants"]
+    v = figures_json(results())["variants"]
     assert v["labels"] == ["default", "XLA", "mixed fp16", "hierarchical all-reduce"]
     one, two = v["train"]
     assert [c["status"] for c in two["cells"]] == ["measured", "measured", "failed", "measured"]
@@ -118,7 +123,7 @@ def test_variants_side_by_side_with_the_speedup_over_the_baseline():
 
 def test_recommendations_come_from_measured_speedups_only():
     texts = [
-        r["text"] for r in report_figures(results())["recommendations"] if r["kind"] in ("variant", "note")
+        r["text"] for r in figures_json(results())["recommendations"] if r["kind"] in ("variant", "note")
     ]
     assert texts[0].startswith(
         "XLA: measured 1.55x the default (no XLA, float32, auto all-reduce, auto steps per call) "
@@ -136,9 +141,8 @@ def test_recommendations_come_from_measured_speedups_only():
 
 
 def test_markdown_puts_the_variants_side_by_side():
-    data = results()
-    figures = report_figures(data)
-    text = markdown.render(data, figures, [])
+    data = validate(results())
+    text = markdown.render(data, report_figures(data), [])
     assert "## Variants" in text
     header = next(line for line in text.splitlines() if "(baseline)" in line)
     assert [c.strip() for c in header.strip("|").split("|")] == [
@@ -167,10 +171,10 @@ def test_steps_per_call_is_measured_and_recommended_like_any_axis():
         allreduce=[],
         failures=[],
     )
-    v = report_figures(data)["variants"]
+    v = figures_json(data)["variants"]
     assert v["labels"] == ["default", "1 step per call", "20 steps per call"]
     assert [c["speedup"] for c in v["train"][0]["cells"]] == [1.0, 1200 / 1800, 2400 / 1800]
-    texts = [r["text"] for r in report_figures(data)["recommendations"] if r["kind"] == "variant"]
+    texts = [r["text"] for r in figures_json(data)["recommendations"] if r["kind"] == "variant"]
     assert texts[0].startswith("20 steps per call: measured 1.33x") and texts[0].endswith(
         "faster: use it (`python -m training --steps-per-execution 20`)"
     )

@@ -1,21 +1,6 @@
-"""The parent's side of the benchmark worker (`python -m training.children.worker`): start it on a resolved
-device set, send requests, read answers. No TensorFlow here: the sweep imports this.
-
-Protocol (gpudiag-worker/1), one JSON object per line over `common.child`'s channel:
-
-    worker -> {"event": "ready", "replicas": 2, "devices": [...], "tensorflow": "2.21.0", ...}
-    parent -> {"cmd": "prepare", "kind": "train", "model": "cnn", "batch_per_replica": 32,
-               "jit_compile": false, "mixed_precision": false}
-    worker -> {"ok": true, "seconds": 3.1, "first_step_seconds": 1.9, "flops_per_sample": ...}
-    parent -> {"cmd": "run", "kind": "train", "model": "cnn", "batch_per_replica": 32, "steps": 20}
-    worker -> {"ok": true, "seconds": 0.84, "loss": 2.1}
-    worker -> {"ok": false, "error": "oom" | "error", "message": "..."}   on failure
-
-Kinds: "train" (k training steps of the Trainer for (model, batch, XLA, mixed precision); the
-cross-device ops are the worker's `--cross-device-ops`, fixed with its strategy), "input" (k global batches
-from the trainer's own tf.data pipeline, distributed to the replicas, no model), "allreduce" (k
-chained all-reduces of a float32 message of `bytes` per replica). "prepare" builds and traces
-(the compile cost the sweep does not count as benchmark work); "run" is what is timed.
+"""The parent's side of the benchmark worker (`python -m training.children.worker`): start it on a
+resolved device set, send typed requests, read typed answers (`training.children.protocol`). No
+TensorFlow here: the sweep imports this.
 """
 
 from __future__ import annotations
@@ -27,12 +12,18 @@ from pathlib import Path
 from typing import Any
 
 from common.child import Child, ChildError, child_environment, module_command
-
-PROTOCOL = "gpudiag-worker/1"
-KINDS = ("train", "input", "allreduce")
-# All-reduces traced into one function call: amortises the strategy's per-call dispatch (about
-# 0.8 ms on a 2-core CPU) over several, while keeping the tracing cost of each size small.
-ALLREDUCE_UNROLL = 4
+from training.children.protocol import (
+    Failed,
+    Prepared,
+    Ran,
+    Ready,
+    Request,
+    StartFailed,
+    Work,
+    decode,
+    decode_answer,
+    encode,
+)
 
 
 class WorkerError(ChildError):
@@ -52,7 +43,7 @@ class WorkerClient:
     env: dict[str, str] | None = None
     start_timeout: float = 600.0
     child: Child | None = None
-    ready: dict[str, Any] | None = None
+    ready: Ready | None = None
     start_seconds: float = 0.0
 
     @property
@@ -60,7 +51,7 @@ class WorkerClient:
         """The worker's process while it runs (None once closed)."""
         return self.child.proc if self.child is not None else None
 
-    def start(self) -> dict[str, Any]:
+    def start(self) -> Ready:
         started = time.perf_counter()
         command = module_command("training.children.worker", *self.device_args)
         self.child = Child(command, child_environment(self.env), self.log_path).start()
@@ -70,15 +61,27 @@ class WorkerClient:
             self.start_seconds = time.perf_counter() - started
         if message.get("event") != "ready":
             self.close()
-            raise WorkerError("start", str(message.get("message", message)))
-        self.ready = message
-        return message
+            failed = decode(StartFailed, message) if "message" in message else StartFailed(str(message))
+            raise WorkerError("start", failed.message)
+        self.ready = decode(Ready, message)
+        return self.ready
 
-    def request(self, payload: dict[str, Any], timeout: float) -> dict[str, Any]:
-        what = f"{payload.get('cmd')} {payload.get('kind', '')}".strip()
-        answer = self._call(payload, timeout, what)
-        if not answer.get("ok"):
-            raise WorkerError(str(answer.get("error", "error")), str(answer.get("message", answer)))
+    def prepare(self, work: Work, timeout: float, steps: int | None = None) -> Prepared:
+        """Build and trace `work` (`steps`: how many a run will time, where that shapes the trace)."""
+        answer = self._request(Request("prepare", work, steps), timeout)
+        assert isinstance(answer, Prepared)
+        return answer
+
+    def run(self, work: Work, steps: int, timeout: float) -> Ran:
+        answer = self._request(Request("run", work, steps), timeout)
+        assert isinstance(answer, Ran)
+        return answer
+
+    def _request(self, request: Request, timeout: float) -> Prepared | Ran:
+        what = f"{request.cmd} {request.work.kind if request.work else ''}".strip()
+        answer = decode_answer(request, self._call(encode(request), timeout, what))
+        if isinstance(answer, Failed):
+            raise WorkerError(answer.error, answer.message)
         return answer
 
     def _call(self, payload: dict[str, Any] | None, timeout: float, what: str) -> dict[str, Any]:
@@ -98,5 +101,5 @@ class WorkerClient:
     def close(self) -> None:
         """Ask the worker to quit and kill it if it is still there 0.2 s later."""
         if self.child is not None:
-            self.child.close({"cmd": "quit"})
+            self.child.close(encode(Request("quit")))
         self.child = None
