@@ -24,8 +24,6 @@ from training.devices.setup import (
     setup_device_strategy,
 )
 
-_channel: Channel | None = None
-
 
 def injected(check: str) -> float | None:
     """The fault GPUDIAG_PROBE_INJECT asks this check to see, or None: a self-test hook, not for users.
@@ -42,33 +40,42 @@ def injected(check: str) -> float | None:
     return None
 
 
-def _emit(event: str, check: str, **fields: Any) -> None:
-    assert _channel is not None
-    _channel.send({"event": event, "check": check, **fields})
+class Events:
+    """What the probe tells gpudiag, over the channel opened before TensorFlow starts (so that
+    TensorFlow's own output never reaches it): a check starting, a finding."""
 
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
 
-def _finding(check: str, status: str, message: str, remedy: str = "", gpus: Sequence[int] = ()) -> None:
-    _emit("finding", check, status=status, message=message, remedy=remedy, gpus=list(gpus))
+    def start(self, check: str, **fields: Any) -> None:
+        self.channel.send({"event": "start", "check": check, **fields})
+
+    def finding(
+        self, check: str, status: str, message: str, remedy: str = "", gpus: Sequence[int] = ()
+    ) -> None:
+        self.channel.send(
+            {"event": "finding", "check": check, "status": status, "message": message, "remedy": remedy,
+             "gpus": list(gpus)}
+        )  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    global _channel
-    _channel = open_channel()  # before TensorFlow: its output must not reach the channel
+    events = Events(open_channel())  # before TensorFlow: its output must not reach the channel
     parser = argparse.ArgumentParser(
         prog="python -m training.children.probe", description=__doc__.split("\n")[0]
     )
     add_device_args(parser)
     args = parser.parse_args(argv)
 
-    _emit("start", "strategy", detail="setting up the trainer's devices and MirroredStrategy")
+    events.start("strategy", detail="setting up the trainer's devices and MirroredStrategy")
     try:
         plan = plan_from_args(args)
     except (DeviceSetupError, ValueError) as exc:
-        _finding("strategy", "fail", f"the devices gpudiag selected cannot be planned: {exc}")
+        events.finding("strategy", "fail", f"the devices gpudiag selected cannot be planned: {exc}")
         return 0
     gpus = [g.index for g in plan.gpus]
     if runtime_initialized():
-        _finding(
+        events.finding(
             "strategy",
             "fail",
             "TensorFlow's runtime was initialised before the trainer's setup ran",
@@ -79,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         setup = setup_device_strategy(plan)
     except DeviceSetupError as exc:
-        _finding(
+        events.finding(
             "strategy",
             "fail",
             f"the trainer's device setup failed: {exc}",
@@ -91,9 +98,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # TF32 would make the GPU-vs-CPU and 1-vs-N comparisons inexact on Ampere and newer.
     tf.config.experimental.enable_tensor_float_32_execution(False)
-    _check_strategy(tf, setup, gpus)
-    _check_smoke(tf, setup, gpus)
-    _check_consistency(tf, setup, gpus)
+    _check_strategy(events, tf, setup, gpus)
+    _check_smoke(events, tf, setup, gpus)
+    _check_consistency(events, tf, setup, gpus)
     return 0
 
 
@@ -101,7 +108,7 @@ def _where(setup: Any) -> str:
     return "; ".join(setup.plan.describe())
 
 
-def _check_strategy(tf: Any, setup: Any, gpus: list[int]) -> None:
+def _check_strategy(events: Events, tf: Any, setup: Any, gpus: list[int]) -> None:
     import keras
     import numpy as np
 
@@ -132,12 +139,16 @@ def _check_strategy(tf: Any, setup: Any, gpus: list[int]) -> None:
         f"{len(variables)} model and optimizer variables mirrored, dataset distributed"
     )
     if problems:
-        _finding("strategy", "fail", "; ".join(problems), "see TROUBLESHOOTING.md#strategy-not-working", gpus)
+        events.finding(
+            "strategy", "fail", "; ".join(problems), "see TROUBLESHOOTING.md#strategy-not-working", gpus
+        )
     else:
-        _finding("strategy", "pass", f"trainer's setup ran before any TensorFlow op; {summary}", "", gpus)
+        events.finding(
+            "strategy", "pass", f"trainer's setup ran before any TensorFlow op; {summary}", "", gpus
+        )
 
 
-def _check_smoke(tf: Any, setup: Any, gpus: list[int]) -> None:
+def _check_smoke(events: Events, tf: Any, setup: Any, gpus: list[int]) -> None:
     import numpy as np
 
     rng = np.random.default_rng(0)
@@ -146,7 +157,7 @@ def _check_smoke(tf: Any, setup: Any, gpus: list[int]) -> None:
     expected = a.astype("float64") @ b.astype("float64")
     bad, timings = [], []
     for name, line in zip(setup.plan.device_names, setup.plan.describe(), strict=True):
-        _emit("start", "gpu-smoke", detail=line, final=False)
+        events.start("gpu-smoke", detail=line, final=False)
         t0 = time.monotonic()
         with tf.device(name):
             got = tf.linalg.matmul(tf.constant(a), tf.constant(b)).numpy()
@@ -158,7 +169,7 @@ def _check_smoke(tf: Any, setup: Any, gpus: list[int]) -> None:
         if not error < RELATIVE_TOLERANCE:
             bad.append(f"{line}: relative error {error:.1e}")
     if bad:
-        _finding(
+        events.finding(
             "gpu-smoke",
             "fail",
             "matrix product differs from the CPU's on " + "; ".join(bad),
@@ -167,7 +178,7 @@ def _check_smoke(tf: Any, setup: Any, gpus: list[int]) -> None:
             gpus,
         )
     else:
-        _finding(
+        events.finding(
             "gpu-smoke",
             "pass",
             "256x256 matrix product matches the CPU's on every device ("
@@ -230,11 +241,11 @@ def _one_step(
     return [[c.numpy() for c in per_var] for per_var in copies]
 
 
-def _check_consistency(tf: Any, setup: Any, gpus: list[int]) -> None:
+def _check_consistency(events: Events, tf: Any, setup: Any, gpus: list[int]) -> None:
     import keras
     import numpy as np
 
-    _emit("start", "replica-consistency", detail=f"one step on 1 and on {setup.num_replicas} replicas")
+    events.start("replica-consistency", detail=f"one step on 1 and on {setup.num_replicas} replicas")
     n = setup.num_replicas
     rng = np.random.default_rng(1)
     x = rng.standard_normal((32 * n, 8)).astype("float32")
@@ -258,9 +269,11 @@ def _check_consistency(tf: Any, setup: Any, gpus: list[int]) -> None:
     moved = max(float(np.max(np.abs(r - w))) for r, w in zip(reference, weights, strict=True))
     where = _where(setup)
     if moved == 0.0:
-        _finding("replica-consistency", "fail", "the training step did not change the weights", "", gpus)
+        events.finding(
+            "replica-consistency", "fail", "the training step did not change the weights", "", gpus
+        )
     elif worst > RELATIVE_TOLERANCE:
-        _finding(
+        events.finding(
             "replica-consistency",
             "fail",
             f"one step on {n} replicas gives different weights than on one device (relative difference "
@@ -271,7 +284,7 @@ def _check_consistency(tf: Any, setup: Any, gpus: list[int]) -> None:
             gpus,
         )
     else:
-        _finding(
+        events.finding(
             "replica-consistency",
             "pass",
             f"one step on {n} replica(s) matches one device (relative difference {worst:.1e}) on {where}",
