@@ -62,8 +62,8 @@ def newest_step(directory: Path) -> int | None:
     return found.manifest.global_step if found else None
 
 
-def final_weights(directory: Path) -> list[np.ndarray]:
-    with np.load(directory / "ckpt" / f"ckpt-{FINAL:08d}.npz") as archive:
+def final_weights(directory: Path, step: int = FINAL) -> list[np.ndarray]:
+    with np.load(directory / "ckpt" / f"ckpt-{step:08d}.npz") as archive:
         return [archive[k] for k in sorted(archive.files, key=lambda k: int(k[1:]))]
 
 
@@ -84,12 +84,17 @@ def relative_difference(got: list[np.ndarray], want: list[np.ndarray]) -> float:
 def test_killed_runs_resume_and_lose_nothing(tmp_path):
     """SIGKILL between epochs, mid-epoch and mid-checkpoint-write; each resumes with the same
     command, says so, finishes, and ends with the uninterrupted run's weights, bit for bit. A run
-    resumed on one replica instead of two ends within float32 rounding of them."""
-    dirs = {name: tmp_path / name for name in ("ref", "between", "during", "mid", "replicas")}
+    resumed on one replica instead of two ends within this machine's float32 rounding of them, as
+    measured by an uninterrupted run on one replica."""
+    dirs = {name: tmp_path / name for name in ("ref", "one", "between", "during", "mid", "replicas")}
     args = {name: train_args(d) for name, d in dirs.items()}
     args["mid"] = train_args(dirs["mid"], save_freq="2")
+    assert args["one"][:2] == ["--cpu-replicas", "2"]
+    args["one"][1] = "1"
     procs = {
         "ref": start(args["ref"]),
+        # uninterrupted on one replica: how far another reduction order takes the weights here
+        "one": start(args["one"]),
         # right after epoch 1 and its checkpoint: the between-epochs case
         "between": start(args["between"], "kill_after_step=6"),
         # halfway through writing the second checkpoint (end of epoch 2)
@@ -99,7 +104,8 @@ def test_killed_runs_resume_and_lose_nothing(tmp_path):
         "replicas": start(args["replicas"], "kill_after_step=6"),
     }
     codes = {name: finish(proc) for name, proc in procs.items()}
-    assert codes["ref"][0] == 0, codes["ref"][2][-3000:]
+    for name in ("ref", "one"):
+        assert codes[name][0] == 0, (name, codes[name][2][-3000:])
     for name in ("between", "during", "mid", "replicas"):
         assert codes[name][0] == -signal.SIGKILL, (name, codes[name][2][-3000:])
         assert not (dirs[name] / "summary.json").exists()
@@ -119,7 +125,19 @@ def test_killed_runs_resume_and_lose_nothing(tmp_path):
     code, _out, err = results.pop("replicas")
     assert code == 0, err[-3000:]
     assert "(written on 2 replicas, now 1)" in err
-    assert relative_difference(final_weights(dirs["replicas"]), reference) < 1e-4
+    # One replica sums each gradient in another order than two: float32 rounding that the steps
+    # after it amplify, by how much depends on the CPU's kernels (from 1e-5 to a few 1e-4 seen).
+    # So the bound is this machine's: the resumed run took 12 of its 18 steps in the other order,
+    # the uninterrupted one-replica run all 18, and its difference from the reference is the same
+    # kind of rounding. 10x of it leaves room for rounding's chance; 1e-5 for a machine where both
+    # orders round alike. Both stay far below what the last epoch moved the weights (checked: the
+    # bound means something), which a resume that lost a step or the optimizer's state would show.
+    noise = relative_difference(final_weights(dirs["one"]), reference)
+    bound = 10 * noise + 1e-5
+    moved = relative_difference(final_weights(dirs["ref"], FINAL - STEPS), reference)
+    assert bound < moved / 10, (noise, moved)
+    resumed_difference = relative_difference(final_weights(dirs["replicas"]), reference)
+    assert resumed_difference <= bound, (resumed_difference, noise)
     expected = {
         "between": "ckpt-00000006 (after epoch 1, global step 6)",
         "during": "ckpt-00000006 (after epoch 1, global step 6)",

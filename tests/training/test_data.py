@@ -67,3 +67,27 @@ def test_the_index_shuffle_gives_the_batches_of_shuffling_the_examples(skip):
         assert np.array_equal(xa.numpy(), xb.numpy()) and np.array_equal(ya.numpy(), yb.numpy())
         first_labels.append(int(ya[0]))
     assert len(first_labels) == 30 and len(set(first_labels)) > 1  # batches differ: not one repeated
+
+
+@pytest.mark.parametrize(("count", "batch", "padding"), [(19, 8, 5), (16, 8, 0), (3, 8, 5)])
+def test_the_evaluation_stream_pads_its_last_batch_with_weightless_copies(count, batch, padding):
+    """Full global batches only (a replica's empty share fails on some machines): the examples in
+    order with weight 1, then copies of weight 0 up to the next multiple of the batch."""
+    examples = data.synthetic(seed=5, num_examples=count, shape=(3,))
+    assert data.eval_padding(count, batch) == padding
+    batches = list(data.make_eval_dataset(examples, batch))
+    assert [int(b[0].shape[0]) for b in batches] == [batch] * ((count + padding) // batch)
+    x, y, weight = (np.concatenate([b[i].numpy() for b in batches]) for i in range(3))
+    assert np.array_equal(x[:count], examples.x) and np.array_equal(y[:count], examples.y)
+    assert weight.tolist() == [1.0] * count + [0.0] * padding
+    # the padding is made of the data's own examples: inputs the model can take
+    rows = {row.tobytes() for row in examples.x}
+    assert all(row.tobytes() in rows for row in x[count:])
+
+
+def test_the_training_stream_has_only_full_batches_past_the_end_of_the_data():
+    """A batch that reaches the end of the data goes on into the next pass: no partial batch, for
+    any number of steps (19 examples, batches of 8: the 3rd, 5th, ... straddle two passes)."""
+    examples = data.synthetic(seed=5, num_examples=19, shape=(3,))
+    sizes = [int(x.shape[0]) for x, _y in data.make_dataset(examples, 8, seed=1).take(10)]
+    assert sizes == [8] * 10

@@ -151,7 +151,9 @@ def test_chunks_end_at_epochs_and_checkpoints_and_auto_grows_k(child):
 
 @pytest.mark.slow
 def test_a_nan_is_reported_at_its_step_and_no_step_runs_after_it(child):
-    """Batch 10 holds NaNs, K=4: the third call stops after step 10 and comes back with 2 rows."""
+    """Batch 10 holds NaNs, which make its loss NaN inside the traced step (on every machine: not
+    through the layers, whose kernels may turn NaN into 0), K=4: the third call stops after step
+    10 and comes back with 2 rows."""
     nan = child["nan"]
     assert nan["chunks"] == [4, 4, 2]
     assert nan["diverged_at"] == nan["global_step"] == nan["steps_run"] == 10

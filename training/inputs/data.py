@@ -183,6 +183,10 @@ def make_dataset(
     `skip_batches` starts the stream where a run that trained that many steps left it, so a run
     resumed from a checkpoint sees exactly the batches the uninterrupted run would have seen (the
     shuffle is seeded, and batch k is elements [k*B, (k+1)*B) of the shuffled, repeated stream).
+
+    Every batch is full, whatever --steps-per-epoch asks: the stream is repeated before it is
+    batched, so a batch that reaches the end of the data goes on into the next pass, and no replica
+    ever gets a partial or empty share (see make_eval_dataset for why that matters).
     """
     import tensorflow as tf
 
@@ -214,15 +218,35 @@ def make_dataset(
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
-def make_eval_dataset(examples: Examples, global_batch_size: int) -> tf.data.Dataset:
-    """Every example once, in order, in global batches; the last batch keeps what is left.
+def eval_padding(num_examples: int, global_batch_size: int) -> int:
+    """How many weightless examples fill the last global batch of an evaluation (0 if it is full)."""
+    return -num_examples % global_batch_size
 
-    Distributed, a partial last batch is split as evenly as the replicas allow (some may get
-    none): evaluation sums over examples, so each counts exactly once on any replica count.
+
+def make_eval_dataset(examples: Examples, global_batch_size: int) -> tf.data.Dataset:
+    """Every example once, in order, in full global batches of (x, y, weight): weight 1.0 for the
+    examples, 0.0 for the copies that pad the last batch to full size.
+
+    Why pad: a partial last batch, split across the replicas, leaves some with fewer examples and
+    some with none, and what a kernel does with a zero-sized batch differs between machines (a
+    convolution on one CPU fails with "input depth must be evenly divisible by filter depth"). The
+    global batch is a multiple of the replicas (checked before TensorFlow starts), so full batches
+    give every replica the same, non-empty share. The padding is copies of the first examples,
+    inputs the model can take, and the evaluation counts only examples of weight 1 (see
+    training/loop/evaluate.py): the figures are those of the examples alone.
     """
     import tensorflow as tf
 
-    ds = tf.data.Dataset.from_tensor_slices((examples.x, examples.y)).batch(global_batch_size)
+    count = len(examples)
+    real = tf.data.Dataset.from_tensor_slices((examples.x, examples.y, np.ones(count, np.float32)))
+    pad = eval_padding(count, global_batch_size)
+    if pad:
+        index = np.arange(pad) % count  # fewer examples than the padding: copies of copies
+        filler = (examples.x[index], examples.y[index], np.zeros(pad, np.float32))
+        real = real.concatenate(tf.data.Dataset.from_tensor_slices(filler))
+    # drop_remainder drops nothing (the padding made the count a multiple of the batch); it gives
+    # the batch a static size, so the evaluation step is traced once
+    ds = real.batch(global_batch_size, drop_remainder=True)
     options = tf.data.Options()
     options.deterministic = True
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)

@@ -3,10 +3,12 @@ each epoch (--validation-split, --validation-data) and for `python -m training e
 
 Each replica sums its examples' losses and correct predictions, the sums are added across
 replicas, and the totals are divided by the number of examples. Every example counts exactly
-once: the last, partial global batch is kept (not dropped) and split as evenly as the replicas
-allow, some getting none, and an empty batch adds nothing to any sum. So the result does not
-depend on how the examples are spread: 1, 2 and 4 replicas give the same numbers (a test checks).
-The sums are float64: float32 sums in another order would differ in the last digits.
+once, on any replica count: the last global batch is padded to full size with copies of weight
+0 (training/inputs/data.py, make_eval_dataset), so that every replica gets the same non-empty
+share (a replica with an empty batch fails on some machines), and a padded copy adds exactly 0
+to each sum and to the example count. So the result does not depend on how the examples are
+spread: 1, 2 and 4 replicas give the same numbers (a test checks). The sums are float64: float32
+sums in another order would differ in the last digits.
 """
 
 from __future__ import annotations
@@ -35,6 +37,13 @@ class Evaluator:
         self, strategy: Any, model: keras.Model, examples: data_mod.Examples, global_batch_size: int
     ):
         self.strategy, self.model, self.examples = strategy, model, examples
+        if global_batch_size % strategy.num_replicas_in_sync:
+            # the callers check this first, with a user's message; full batches are an even split
+            # only if it holds
+            raise ValueError(
+                f"global batch {global_batch_size} is not a multiple of "
+                f"{strategy.num_replicas_in_sync} replicas"
+            )
         self.batches = math.ceil(len(examples) / global_batch_size)
         dataset = data_mod.make_eval_dataset(examples, global_batch_size)
         self.dist_dataset = data_mod.distribute(strategy, dataset)
@@ -42,23 +51,30 @@ class Evaluator:
             from_logits=not _outputs_probabilities(model), reduction=None
         )
 
-        def replica_sums(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+        def replica_sums(x: tf.Tensor, y: tf.Tensor, weight: tf.Tensor) -> tf.Tensor:
             outputs = model(x, training=False)
             y = tf.cast(y, tf.int32)
             predicted = tf.argmax(outputs, axis=-1, output_type=tf.int32)
+            # A padded copy (weight 0) is selected out, not multiplied by 0: 0 x inf is NaN. So
+            # it adds exactly 0 to the loss and the correct predictions, and the example count
+            # is the sum of the weights, the number of real examples: the means are theirs alone.
+            counted = weight > 0
+            zero = tf.zeros_like(weight, tf.float64)
+            losses = tf.where(counted, tf.cast(loss_fn(y, outputs), tf.float64), zero)
+            correct = tf.where(counted, tf.cast(tf.equal(predicted, y), tf.float64), zero)
             return tf.stack(
                 [
-                    tf.reduce_sum(tf.cast(loss_fn(y, outputs), tf.float64)),
-                    tf.reduce_sum(tf.cast(tf.equal(predicted, y), tf.float64)),
-                    tf.cast(tf.shape(y)[0], tf.float64),
+                    tf.reduce_sum(losses),
+                    tf.reduce_sum(correct),
+                    tf.reduce_sum(tf.cast(counted, tf.float64)),
                 ]
             )
 
         @tf.function
         def step(iterator: Any) -> tf.Tensor:
             """[loss sum, correct predictions, examples] of one global batch, over all replicas."""
-            x, y = next(iterator)
-            per_replica = strategy.run(replica_sums, args=(x, y))
+            x, y, weight = next(iterator)
+            per_replica = strategy.run(replica_sums, args=(x, y, weight))
             return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
 
         self.step = step
