@@ -67,7 +67,7 @@ def main() -> None:
         keras.callbacks.ModelCheckpoint(str(out / "best.keras"), monitor="val_loss", save_best_only=True),
     ]
     summary = run(config, setup, examples, callbacks, verbose=0, validation=held_out)
-    (out / "summary.json").write_text(json.dumps({**summary, "rates": rates}))
+    (out / "summary.json").write_text(json.dumps({**summary.as_dict(), "rates": rates}))
 
 
 # the --shares case: 2 full global batches of 2 per replica, then a remainder of 3
