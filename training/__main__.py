@@ -104,10 +104,12 @@ def _main(argv: list[str], ending: Ending) -> int:
         if not config.dry_run or config.data:
             from training.inputs import data
 
-            examples = data.load(config.data, config.seed)
+            # .npz in memory; image folders listed and TFRecords counted here, streamed later
+            examples = data.open_source(config.data, config.seed, config.image_size)
             _warn_dropped(examples)
         # (training, validation): held out, or loaded and checked against the training data
         examples, validation = validation_mod.prepare(config, examples)
+        examples = _this_workers_share(examples, cluster)
         if validation is not None and config.validation_data:
             _warn_dropped(validation, "--validation-data: ")
         config, resume_from = resume.check_before_start(config, plan, examples)
@@ -133,6 +135,25 @@ def _main(argv: list[str], ending: Ending) -> int:
         config = replace(config, global_batch_size=found)
     ending.several_workers = cluster is not None
     return _train(config, plan, examples, validation, quiet, argv, cluster)
+
+
+def _this_workers_share(examples: Any, cluster: ClusterTask | None) -> Any:
+    """A streamed source reads this worker's files (or its share of the examples: one line why)."""
+    from training.inputs import streaming
+
+    if cluster is None or not isinstance(examples, streaming.Streamed):
+        return examples
+    position = 0  # this worker's place in TensorFlow's order (chief first, then workers)
+    for job, addresses in cluster.jobs.items():
+        if job == cluster.task_type:
+            position += cluster.task_index
+            break
+        position += len(addresses)
+    examples = replace(examples, workers=cluster.num_workers, worker_index=position)
+    note = examples.sharding_note()
+    if note and cluster.is_chief:
+        print(f"warning: {note}", file=sys.stderr)
+    return examples
 
 
 def _warn_dropped(examples: Any, prefix: str = "") -> None:
@@ -317,7 +338,7 @@ def _evaluate(argv: list[str]) -> int:
         per_replica_batch(config.global_batch_size, plan.num_replicas)
         from training.inputs import data
 
-        examples = data.load(config.data, config.seed)
+        examples = data.open_source(config.data, config.seed, config.image_size)
         _warn_dropped(examples)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

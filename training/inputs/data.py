@@ -1,7 +1,10 @@
-"""Training data: a learnable synthetic default, `.npz` files (arrays `x`, `y`) and image folders
-(one subfolder per class); filtering of bad examples; batching with the global batch, prefetching
-and distribution through the strategy.
+"""Training data: a learnable synthetic default and `.npz` files (arrays `x`, `y`), in memory
+(`Examples`); image folders (one subfolder per class) and TFRecord files, streamed from disk
+(training.inputs.streaming); filtering of bad examples; batching with the global batch,
+prefetching and distribution through the strategy.
 
+`open_source` is what a run trains on (a `DataSource`: either kind); `load` reads a data set
+whole (the old way for image folders, kept for the benchmark worker and the measurements).
 Loading and validation are NumPy only; TensorFlow is needed only to build the tf.data pipeline.
 """
 
@@ -15,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from common.errors import UserError
+from training.inputs import streaming, tfrecord
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -68,15 +72,37 @@ def synthetic(
     return Examples(x.astype(np.float32), y, num_classes, f"synthetic ({num_examples} examples)")
 
 
-def load(path: str | None, seed: int, num_classes: int | None = None, flag: str = "--data") -> Examples:
-    """Load and filter the data named by --data (None: synthetic); `flag` names it in errors."""
+# what a run trains and evaluates on: in memory (synthetic, .npz) or streamed (images, TFRecords)
+DataSource = Examples | streaming.Streamed
+
+
+def open_source(
+    path: str | None, seed: int, image_size: int = IMAGE_SIZE[0], flag: str = "--data"
+) -> DataSource:
+    """The data named by --data: .npz and synthetic in memory, image folders and TFRecords
+    listed (and TFRecords counted) here, before TensorFlow, and streamed while training."""
+    if path is not None and tfrecord.looks_like_tfrecords(path):
+        return streaming.open_tfrecords(path, flag, image_size)
+    if path is not None and Path(path).is_dir():
+        return streaming.list_image_folder(Path(path), flag, image_size)
+    return load(path, seed, flag=flag)
+
+
+def load(
+    path: str | None,
+    seed: int,
+    num_classes: int | None = None,
+    flag: str = "--data",
+    image_size: tuple[int, int] = IMAGE_SIZE,
+) -> Examples:
+    """Load and filter the data named by --data (None: synthetic) whole; `flag` names it in errors."""
     if path is None:
         return synthetic(seed)
     p = Path(path)
     if not p.exists():
         raise DataError(f"{flag} {path}: no such file or folder")
     if p.is_dir():
-        x, y, names = _load_image_folder(p, flag)
+        x, y, names = _load_image_folder(p, flag, image_size)
         return filter_examples(x, y, len(names), f"image folder {path}", flag, class_names=names)
     if p.suffix != ".npz":
         raise DataError(f"{flag} {path}: expected a .npz file or an image folder (one subfolder per class)")
@@ -150,7 +176,9 @@ def filter_examples(
     return Examples(x[keep], labels, num_classes, source, dropped, detail, tuple(class_names))
 
 
-def _load_image_folder(folder: Path, flag: str) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+def _load_image_folder(
+    folder: Path, flag: str, size: tuple[int, int] = IMAGE_SIZE
+) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
     classes = sorted(d.name for d in folder.iterdir() if d.is_dir())
     if len(classes) < 2:
         raise DataError(f"{flag} {folder}: an image folder needs one subfolder per class (at least 2)")
@@ -163,7 +191,7 @@ def _load_image_folder(folder: Path, flag: str) -> tuple[np.ndarray, np.ndarray,
                 continue
             try:
                 with Image.open(file) as img:
-                    rgb = img.convert("RGB").resize(IMAGE_SIZE[::-1])
+                    rgb = img.convert("RGB").resize(size[::-1])
             except (OSError, UnidentifiedImageError) as exc:
                 raise DataError(f"{flag} {folder}: cannot read image {file}: {exc}") from None
             images.append(np.asarray(rgb, dtype=np.float32) / 255.0)
@@ -176,7 +204,7 @@ def _load_image_folder(folder: Path, flag: str) -> tuple[np.ndarray, np.ndarray,
 
 
 def make_dataset(
-    examples: Examples, global_batch_size: int, seed: int, skip_batches: int = 0
+    examples: DataSource, global_batch_size: int, seed: int, skip_batches: int = 0
 ) -> tf.data.Dataset:
     """An endless, shuffled stream of global batches (epochs are counted in steps).
 
@@ -190,6 +218,8 @@ def make_dataset(
     """
     import tensorflow as tf
 
+    if isinstance(examples, streaming.Streamed):
+        return examples.training_dataset(global_batch_size, seed, skip_batches)
     if len(examples) < global_batch_size:
         raise DataError(
             f"{examples.source}: {len(examples)} examples are fewer than one global batch of "
@@ -223,7 +253,7 @@ def eval_padding(num_examples: int, global_batch_size: int) -> int:
     return -num_examples % global_batch_size
 
 
-def make_eval_dataset(examples: Examples, global_batch_size: int) -> tf.data.Dataset:
+def make_eval_dataset(examples: DataSource, global_batch_size: int) -> tf.data.Dataset:
     """Every example once, in order, in full global batches of (x, y, weight): weight 1.0 for the
     examples, 0.0 for the copies that pad the last batch to full size.
 
@@ -237,6 +267,8 @@ def make_eval_dataset(examples: Examples, global_batch_size: int) -> tf.data.Dat
     """
     import tensorflow as tf
 
+    if isinstance(examples, streaming.Streamed):
+        return examples.eval_dataset(global_batch_size)  # the same padding, streamed
     count = len(examples)
     real = tf.data.Dataset.from_tensor_slices((examples.x, examples.y, np.ones(count, np.float32)))
     pad = eval_padding(count, global_batch_size)

@@ -7,14 +7,20 @@ a resumed run trains on the same ones). A random choice rather than the last fra
 `validation_split` takes: an image folder is read class by class, so its last fraction would be
 the last classes only. Evaluation itself, under the strategy, is training/evaluate.py.
 
+A streamed source (image folder, TFRecords) is split the same way by example id: image files by
+their position in the listing, TFRecord records by their position in the files (the count is known
+before TensorFlow); each side streams only its ids.
+
 NumPy only.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
-from training.inputs import data
+from training.inputs import data, streaming
 from training.settings.config import ConfigError, TrainConfig
 
 
@@ -39,26 +45,47 @@ def training_size(config: TrainConfig, num_examples: int) -> int:
 
 
 def split(
-    examples: data.Examples, fraction: float, seed: int, global_batch_size: int
-) -> tuple[data.Examples, data.Examples]:
+    examples: data.DataSource, fraction: float, seed: int, global_batch_size: int
+) -> tuple[data.DataSource, data.DataSource]:
     """(training, validation): a seeded random choice of examples held out, both in data order."""
     _kept, held_out = split_sizes(len(examples), fraction, global_batch_size)
     # a stream of its own, so that the choice does not depend on how the data were generated
     order = np.random.default_rng([seed, 0x5EED]).permutation(len(examples))
     validation_index, training_index = np.sort(order[:held_out]), np.sort(order[held_out:])
+    percent = f"{fraction * 100:g}%"
+    held_source = f"{percent} of {examples.source} held out ({held_out} examples)"
+    if isinstance(examples, streaming.Streamed):
+        return _split_streamed(examples, training_index, validation_index, held_source)
 
     def part(index: np.ndarray, source: str, dropped: int = 0, detail: str = "") -> data.Examples:
         x, y = examples.x[index], examples.y[index]
         return data.Examples(x, y, examples.num_classes, source, dropped, detail, examples.class_names)
 
-    percent = f"{fraction * 100:g}%"
     return (
         part(training_index, examples.source, examples.dropped, examples.drop_detail),
-        part(validation_index, f"{percent} of {examples.source} held out ({held_out} examples)"),
+        part(validation_index, held_source),
     )
 
 
-def check_matches(training: data.Examples | None, validation: data.Examples, path: str) -> None:
+def _split_streamed(
+    source: streaming.Streamed, training_index: np.ndarray, validation_index: np.ndarray, held_source: str
+) -> tuple[streaming.Streamed, streaming.Streamed]:
+    def part(index: np.ndarray, name: str, dropped: int = 0, detail: str = "") -> streaming.Streamed:
+        if source.kind == "images":  # one file per example: each side lists its own files
+            files = tuple(np.asarray(source.files)[index])
+            return replace(
+                source, files=files, labels=source.labels[index], ids=source.ids[index], source=name,
+                dropped=dropped, drop_detail=detail,
+            )
+        return replace(source, ids=source.ids[index], source=name, dropped=dropped, drop_detail=detail)
+
+    return (
+        part(training_index, source.source, source.dropped, source.drop_detail),
+        part(validation_index, held_source),
+    )
+
+
+def check_matches(training: data.DataSource | None, validation: data.DataSource, path: str) -> None:
     """Validation data must fit the model the training data builds: same input shape, no labels
     beyond the training classes, and for image folders the same class folders (they give the labels)."""
     shape: tuple[int, ...]
@@ -84,8 +111,8 @@ def check_matches(training: data.Examples | None, validation: data.Examples, pat
 
 
 def prepare(
-    config: TrainConfig, examples: data.Examples | None
-) -> tuple[data.Examples | None, data.Examples | None]:
+    config: TrainConfig, examples: data.DataSource | None
+) -> tuple[data.DataSource | None, data.DataSource | None]:
     """(training, validation) as the config asks; `examples` is None for --dry-run on synthetic
     data, which is checked by its known size and shape without generating it."""
     if config.validation_split is not None:
@@ -94,7 +121,9 @@ def prepare(
             return None, None
         return split(examples, config.validation_split, config.seed, config.global_batch_size)
     if config.validation_data:
-        validation = data.load(config.validation_data, config.seed, flag="--validation-data")
+        validation = data.open_source(
+            config.validation_data, config.seed, config.image_size, flag="--validation-data"
+        )
         check_matches(examples, validation, config.validation_data)
         return examples, validation
     return examples, None

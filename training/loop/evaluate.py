@@ -34,7 +34,7 @@ class Evaluator:
     """Evaluates `model` on `examples` in global batches of `global_batch_size` under `strategy`."""
 
     def __init__(
-        self, strategy: Any, model: keras.Model, examples: data_mod.Examples, global_batch_size: int
+        self, strategy: Any, model: keras.Model, examples: data_mod.DataSource, global_batch_size: int
     ):
         self.strategy, self.model, self.examples = strategy, model, examples
         if global_batch_size % strategy.num_replicas_in_sync:
@@ -120,7 +120,7 @@ def load_model(path: str, strategy: Any) -> keras.Model:
             ) from None
 
 
-def check_fits(model: keras.Model, examples: data_mod.Examples, path: str) -> None:
+def check_fits(model: keras.Model, examples: data_mod.DataSource, path: str) -> None:
     """The data must have the model's input shape and no more classes than it has outputs."""
     inputs, outputs = model.input_shape, model.output_shape
     if isinstance(inputs, list) or isinstance(outputs, list):
@@ -139,7 +139,7 @@ def check_fits(model: keras.Model, examples: data_mod.Examples, path: str) -> No
 
 
 def run(
-    model_path: str, config: TrainConfig, setup: DeviceSetup, examples: data_mod.Examples, verbose: int = 1
+    model_path: str, config: TrainConfig, setup: DeviceSetup, examples: data_mod.DataSource, verbose: int = 1
 ) -> dict[str, Any]:
     """Evaluate a saved model on `examples`; returns the summary (what --summary-json writes)."""
     started = time.perf_counter()

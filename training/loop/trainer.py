@@ -45,8 +45,8 @@ class Trainer:
         self,
         config: TrainConfig,
         setup: DeviceSetup,
-        examples: data_mod.Examples,
-        validation: data_mod.Examples | None = None,
+        examples: data_mod.DataSource,
+        validation: data_mod.DataSource | None = None,
     ) -> None:
         self.config, self.setup, self.examples = config, setup, examples
         self.strategy = setup.strategy

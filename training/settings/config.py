@@ -48,7 +48,10 @@ _SELECTION_FIELDS = dict(zip(SELECTION_DESTS, (f.name for f in fields(SelectionO
 # -- the table ---------------------------------------------------------------------------------------
 
 _DEFAULT_RATES = ", ".join(f"{name} {rate:g}" for name, rate in DEFAULT_LEARNING_RATES.items())
-_DATA_HELP = ".npz with arrays x, y or an image folder; default synthetic"
+_DATA_HELP = (
+    ".npz with arrays x, y, an image folder (streamed) or TFRecord files (a folder or a glob); "
+    "default synthetic"
+)
 DEVICES, TRAINING, VALIDATION, OUTPUT = "devices", "training", "validation", "output"
 FAULTS = "faults and resuming (docs/faults.md)"
 MACHINES = "more than one machine (MultiWorkerMirroredStrategy)"
@@ -84,6 +87,14 @@ class TrainConfig:
         "cnn", f"one of {', '.join(models.names())} (default cnn)", group=TRAINING, check=checks.model_name
     )
     data: str | None = setting(None, _DATA_HELP, group=TRAINING, metavar="PATH", evaluate=True)
+    image_size: int = setting(
+        64,
+        "decode image folders and TFRecord images to SIZE x SIZE pixels (default 64)",
+        group=TRAINING,
+        metavar="SIZE",
+        check=checks.positive_int,
+        evaluate=True,
+    )
     epochs: int = setting(DEFAULT_EPOCHS, group=TRAINING, check=checks.positive_int)
     steps_per_epoch: int | None = setting(None, group=TRAINING, check=checks.positive_int)
     global_batch_size: int = setting(
