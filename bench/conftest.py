@@ -1,9 +1,9 @@
 """pytest options, fixtures and hooks of the scaling sweep (`pytest bench --benchmark-only`).
 
-Options are declared with typed converters, so pytest reports a bad value as a usage error naming
-the flag; pytest_configure then checks what needs several options or the devices (one line from
-pytest's usage error, exit 4). Both happen before any worker starts or any file is written. The
-report is written when the session ends.
+Options come from the one table in sweep_options.py, each with its converter, so pytest reports a
+bad value as a usage error naming the flag; pytest_configure then checks what needs several options
+or the devices (one line from pytest's usage error, exit 4). Both happen before any worker starts or
+any file is written. The report is written when the session ends.
 Other benchmark modules in bench/ use none of this: the sweep's fixtures are requested only by
 test_sweep.py, and its option destinations all start with `sweep_`.
 """
@@ -21,7 +21,6 @@ from sweep_cases import BENCHMARKS, Case, plan_cases
 from sweep_env import machine_info as gpu_machine_info
 from sweep_options import PREFIX, SweepOptions, SweepUsageError, add_sweep_options, check_options
 
-from diagnostics.selection import add_selection_options
 from training.devices.setup import DevicePlan
 
 _OPTIONS = pytest.StashKey[tuple[SweepOptions, DevicePlan]]()
@@ -33,8 +32,6 @@ _REPORT = pytest.StashKey[str]()
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("gpudiag sweep", "GPU-count x batch-size scaling sweep (bench/test_sweep.py)")
     add_sweep_options(group.addoption)
-    # the selection flags of `python -m training` and `gpudiag`, with the same converters and checks
-    add_selection_options(group.addoption, prefix=PREFIX)
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -1,6 +1,9 @@
-"""The scaling sweep's options: declared once with typed converters (`add_sweep_options`), so pytest
-reports a bad value as a usage error naming the flag, then checked together and turned into a
-device plan by `check_options`, before any worker starts or any file is written.
+"""The scaling sweep's options, declared once: each is a field of `SweepOptions` made with
+`option(...)` (its flag, converter, default, help and check), as the trainer's settings are fields
+of `TrainConfig`. From that one table come pytest's options (`add_sweep_options`: a bad value is a
+usage error naming the flag), and the checked `SweepOptions` with its device plan (`check_options`,
+which adds what needs several options, the file system or the devices), before any worker starts or
+any file is written.
 
 No TensorFlow here: `training.devices.setup` plans without it and `training.inputs.models` lists
 names without it.
@@ -8,15 +11,14 @@ names without it.
 
 from __future__ import annotations
 
-import argparse
-import re
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from common.cli import at_least, fraction, from_value_error, integers, on_off, positive_number, size_in_bytes
 from common.errors import UserError
-from diagnostics.selection import SelectionError, SelectionOptions
+from diagnostics.selection import SelectionError, SelectionOptions, add_selection_options
 from reports.variants import AXES
 from reports.write import ReportDirError, check_report_dir
 from training.devices.setup import CROSS_DEVICE_OPS, DeviceFlagError, DevicePlan, plan_devices
@@ -45,299 +47,72 @@ class SweepUsageError(UserError):
     """Options that cannot run together or on these devices (one line for pytest's usage error)."""
 
 
+# -- the table's machinery --------------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
-class SweepOptions:
-    gpu_counts: tuple[int, ...]
-    batch_sizes: tuple[int, ...]
-    scaling: str
-    model: str
-    steps: int
-    rounds: int
-    warmup_steps: int
-    report_dir: Path
-    selection: SelectionOptions
-    cpu_replicas: int | None
-    allreduce_bytes: tuple[int, ...]
-    allreduce_iters: int
-    worker_timeout: float
-    worker_start_timeout: float
-    harness_min_share: float = DEFAULT_HARNESS_MIN_SHARE
-    # the variant axes: each a list, the default value first where it was given
-    jit_compile: tuple[bool, ...] = (False,)
-    mixed_precision: tuple[bool, ...] = (False,)
-    cross_device_ops: tuple[str, ...] = ("auto",)
-    steps_per_execution: tuple[int | str, ...] = ("auto",)
-    device_kind: str = "cpu"  # the plan's: which cross-device ops can run here
-    image_size: int | None = None  # synthetic images of this side (None: the trainer's 32x32x3)
-    data: Path | None = None  # the user's data (.npz or image folder) instead of synthetic tensors
+class Option:
+    """One row of the table: what a SweepOptions field's metadata says about the option that sets it.
+
+    kind: "one" value; "set" (several, each may be '1,2,4': sorted, without repeats, the field's
+    default where none is given); "axis" (a variant axis: several, without repeats, the default value
+    first, the baseline the report measures the others against).
+    """
+
+    help: str
+    flag: str | None = None  # default: the field's name with dashes
+    convert: Callable[[str], Any] | None = None
+    choices: Sequence[str] | None = None
+    metavar: str | None = None
+    kind: str = "one"
+    # the given value -> the field's value; raises SweepUsageError (never sees None)
+    check: Callable[[Any], Any] | None = None
 
 
-# -- converters: one command-line value each; argparse prefixes the flag to their message ---------
+def option(default: Any, help: str, **row: Any) -> Any:
+    """A SweepOptions field that is also a row of the options table."""
+    return field(default=default, metadata={"option": Option(help, **row)})
 
 
-def share(text: str) -> float:
-    """A fraction from 0 to 1."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be from 0 to 1, got {text}")
-    return value
+@dataclass(frozen=True)
+class Row:
+    """An option as the derived forms need it: the field it sets and its table row."""
 
+    field: Field[Any]
+    option: Option
 
-def on_off(text: str) -> bool:
-    """One value of --jit-compile / --mixed-precision: on or off."""
-    value = text.strip().lower()
-    if value not in ("on", "off"):
-        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from 'on', 'off')")
-    return value == "on"
+    @property
+    def flag(self) -> str:
+        return self.option.flag or "--" + self.field.name.replace("_", "-")
 
+    @property
+    def name(self) -> str:
+        """The option's dest without PREFIX."""
+        return self.flag.removeprefix("--").replace("-", "_")
 
-def steps_per_call(text: str) -> int | str:
-    """One value of --steps-per-execution: auto, or a number of training steps per traced call."""
-    try:
-        return parse_steps_per_execution(text)
-    except ValueError as exc:
-        # the trainer's message names the flag: argparse names it again
-        raise argparse.ArgumentTypeError(str(exc).removeprefix("--steps-per-execution ")) from None
+    def declare(self, add: Callable[..., Any]) -> None:
+        opt = self.option
+        declared: dict[str, Any] = {
+            "dest": PREFIX + self.name,
+            "help": opt.help,
+            "type": opt.convert,
+            "choices": opt.choices,
+            "metavar": opt.metavar,
+            # several values: None when not given (the default may depend on the devices)
+            "nargs": "+" if opt.kind != "one" else None,
+            "default": self.field.default if opt.kind == "one" else None,
+        }
+        add(self.flag, **{k: v for k, v in declared.items() if v is not None})
 
-
-def _integers(text: str, minimum: int) -> tuple[int, ...]:
-    values = []
-    for part in text.replace(",", " ").split():  # "1,2,4" is one value as well as "1 2 4"
-        try:
-            value = int(part)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{part!r} is not an integer") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"values must be >= {minimum}, got {value}")
-        values.append(value)
-    if not values:
-        raise argparse.ArgumentTypeError("give at least one value")
-    return tuple(values)
-
-
-def positive_ints(text: str) -> tuple[int, ...]:
-    """One value of a list option (--gpus, --batch-sizes): '4', or several as '1,2,4'."""
-    return _integers(text, 1)
-
-
-def _one_integer(text: str, minimum: int) -> int:
-    values = _integers(text, minimum)
-    if len(values) != 1:
-        raise argparse.ArgumentTypeError(f"expected one integer, got {text!r}")
-    return values[0]
-
-
-def positive_int(text: str) -> int:
-    return _one_integer(text, 1)
-
-
-def non_negative_int(text: str) -> int:
-    return _one_integer(text, 0)
-
-
-def seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0 seconds, got {text}")
-    return value
-
-
-_SIZE = re.compile(r"^(\d+)([KMG]?)(i?B)?$", re.IGNORECASE)
-
-
-def size_in_bytes(text: str) -> int:
-    """'1K' = 1024 bytes, '256M', '1G', '4096' (binary units, as nccl-tests' -b/-e)."""
-    match = _SIZE.match(text.strip())
-    if not match:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 1K, 64M, 1G)")
-    value = int(match.group(1)) * 1024 ** " KMG".index((match.group(2) or " ").upper())
-    if value < 4:
-        raise argparse.ArgumentTypeError(f"sizes must be at least 4 bytes (one float32), got {text}")
-    return value
-
-
-# -- declaration ----------------------------------------------------------------------------------
-
-
-def add_sweep_options(add: Callable[..., Any]) -> None:
-    """Declare the sweep's own options with `add` (pytest's `group.addoption`, or argparse's
-    `add_argument` in tests); the GPU selection flags come from
-    `add_selection_options(add, prefix=PREFIX)`. List options default to None: the default GPU
-    counts depend on the devices."""
-    add(
-        "--gpus",
-        nargs="+",
-        type=positive_ints,
-        dest=PREFIX + "gpus",
-        metavar="N",
-        help="GPU counts (default 1 2 4 ... up to the number selected)",
-    )
-    add(
-        "--batch-sizes",
-        nargs="+",
-        type=positive_ints,
-        dest=PREFIX + "batch_sizes",
-        metavar="B",
-        help="batch sizes per GPU (default 32 64 128)",
-    )
-    add(
-        "--scaling",
-        choices=SCALING_MODES,
-        default="weak",
-        dest=PREFIX + "scaling",
-        help="weak keeps the batch per GPU, strong the global batch (default weak)",
-    )
-    add(
-        "--model",
-        choices=models.names(),
-        default="cnn",
-        dest=PREFIX + "model",
-        help="model to train (default cnn)",
-    )
-    add(
-        "--steps",
-        type=positive_int,
-        default=DEFAULT_STEPS,
-        dest=PREFIX + "steps",
-        metavar="K",
-        help=f"steps per round (default {DEFAULT_STEPS})",
-    )
-    add(
-        "--rounds",
-        type=positive_int,
-        default=DEFAULT_ROUNDS,
-        dest=PREFIX + "rounds",
-        help=f"measured rounds (default {DEFAULT_ROUNDS})",
-    )
-    add(
-        "--warmup-steps",
-        type=non_negative_int,
-        default=DEFAULT_WARMUP_STEPS,
-        dest=PREFIX + "warmup_steps",
-        help=f"warm-up steps before the rounds (default {DEFAULT_WARMUP_STEPS})",
-    )
-    add(
-        "--report-dir",
-        type=Path,
-        default=Path(DEFAULT_REPORT_DIR),
-        dest=PREFIX + "report_dir",
-        metavar="DIR",
-        help=f"where the report goes (default {DEFAULT_REPORT_DIR}/)",
-    )
-    add(
-        "--cpu-replicas",
-        type=positive_int,
-        dest=PREFIX + "cpu_replicas",
-        metavar="N",
-        help="no GPU: sweep over up to N CPU logical devices",
-    )
-    add(
-        "--allreduce-bytes",
-        nargs="+",
-        type=size_in_bytes,
-        dest=PREFIX + "allreduce_bytes",
-        metavar="SIZE",
-        help="all-reduce message sizes, e.g. 1K 1M 256M (default 1K to 256M in steps of 4)",
-    )
-    add(
-        "--allreduce-iters",
-        type=positive_int,
-        default=DEFAULT_ALLREDUCE_ITERS,
-        dest=PREFIX + "allreduce_iters",
-        help=f"all-reduces per round (default {DEFAULT_ALLREDUCE_ITERS}, fewer for large messages)",
-    )
-    add(
-        "--worker-timeout",
-        type=seconds,
-        default=DEFAULT_WORKER_TIMEOUT,
-        dest=PREFIX + "worker_timeout",
-        metavar="S",
-        help="seconds a worker may take to answer one request before it is killed (default 300)",
-    )
-    add(
-        "--worker-start-timeout",
-        type=seconds,
-        default=DEFAULT_WORKER_START_TIMEOUT,
-        dest=PREFIX + "worker_start_timeout",
-        metavar="S",
-        help="seconds a worker may take to start TensorFlow (default 600)",
-    )
-    add(
-        "--jit-compile",
-        nargs="+",
-        type=on_off,
-        dest=PREFIX + "jit_compile",
-        metavar="{off,on}",
-        help="variant axis: XLA for each replica's step, e.g. `off on` measures both (default off)",
-    )
-    add(
-        "--mixed-precision",
-        nargs="+",
-        type=on_off,
-        dest=PREFIX + "mixed_precision",
-        metavar="{off,on}",
-        help="variant axis: mixed_float16 with loss scaling, e.g. `off on` (default off)",
-    )
-    add(
-        "--cross-device-ops",
-        nargs="+",
-        choices=CROSS_DEVICE_OPS,
-        dest=PREFIX + "cross_device_ops",
-        metavar="OPS",
-        help=f"variant axis: the strategy's all-reduce, any of {', '.join(CROSS_DEVICE_OPS)} (default auto; "
-        "one worker per device count and value; those these devices cannot run are recorded as not "
-        "applicable)",
-    )
-    add(
-        "--steps-per-execution",
-        nargs="+",
-        type=steps_per_call,
-        dest=PREFIX + "steps_per_execution",
-        metavar="K",
-        help="variant axis: training steps per traced call, auto or a number, e.g. `auto 1 20` "
-        "(default auto, as the trainer; each call ends on a host fetch, as in training)",
-    )
-    add(
-        "--image-size",
-        type=positive_int,
-        dest=PREFIX + "image_size",
-        metavar="N",
-        help="synthetic N x N x 3 images (default 32; 224 compares with published ResNet-50 figures)",
-    )
-    add(
-        "--data",
-        type=Path,
-        dest=PREFIX + "data",
-        metavar="PATH",
-        help="measure on this data (.npz or image folder, as `python -m training --data`) instead of "
-        "synthetic tensors",
-    )
-    add(
-        "--harness-min-share",
-        type=share,
-        default=DEFAULT_HARNESS_MIN_SHARE,
-        dest=PREFIX + "harness_min_share",
-        metavar="F",
-        help=f"fail unless this share of the sweep's wall time went to measured or warm-up steps "
-        f"(default {DEFAULT_HARNESS_MIN_SHARE}; a sweep of seconds is mostly TensorFlow's start: use 0)",
-    )
-
-
-# -- the checks that need several options, the file system or the devices -------------------------
-
-
-def default_counts(selected: int) -> tuple[int, ...]:
-    """1, 2, 4, ... up to the number selected, and that number itself."""
-    counts = [n for n in (2**e for e in range(0, 12)) if n <= selected]
-    if selected not in counts:
-        counts.append(selected)
-    return tuple(counts)
+    def value(self, given: Any) -> Any:
+        """The field's value from the option's converted value (None: not given)."""
+        if self.option.kind == "axis":
+            return axis_values(self.field.name, given)
+        if self.option.kind == "set":
+            given = _sorted_set(given)
+        if given is not None and self.option.check is not None:
+            given = self.option.check(given)
+        return self.field.default if given is None else given
 
 
 def _sorted_set(values: Iterable[int | tuple[int, ...]] | None) -> tuple[int, ...] | None:
@@ -355,6 +130,175 @@ def axis_values(axis: str, given: Iterable[Any] | None) -> tuple[Any, ...]:
     return tuple(sorted(values, key=lambda v: v != default))
 
 
+def _report_dir(path: Path) -> Path:
+    try:
+        check_report_dir(path)
+    except ReportDirError as exc:
+        raise SweepUsageError(f"--report-dir: {exc}") from None
+    return path
+
+
+def _data(path: Path) -> Path:
+    if not path.exists():
+        raise SweepUsageError(f"--data {path}: no such file or folder")
+    return path.absolute()
+
+
+# -- the table ---------------------------------------------------------------------------------------
+
+_positive_ints = integers(1)
+_positive_int = at_least(1)
+_seconds = positive_number("seconds")
+_ON_OFF = "{off,on}"
+
+
+@dataclass(frozen=True)
+class SweepOptions:
+    """Every option of a sweep, one field each; `selection` and `device_kind` come from the GPU
+    selection flags and the device plan. An empty `gpu_counts` is "1, 2, 4, ... up to the devices
+    selected", which `check_options` resolves."""
+
+    gpu_counts: tuple[int, ...] = option(
+        (),
+        "GPU counts (default 1 2 4 ... up to the number selected)",
+        flag="--gpus",
+        convert=_positive_ints,
+        metavar="N",
+        kind="set",
+    )
+    batch_sizes: tuple[int, ...] = option(
+        DEFAULT_BATCH_SIZES,
+        "batch sizes per GPU (default 32 64 128)",
+        convert=_positive_ints,
+        metavar="B",
+        kind="set",
+    )
+    scaling: str = option(
+        "weak", "weak keeps the batch per GPU, strong the global batch (default weak)", choices=SCALING_MODES
+    )
+    model: str = option("cnn", "model to train (default cnn)", choices=tuple(models.names()))
+    steps: int = option(
+        DEFAULT_STEPS, f"steps per round (default {DEFAULT_STEPS})", convert=_positive_int, metavar="K"
+    )
+    rounds: int = option(DEFAULT_ROUNDS, f"measured rounds (default {DEFAULT_ROUNDS})", convert=_positive_int)
+    warmup_steps: int = option(
+        DEFAULT_WARMUP_STEPS,
+        f"warm-up steps before the rounds (default {DEFAULT_WARMUP_STEPS})",
+        convert=at_least(0),
+    )
+    report_dir: Path = option(  # noqa: RUF009 (option() makes a field; a Path is immutable)
+        Path(DEFAULT_REPORT_DIR),
+        f"where the report goes (default {DEFAULT_REPORT_DIR}/)",
+        convert=Path,
+        metavar="DIR",
+        check=_report_dir,
+    )
+    selection: SelectionOptions = field(default_factory=SelectionOptions)
+    cpu_replicas: int | None = option(
+        None, "no GPU: sweep over up to N CPU logical devices", convert=_positive_int, metavar="N"
+    )
+    allreduce_bytes: tuple[int, ...] = option(
+        DEFAULT_ALLREDUCE_BYTES,
+        "all-reduce message sizes, e.g. 1K 1M 256M (default 1K to 256M in steps of 4)",
+        convert=size_in_bytes,
+        metavar="SIZE",
+        kind="set",
+    )
+    allreduce_iters: int = option(
+        DEFAULT_ALLREDUCE_ITERS,
+        f"all-reduces per round (default {DEFAULT_ALLREDUCE_ITERS}, fewer for large messages)",
+        convert=_positive_int,
+    )
+    worker_timeout: float = option(
+        DEFAULT_WORKER_TIMEOUT,
+        "seconds a worker may take to answer one request before it is killed (default 300)",
+        convert=_seconds,
+        metavar="S",
+    )
+    worker_start_timeout: float = option(
+        DEFAULT_WORKER_START_TIMEOUT,
+        "seconds a worker may take to start TensorFlow (default 600)",
+        convert=_seconds,
+        metavar="S",
+    )
+    jit_compile: tuple[bool, ...] = option(
+        (False,),
+        "variant axis: XLA for each replica's step, e.g. `off on` measures both (default off)",
+        convert=on_off,
+        metavar=_ON_OFF,
+        kind="axis",
+    )
+    mixed_precision: tuple[bool, ...] = option(
+        (False,),
+        "variant axis: mixed_float16 with loss scaling, e.g. `off on` (default off)",
+        convert=on_off,
+        metavar=_ON_OFF,
+        kind="axis",
+    )
+    cross_device_ops: tuple[str, ...] = option(
+        ("auto",),
+        f"variant axis: the strategy's all-reduce, any of {', '.join(CROSS_DEVICE_OPS)} (default auto; "
+        "one worker per device count and value; those these devices cannot run are recorded as not "
+        "applicable)",
+        choices=CROSS_DEVICE_OPS,
+        metavar="OPS",
+        kind="axis",
+    )
+    steps_per_execution: tuple[int | str, ...] = option(
+        ("auto",),
+        "variant axis: training steps per traced call, auto or a number, e.g. `auto 1 20` "
+        "(default auto, as the trainer; each call ends on a host fetch, as in training)",
+        convert=from_value_error(parse_steps_per_execution, "--steps-per-execution"),
+        metavar="K",
+        kind="axis",
+    )
+    device_kind: str = "cpu"  # the plan's: which cross-device ops can run here
+    image_size: int | None = option(
+        None,
+        "synthetic N x N x 3 images (default 32; 224 compares with published ResNet-50 figures)",
+        convert=_positive_int,
+        metavar="N",
+    )
+    data: Path | None = option(  # noqa: RUF009 (option() makes a field; a Path is immutable)
+        None,
+        "measure on this data (.npz or image folder, as `python -m training --data`) instead of "
+        "synthetic tensors",
+        convert=Path,
+        metavar="PATH",
+        check=_data,
+    )
+    harness_min_share: float = option(
+        DEFAULT_HARNESS_MIN_SHARE,
+        f"fail unless this share of the sweep's wall time went to measured or warm-up steps "
+        f"(default {DEFAULT_HARNESS_MIN_SHARE}; a sweep of seconds is mostly TensorFlow's start: use 0)",
+        convert=fraction,
+        metavar="F",
+    )
+
+
+ROWS = tuple(Row(f, f.metadata["option"]) for f in fields(SweepOptions) if "option" in f.metadata)
+
+
+# -- what derives from the table ----------------------------------------------------------------------
+
+
+def add_sweep_options(add: Callable[..., Any]) -> None:
+    """Declare every option of the sweep with `add` (pytest's `group.addoption`, or argparse's
+    `add_argument` in tests): the table's, then the GPU selection flags of `python -m training` and
+    `gpudiag`, with the same converters and checks."""
+    for row in ROWS:
+        row.declare(add)
+    add_selection_options(add, prefix=PREFIX)
+
+
+def default_counts(selected: int) -> tuple[int, ...]:
+    """1, 2, 4, ... up to the number selected, and that number itself."""
+    counts = [n for n in (2**e for e in range(0, 12)) if n <= selected]
+    if selected not in counts:
+        counts.append(selected)
+    return tuple(counts)
+
+
 def check_options(get: Callable[[str], Any]) -> tuple[SweepOptions, DevicePlan]:
     """The sweep's options and device plan from the converted option values; raises
     SweepUsageError for the first problem. Creates nothing on disk.
@@ -362,57 +306,26 @@ def check_options(get: Callable[[str], Any]) -> tuple[SweepOptions, DevicePlan]:
     `get(name)` returns the value of the option whose dest is PREFIX + name (None where a list
     option or a selection flag was not given).
     """
-    report_dir = Path(get("report_dir"))
-    try:
-        check_report_dir(report_dir)
-    except ReportDirError as exc:
-        raise SweepUsageError(f"--report-dir: {exc}") from None
-    data: Path | None = get("data")
-    if data is not None and get("image_size") is not None:
+    if get("data") is not None and get("image_size") is not None:
         raise SweepUsageError("--image-size sets the size of synthetic images: drop it with --data")
-    if data is not None and not data.exists():
-        raise SweepUsageError(f"--data {data}: no such file or folder")
+    values = {row.field.name: row.value(get(row.name)) for row in ROWS}
     selection = SelectionOptions.from_values(get)
-    cpu_replicas: int | None = get("cpu_replicas")
     try:
-        plan = plan_devices(selection, cpu_replicas)
+        plan = plan_devices(selection, values["cpu_replicas"])
     except (SelectionError, DeviceFlagError) as exc:
         raise SweepUsageError(str(exc)) from None
-    selected = plan.num_replicas
-    counts = _sorted_set(get("gpus"))
-    if counts is None:
-        counts = default_counts(selected)
-    elif max(counts) > selected:
-        what = (
-            f"--cpu-replicas {selected}"
-            if cpu_replicas is not None
-            else f"{selected} GPU(s) selected in {selection.mode} mode"
-            if plan.kind == "gpu"
-            else f"no GPU is usable ({plan.fallback_reason}); use --cpu-replicas N"
-        )
+    counts = values["gpu_counts"] or default_counts(plan.num_replicas)
+    if max(counts) > plan.num_replicas:
+        what = _selected(plan, selection, values["cpu_replicas"])
         raise SweepUsageError(f"--gpus {max(counts)}: more devices than selected ({what})")
-    options = SweepOptions(
-        gpu_counts=counts,
-        batch_sizes=_sorted_set(get("batch_sizes")) or DEFAULT_BATCH_SIZES,
-        scaling=get("scaling"),
-        model=get("model"),
-        steps=get("steps"),
-        rounds=get("rounds"),
-        warmup_steps=get("warmup_steps"),
-        report_dir=report_dir,
-        selection=selection,
-        cpu_replicas=cpu_replicas,
-        allreduce_bytes=_sorted_set(get("allreduce_bytes")) or DEFAULT_ALLREDUCE_BYTES,
-        allreduce_iters=get("allreduce_iters"),
-        worker_timeout=get("worker_timeout"),
-        worker_start_timeout=get("worker_start_timeout"),
-        harness_min_share=get("harness_min_share"),
-        jit_compile=axis_values("jit_compile", get("jit_compile")),
-        mixed_precision=axis_values("mixed_precision", get("mixed_precision")),
-        cross_device_ops=axis_values("cross_device_ops", get("cross_device_ops")),
-        steps_per_execution=axis_values("steps_per_execution", get("steps_per_execution")),
-        device_kind=plan.kind,
-        image_size=get("image_size"),
-        data=data.absolute() if data is not None else None,
-    )
+    options = SweepOptions(**{**values, "gpu_counts": counts}, selection=selection, device_kind=plan.kind)
     return options, plan
+
+
+def _selected(plan: DevicePlan, selection: SelectionOptions, cpu_replicas: int | None) -> str:
+    """What was selected, and how, for the message of a --gpus beyond it."""
+    if cpu_replicas is not None:
+        return f"--cpu-replicas {plan.num_replicas}"
+    if plan.kind == "gpu":
+        return f"{plan.num_replicas} GPU(s) selected in {selection.mode} mode"
+    return f"no GPU is usable ({plan.fallback_reason}); use --cpu-replicas N"

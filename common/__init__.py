@@ -1,3 +1,4 @@
-"""What every part of the suite shares and that belongs to none of them: file I/O (`files`) and
-child processes (`child`). Imports nothing else from the project, so any package may import it.
+"""What every part of the suite shares and that belongs to none of them: file I/O (`files`),
+child processes (`child`), the command lines' converters and exit codes (`cli`), user errors
+(`errors`). Imports nothing else from the project, so any package may import it.
 """

@@ -1,5 +1,6 @@
-"""The suite's one user-error base class. `gpudiag` and `python -m training` turn a `UserError` into
-one line on stderr and exit 2 (bad input); any other exception is a failure or a bug (exit 1).
+"""The suite's user-error classes. Every command line (through `common.cli.run_main`) turns a
+`UserError` into one line on stderr and exit 2 (bad input); any other exception is a failure or a
+bug (exit 1).
 """
 
 from __future__ import annotations
@@ -7,3 +8,7 @@ from __future__ import annotations
 
 class UserError(ValueError):
     """Bad input: flags, a config, data, an inventory file, a checkpoint folder (one line, exit 2)."""
+
+
+class UsageError(UserError):
+    """Flags a command line cannot parse (`common.cli.Parser` raises it): one line, exit 2."""

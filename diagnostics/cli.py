@@ -3,8 +3,8 @@
 Exit codes: 0 ready (no check failed), 1 a check failed (with --strict: or warned) or there is no
 driver to read, 2 bad arguments or an unreadable inventory file. `compare`: 0 when no difference
 between the snapshots breaks multi-worker training, 1 when one does, 2 for unusable input. Errors
-are one line on stderr, never a traceback. `--inventory FILE` takes a snapshot or an
-`nvidia-smi -q -x` dump.
+are one line on stderr, never a traceback (`common.cli.run_main`; GPUDIAG_DEBUG=1 shows a bug's).
+`--inventory FILE` takes a snapshot or an `nvidia-smi -q -x` dump.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import os
 import shutil
 import sys
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import Any
 
 from common import files
-from common.errors import UserError
+from common.cli import Parser, UsageError, positive_number, run_main
 from diagnostics.checks import Context, Finding, describe, make_context, registry, run_checks
 from diagnostics.checks import summarize as summarize_findings
 from diagnostics.inventory import load_inventory
@@ -28,23 +28,8 @@ from diagnostics.selection import SelectionOptions, add_selection_options
 PROG = "gpudiag"
 
 
-class UsageError(UserError):
-    """Bad arguments: one line on stderr, exit 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{message} (try: {self.prog} --help)")
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
+class _Parser(Parser):
+    help_hint = True
 
 
 def _selection_flags(p: argparse.ArgumentParser) -> None:
@@ -64,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--json", action="store_true", help="print only JSON on stdout")
     check.add_argument("--strict", action="store_true", help="warnings fail too (exit 1), for CI gates")
     check.add_argument("--deep", action="store_true", help="also run TensorFlow in a child process")
-    check.add_argument("--deep-timeout", type=_positive, default=180.0, metavar="S")
+    check.add_argument("--deep-timeout", type=positive_number(), default=180.0, metavar="S")
     check.add_argument("--list-checks", action="store_true", help="list the checks and exit")
     _selection_flags(check)
     lst = sub.add_parser("list", help="every GPU and whether the trainer would select it")
@@ -77,8 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--inventory", metavar="FILE", help="convert this snapshot or nvidia-smi -q -x dump instead"
     )
     mon = sub.add_parser("monitor", help="sample GPU usage and flag imbalance")
-    mon.add_argument("--interval", type=_positive, default=1.0, metavar="S")
-    mon.add_argument("--duration", type=_positive, default=10.0, metavar="S")
+    mon.add_argument("--interval", type=positive_number(), default=1.0, metavar="S")
+    mon.add_argument("--duration", type=positive_number(), default=10.0, metavar="S")
     mon.add_argument("--csv", metavar="FILE")
     _selection_flags(mon)
     cmp = sub.add_parser(
@@ -293,26 +278,18 @@ COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Ctrl+C is the user's own doing: 130, without a line to say so
+    return run_main(lambda: _run(argv), prog=PROG, interrupted=None)
+
+
+def _run(argv: Sequence[str] | None) -> int:
     from diagnostics.nvml import NvmlUnavailable
 
+    ns = build_parser().parse_args(argv)
     try:
-        ns = build_parser().parse_args(argv)
         return COMMANDS[ns.command](ns)
-    except UserError as exc:  # bad input of any kind: flags, inventory files, selection
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
     except NvmlUnavailable as exc:
         print(f"{PROG}: {exc}: install the NVIDIA driver and check that `nvidia-smi` works", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    except Exception as exc:  # the promise is no traceback; GPUDIAG_DEBUG=1 shows it for a bug report
-        if os.environ.get("GPUDIAG_DEBUG"):
-            raise
-        print(
-            f"{PROG}: internal error: {type(exc).__name__}: {exc} (rerun with GPUDIAG_DEBUG=1 for details)",
-            file=sys.stderr,
-        )
         return 1
 
 

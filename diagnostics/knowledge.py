@@ -38,11 +38,26 @@ def version_at_least(have: str | None, need: str) -> bool | None:
 
 @dataclass(frozen=True)
 class Architecture:
-    name: str
+    name: str  # its family, then which of its chips in brackets: "Blackwell (data centre)"
     compute_capabilities: tuple[str, ...]
     min_cuda: str  # first CUDA toolkit that can build native code for it
     min_driver_linux: str  # that toolkit's minimum Linux driver
     source: str
+    # min_cuda is newer than the CUDA of the official TensorFlow wheels (12.5.1 for 2.21): native
+    # kernels for it need a TensorFlow built from source or NVIDIA's container
+    needs_source_build: bool = False
+    # the troubleshooting guide's section for running TensorFlow on it
+    guide_section: str = "driver-and-cuda-versions"
+
+    @property
+    def family(self) -> str:
+        """ "Blackwell" for "Blackwell (data centre)"."""
+        return self.name.partition(" (")[0]
+
+    @property
+    def min_driver_major(self) -> str:
+        """ "570" for 570.26."""
+        return self.min_driver_linux.split(".")[0]
 
 
 ARCHITECTURES: tuple[Architecture, ...] = (
@@ -66,14 +81,20 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         ("10.0", "10.3"),
         "12.8",
         "570.26",
-        f"{CUDA_GPUS}; CUDA 12.8 release notes (first toolkit with sm_100); {CUDA_DRIVER_TABLE}",
+        f"{CUDA_GPUS}; CUDA 12.8 release notes (first toolkit with sm_100); {CUDA_DRIVER_TABLE}; "
+        f"{TF_BUILD_INFO} (CUDA 12.5.1)",
+        needs_source_build=True,
+        guide_section="rtx-5090-and-blackwell",
     ),
     Architecture(
         "Blackwell (GeForce RTX 50 / RTX PRO)",
         ("12.0", "12.1"),
         "12.8",
         "570.26",
-        f"{CUDA_GPUS}; CUDA 12.8 release notes (first toolkit with sm_120); {CUDA_DRIVER_TABLE}",
+        f"{CUDA_GPUS}; CUDA 12.8 release notes (first toolkit with sm_120); {CUDA_DRIVER_TABLE}; "
+        f"{TF_BUILD_INFO} (CUDA 12.5.1)",
+        needs_source_build=True,
+        guide_section="rtx-5090-and-blackwell",
     ),
 )
 
@@ -217,7 +238,7 @@ def known_bad(component: str, version: str | None, cc_major: int) -> KnownBad | 
 
 
 # XLA in the official TF 2.21 wheel bundles a ptxas that writes PTX 8.5, which cannot target
-# sm_120 ("PTX version 8.5 does not support target 'sm_120'"); see ../shared/ARCHITECTURE.md.
+# sm_120 ("PTX version 8.5 does not support target 'sm_120'"): XLA_SM120_SOURCE.
 XLA_MAX_NATIVE_CC_MAJOR = 9
 XLA_SM120_SOURCE = "TensorFlow 2.21 with XLA on an RTX 5090 (ptxas: PTX version 8.5 does not support sm_120)"
 

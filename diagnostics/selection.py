@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from common.cli import finite_number, integer
 from common.errors import UserError
 from diagnostics import knowledge
 from diagnostics.inventory import Gpu, Inventory
@@ -164,31 +165,13 @@ class SelectionOptions:
 SELECTION_DESTS = ("device_mode", "custom_gpus", "min_gpu_memory", "include_display_gpus")
 
 
-def gpu_id(text: str) -> int:
-    """A --custom-gpus value (negative ids parse, and SelectionOptions.validate says why not)."""
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-
-
-def gigabytes(text: str) -> float:
-    """A --min-gpu-memory value (negative sizes parse, and SelectionOptions.validate says why not)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
-    return value
-
-
 def add_selection_options(add: Callable[..., Any], prefix: str = "") -> None:
     """Declare the selection flags with `add`: an argparse parser's or group's `add_argument`, or
     pytest's `addoption` (whose option names share one namespace: `prefix` goes before each dest).
 
     Every default is None, so a caller can tell a flag given from one left out (the trainer's config
     file and environment come in between); SelectionOptions.from_values fills in the defaults.
+    Negative ids and sizes parse: SelectionOptions.validate says why they cannot be used.
     """
     mode, custom, min_gb, display = (prefix + dest for dest in SELECTION_DESTS)
     add(
@@ -198,11 +181,11 @@ def add_selection_options(add: Callable[..., Any], prefix: str = "") -> None:
         help="multi (default): every eligible GPU; single: the one with the most memory; "
         "custom: exactly --custom-gpus",
     )
-    add("--custom-gpus", dest=custom, type=gpu_id, nargs="+", metavar="ID", help="nvidia-smi GPU indices")
+    add("--custom-gpus", dest=custom, type=integer, nargs="+", metavar="ID", help="nvidia-smi GPU indices")
     add(
         "--min-gpu-memory",
         dest=min_gb,
-        type=gigabytes,
+        type=finite_number,
         metavar="GB",
         help=f"leave out smaller GPUs (default {DEFAULT_MIN_MEMORY_GB:g}; a card sold as N GB has N)",
     )

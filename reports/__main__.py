@@ -1,28 +1,22 @@
 """`python -m reports RESULTS.json [--out DIR]`: re-render a saved sweep's report (exit 0 / 2).
 `python -m reports compare BASE.json NEW.json [--threshold 5%]`: compare two sweeps (exit 0 when no
-case regressed, 1 when one did, 2 for bad input)."""
+case regressed, 1 when one did, 2 for bad input). Bad flags and unusable files are one line on
+stderr (`common.cli.run_main`)."""
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from common.cli import Parser, from_value_error, run_main
 from reports.compare import DEFAULT_THRESHOLD, compare, parse_threshold, render
-from reports.results import ResultsError, load, read
-from reports.write import ReportDirError, write_report
-
-
-def _threshold(text: str) -> float:
-    try:
-        return parse_threshold(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc).removeprefix("--threshold ")) from None
+from reports.results import load, read
+from reports.write import write_report
 
 
 def compare_main(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="python -m reports compare",
         description="Compare two sweeps' results.json (or scaling.json) files case by case. Exit 1 "
         "when a case regressed: its rate fell by more than the threshold and the two 95%% "
@@ -32,19 +26,14 @@ def compare_main(argv: Sequence[str]) -> int:
     parser.add_argument("new", metavar="NEW.json")
     parser.add_argument(
         "--threshold",
-        type=_threshold,
+        type=from_value_error(parse_threshold, "--threshold"),
         default=DEFAULT_THRESHOLD,
         metavar="PCT",
         help=f"smallest change that counts, in percent (default {DEFAULT_THRESHOLD:.0%})",
     )
     args = parser.parse_args(argv)
     names = (args.base, args.new)
-    try:
-        base, new = read(args.base), read(args.new)
-        comparison = compare(base, new, args.threshold, names)
-    except ResultsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    comparison = compare(read(args.base), read(args.new), args.threshold, names)
     sys.stdout.write(render(comparison, names))
     return 1 if comparison.regressed else 0
 
@@ -52,8 +41,12 @@ def compare_main(argv: Sequence[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["compare"]:
-        return compare_main(argv[1:])
-    parser = argparse.ArgumentParser(
+        return run_main(lambda: compare_main(argv[1:]))
+    return run_main(lambda: render_main(argv))
+
+
+def render_main(argv: Sequence[str]) -> int:
+    parser = Parser(
         prog="python -m reports",
         description="Render scaling.md, scaling.json and the plots from a sweep's results.json "
         "(or from a scaling.json, which carries its results). "
@@ -62,14 +55,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("results", metavar="RESULTS.json")
     parser.add_argument("--out", metavar="DIR", help="output folder (default: the results file's folder)")
     args = parser.parse_args(argv)
-    try:
-        results = load(args.results)
-        out = Path(args.out) if args.out else Path(args.results).absolute().parent
-        written = write_report(results, out)
-    except (ResultsError, ReportDirError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    for path in written:
+    results = load(args.results)
+    out = Path(args.out) if args.out else Path(args.results).absolute().parent
+    for path in write_report(results, out):
         print(path)
     return 0
 

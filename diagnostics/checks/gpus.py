@@ -14,11 +14,12 @@ from diagnostics.checks.base import Context, Finding, fail, gpu_list, passed, se
 from diagnostics.inventory import Gpu
 from diagnostics.selection import TF_MIN_MULTIPROCESSORS, memory_reason
 
-BLACKWELL_REMEDY = (
-    "use a TensorFlow build with sm_{sm} kernels (built from source with CUDA 12.8+ and "
+# for an architecture whose CUDA no official TensorFlow wheel has (knowledge: needs_source_build)
+SOURCE_BUILD_REMEDY = (
+    "use a TensorFlow build with sm_{sm} kernels (built from source with CUDA {arch.min_cuda}+ and "
     "compute capability {cc} in HERMETIC_CUDA_COMPUTE_CAPABILITIES) or NVIDIA's TensorFlow container "
-    "with Blackwell support; keep XLA off (no --jit-compile, no TF_XLA_FLAGS=--tf_xla_auto_jit); "
-    "CUDA 12.8 or newer and NVIDIA driver 570 or newer"
+    "with {arch.family} support; keep XLA off (no --jit-compile, no TF_XLA_FLAGS=--tf_xla_auto_jit); "
+    "CUDA {arch.min_cuda} or newer and NVIDIA driver {arch.min_driver_major} or newer"
 )
 
 
@@ -75,7 +76,6 @@ def compute_capability(ctx: Context) -> list[Finding]:
         kind, code = code_for(gpu.compute_capability, build.compute_capabilities)
         arch = knowledge.architecture_for(gpu.compute_capability)
         arch_name = arch.name if arch else "unknown architecture"
-        sm = gpu.compute_capability.replace(".", "")
         if kind == "native":
             native.append(f"{gpu.label()}: {gpu.compute_capability} runs {code}")
             continue
@@ -91,36 +91,7 @@ def compute_capability(ctx: Context) -> list[Finding]:
                 )
             )
             continue
-        driver_ok = True
-        if arch and ctx.inventory is not None:
-            driver_ok = (
-                knowledge.version_at_least(ctx.inventory.driver_version, arch.min_driver_linux) is not False
-            )
-        why = (
-            f"{gpu.label()} has compute capability {gpu.compute_capability} ({arch_name}), and TensorFlow "
-            f"{ctx.stack.tensorflow} has no native kernels for it (built for {caps}): only {code} PTX, "
-            "which the driver JIT-compiles at start: minutes at each start unless CUDA_CACHE_MAXSIZE is "
-            "raised so the compiled kernels stay cached (or it fails with CUDA_ERROR_INVALID_PTX)"
-        )
-        cc_major = int(gpu.compute_capability.split(".")[0])
-        if cc_major > knowledge.XLA_MAX_NATIVE_CC_MAJOR:
-            why += f", and XLA's bundled ptxas cannot target sm_{sm} (XLA/jit_compile fails)"
-        remedy = (
-            BLACKWELL_REMEDY.format(sm=sm, cc=gpu.compute_capability)
-            if cc_major >= 10
-            else f"use a TensorFlow build with sm_{sm} kernels; expect a slow first start"
-        ) + "; meanwhile export CUDA_CACHE_MAXSIZE=4294967296 so the JIT runs once"
-        section = "rtx-5090-and-blackwell" if cc_major >= 10 else "driver-and-cuda-versions"
-        if not driver_ok or driver_cuda_ok is False:
-            findings.append(
-                fail(
-                    f"{why}; this driver cannot JIT it (too old for the GPU or for TensorFlow's CUDA)",
-                    f"{remedy} {see(section)}",
-                    gpus=(gpu.index,),
-                )
-            )
-        else:
-            findings.append(warn(why, f"{remedy} {see(section)}", gpus=(gpu.index,)))
+        findings.append(_ptx_only(ctx, gpu, code, caps, driver_cuda_ok))
     if native:
         findings.insert(
             0,
@@ -134,6 +105,41 @@ def compute_capability(ctx: Context) -> list[Finding]:
             ),
         )
     return findings + (unknown_note if unknown else [])
+
+
+def _ptx_only(ctx: Context, gpu: Gpu, code: str | None, caps: str, driver_cuda_ok: bool | None) -> Finding:
+    """A GPU TensorFlow's build has only PTX for: a warning, or a failure where the driver cannot
+    JIT-compile it."""
+    assert gpu.compute_capability is not None
+    arch = knowledge.architecture_for(gpu.compute_capability)
+    sm = gpu.compute_capability.replace(".", "")
+    driver_ok = True
+    if arch and ctx.inventory is not None:
+        driver_ok = (
+            knowledge.version_at_least(ctx.inventory.driver_version, arch.min_driver_linux) is not False
+        )
+    why = (
+        f"{gpu.label()} has compute capability {gpu.compute_capability} "
+        f"({arch.name if arch else 'unknown architecture'}), and TensorFlow "
+        f"{ctx.stack.tensorflow} has no native kernels for it (built for {caps}): only {code} PTX, "
+        "which the driver JIT-compiles at start: minutes at each start unless CUDA_CACHE_MAXSIZE is "
+        "raised so the compiled kernels stay cached (or it fails with CUDA_ERROR_INVALID_PTX)"
+    )
+    if int(gpu.compute_capability.split(".")[0]) > knowledge.XLA_MAX_NATIVE_CC_MAJOR:
+        why += f", and XLA's bundled ptxas cannot target sm_{sm} (XLA/jit_compile fails)"
+    remedy = (
+        SOURCE_BUILD_REMEDY.format(sm=sm, cc=gpu.compute_capability, arch=arch)
+        if arch is not None and arch.needs_source_build
+        else f"use a TensorFlow build with sm_{sm} kernels; expect a slow first start"
+    ) + "; meanwhile export CUDA_CACHE_MAXSIZE=4294967296 so the JIT runs once"
+    remedy += " " + see(arch.guide_section if arch is not None else "driver-and-cuda-versions")
+    if not driver_ok or driver_cuda_ok is False:
+        return fail(
+            f"{why}; this driver cannot JIT it (too old for the GPU or for TensorFlow's CUDA)",
+            remedy,
+            gpus=(gpu.index,),
+        )
+    return warn(why, remedy, gpus=(gpu.index,))
 
 
 def display(ctx: Context) -> list[Finding]:

@@ -179,3 +179,28 @@ def test_check_does_not_import_tensorflow():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.stderr.strip().endswith("NO-TF"), proc.stderr
+
+
+def test_a_bug_is_one_internal_error_line_and_exit_1(capsys, monkeypatch):
+    def broken(ns: object) -> int:
+        raise ValueError("a bug\non two lines")
+
+    monkeypatch.delenv("GPUDIAG_DEBUG", raising=False)
+    monkeypatch.setitem(cli.COMMANDS, "check", broken)
+    code, out, err = run(capsys, "check")
+    assert (code, out) == (1, "")
+    assert err == (
+        "gpudiag: error: internal error: ValueError: a bug on two lines "
+        "(rerun with GPUDIAG_DEBUG=1 for details)\n"
+    )
+    monkeypatch.setenv("GPUDIAG_DEBUG", "1")
+    with pytest.raises(ValueError, match="a bug"):
+        cli.main(["check"])
+
+
+def test_ctrl_c_is_exit_130_without_a_line(capsys, monkeypatch):
+    def interrupted(ns: object) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(cli.COMMANDS, "list", interrupted)
+    assert run(capsys, "list") == (130, "", "")

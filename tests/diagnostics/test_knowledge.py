@@ -18,6 +18,18 @@ def test_blackwell_needs_cuda_12_8_and_driver_570():
     assert arch is not None and arch.min_cuda == "12.8" and arch.min_driver_linux.startswith("570")
 
 
+def test_the_architectures_the_official_wheels_cannot_build_for_say_so():
+    """needs_source_build marks exactly the rows whose first CUDA is newer than the official
+    TensorFlow 2.21 wheels' CUDA 12.5.1; the checks read it, not a compute capability bound."""
+    wheel_cuda = "12.5.1"
+    for arch in knowledge.ARCHITECTURES:
+        newer = knowledge.version_at_least(wheel_cuda, arch.min_cuda) is False
+        assert arch.needs_source_build == newer, arch.name
+        assert arch.guide_section == ("rtx-5090-and-blackwell" if newer else "driver-and-cuda-versions")
+    blackwell = knowledge.architecture_for("10.0")
+    assert blackwell is not None and (blackwell.family, blackwell.min_driver_major) == ("Blackwell", "570")
+
+
 def test_known_bad_nccl_only_on_cc_12():
     assert knowledge.known_bad("nccl", "2.25.1", 12) is not None
     assert knowledge.known_bad("nccl", "2.25.1", 8) is None

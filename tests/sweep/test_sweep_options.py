@@ -16,7 +16,7 @@ import sweep_cases
 import sweep_env
 import sweep_options as so
 
-from diagnostics.selection import SelectionOptions, add_selection_options
+from diagnostics.selection import SelectionOptions
 
 
 class _Parser(argparse.ArgumentParser):
@@ -28,9 +28,18 @@ def options(*argv: str) -> tuple[so.SweepOptions, Any]:
     """Parse `argv` with the declarations bench/conftest.py gives pytest, then check_options."""
     parser = _Parser()
     so.add_sweep_options(parser.add_argument)
-    add_selection_options(parser.add_argument, prefix=so.PREFIX)
     namespace = parser.parse_args(argv)
     return so.check_options(lambda name: getattr(namespace, so.PREFIX + name))
+
+
+def test_every_field_but_the_devices_is_an_option_of_the_table():
+    import dataclasses
+
+    from_table = {row.field.name for row in so.ROWS}
+    fields = {f.name for f in dataclasses.fields(so.SweepOptions)}
+    assert fields - from_table == {"selection", "device_kind"}
+    flags = [row.flag for row in so.ROWS]
+    assert len(set(flags)) == len(flags) and "--gpus" in flags and flags[-1] == "--harness-min-share"
 
 
 def test_defaults_on_cpu_replicas(tmp_path):
@@ -63,13 +72,15 @@ def test_default_counts_end_at_the_number_selected():
 
 
 def test_sizes_take_binary_suffixes():
-    assert [so.size_in_bytes(s) for s in ("1K", "64k", "1M", "1G", "4096", "2MiB")] == [
+    from common.cli import size_in_bytes
+
+    assert [size_in_bytes(s) for s in ("1K", "64k", "1M", "1G", "4096", "2MiB")] == [
         1024, 65536, 2**20, 2**30, 4096, 2 * 2**20,
     ]  # fmt: skip
     with pytest.raises(argparse.ArgumentTypeError, match="at least 4 bytes"):
-        so.size_in_bytes("2")
+        size_in_bytes("2")
     with pytest.raises(argparse.ArgumentTypeError, match="not a size"):
-        so.size_in_bytes("big")
+        size_in_bytes("big")
 
 
 # A bad value: argparse's usage error names the flag ("argument --rounds: ...") and the reason.
