@@ -81,9 +81,7 @@ def test_end_to_end_multi_on_two_cpu_replicas(tmp_path):
 def test_one_two_and_four_replicas_end_with_the_same_weights(tmp_path):
     """Same seed, data and global batch: the replicas' averaged gradients equal one device's."""
     weights = {}
-    procs = {
-        n: start_helper("replica_run.py", str(n), "8", str(tmp_path / f"{n}.npz")) for n in (1, 2, 4)
-    }
+    procs = {n: start_helper("replica_run.py", str(n), "8", str(tmp_path / f"{n}.npz")) for n in (1, 2, 4)}
     for n, proc in procs.items():
         _out, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err[-3000:]
@@ -102,8 +100,6 @@ def test_one_two_and_four_replicas_end_with_the_same_weights(tmp_path):
         for ref, got in zip(reference, weights[n], strict=True):
             rel = np.linalg.norm(got - ref) / max(np.linalg.norm(ref), 1e-12)
             assert rel < 1e-4, f"{n} replicas differ from 1 by {rel:.2e}"
-
-
 
 
 def test_setup_after_a_tensorflow_op_gives_the_clear_error():

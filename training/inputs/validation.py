@@ -74,8 +74,13 @@ def _split_streamed(
         if source.kind == "images":  # one file per example: each side lists its own files
             files = tuple(np.asarray(source.files)[index])
             return replace(
-                source, files=files, labels=source.labels[index], ids=source.ids[index], source=name,
-                dropped=dropped, drop_detail=detail,
+                source,
+                files=files,
+                labels=source.labels[index],
+                ids=source.ids[index],
+                source=name,
+                dropped=dropped,
+                drop_detail=detail,
             )
         return replace(source, ids=source.ids[index], source=name, dropped=dropped, drop_detail=detail)
 
