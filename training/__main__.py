@@ -28,6 +28,7 @@ from typing import Any, NoReturn
 
 from common import files
 from common.child import is_out_of_memory
+from common.cli import EXIT_FAILED, EXIT_OK, run_main
 from common.errors import UserError
 from diagnostics.cluster import ClusterTask
 from training.app import batch_size, render
@@ -40,9 +41,6 @@ from training.inputs import validation as validation_mod
 from training.loop import faults as faults_mod
 from training.settings.cli import parse_config, parse_evaluate
 from training.settings.config import TrainConfig, per_replica_batch, resolve_steps_per_epoch
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-DEBUG_ENV = "GPUDIAG_DEBUG"
 
 
 @dataclass
@@ -62,63 +60,49 @@ class Ending:
 
 
 def main(argv: Sequence[str] | None = None, ending: Ending | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        # a subcommand in front of the flat trainer flags: `python -m training [flags]`
-        if argv[:1] == ["evaluate"]:
-            return _evaluate(argv[1:])
-        return _main(argv, ending or Ending())
-    except KeyboardInterrupt:
-        print("\nstopped by SIGINT outside the training loop: nothing more was saved", file=sys.stderr)
-        return 128 + signal.SIGINT
-    except _Terminated:
-        print("stopped by SIGTERM outside the training loop: nothing more was saved", file=sys.stderr)
-        return 128 + signal.SIGTERM
-    except Exception as exc:  # the promise is no traceback; GPUDIAG_DEBUG=1 shows it for a bug report
-        if os.environ.get(DEBUG_ENV):
-            raise
-        print(
-            f"error: internal error: {type(exc).__name__}: {_one_line(exc)} "
-            f"(rerun with {DEBUG_ENV}=1 for details)",
-            file=sys.stderr,
-        )
-        return EXIT_FAILED
+    """The exit code: the house's policy (common.cli.run_main): bad input 2, a failed run 1 (NoGpuError
+    with --require-gpu included), a bug one "internal error" line and 1, stopped by a signal 130/143."""
+    args = list(sys.argv[1:] if argv is None else argv)
 
+    def body() -> int:
+        try:
+            # a subcommand in front of the flat trainer flags: `python -m training [flags]`
+            if args[:1] == ["evaluate"]:
+                return _evaluate(args[1:])
+            return _main(args, ending or Ending())
+        except _Terminated:
+            print("stopped by SIGTERM outside the training loop: nothing more was saved", file=sys.stderr)
+            return 128 + signal.SIGTERM
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text[:500] + ("..." if len(text) > 500 else "")
+    return run_main(
+        body,
+        failures=(NoGpuError,),
+        interrupted="\nstopped by SIGINT outside the training loop: nothing more was saved",
+    )
 
 
 def _main(argv: list[str], ending: Ending) -> int:
-    try:
-        faults_mod.from_env()  # a typo in GPUDIAG_FAULT is bad input, found before TensorFlow
-        config, quiet = parse_config(argv)
-        plan = plan_devices(config.selection, config.cpu_replicas, config.require_gpu, config.inventory)
-        if config.local_workers is not None:
-            return _launch(argv, config, plan)
-        cluster, plan = cluster_mod.place(config, plan, os.environ)
-        replicas = plan.num_replicas * (cluster.num_workers if cluster else 1)
-        per_replica_batch(config.global_batch_size, replicas, config.accumulate_steps)
-        examples = None
-        if not config.dry_run or config.data:
-            from training.inputs import data
+    faults_mod.from_env()  # a typo in GPUDIAG_FAULT is bad input, found before TensorFlow
+    config, quiet = parse_config(argv)
+    plan = plan_devices(config.selection, config.cpu_replicas, config.require_gpu, config.inventory)
+    if config.local_workers is not None:
+        return _launch(argv, config, plan)
+    cluster, plan = cluster_mod.place(config, plan, os.environ)
+    replicas = plan.num_replicas * (cluster.num_workers if cluster else 1)
+    per_replica_batch(config.global_batch_size, replicas, config.accumulate_steps)
+    examples = None
+    if not config.dry_run or config.data:
+        from training.inputs import data
 
-            # .npz in memory; image folders listed and TFRecords counted here, streamed later
-            examples = data.open_source(config.data, config.seed, config.image_size)
-            _warn_dropped(examples)
-        # (training, validation): held out, or loaded and checked against the training data
-        examples, validation = validation_mod.prepare(config, examples)
-        examples = _this_workers_share(examples, cluster)
-        if validation is not None and config.validation_data:
-            _warn_dropped(validation, "--validation-data: ")
-        config, resume_from = resume.check_before_start(config, plan, examples)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except NoGpuError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        # .npz in memory; image folders listed and TFRecords counted here, streamed later
+        examples = data.open_source(config.data, config.seed, config.image_size)
+        _warn_dropped(examples)
+    # (training, validation): held out, or loaded and checked against the training data
+    examples, validation = validation_mod.prepare(config, examples)
+    examples = _this_workers_share(examples, cluster)
+    if validation is not None and config.validation_data:
+        _warn_dropped(validation, "--validation-data: ")
+    config, resume_from = resume.check_before_start(config, plan, examples)
     if not _preflight_passes(config, plan):
         return EXIT_FAILED
     search = config.auto_batch_size and resume_from is None
@@ -305,9 +289,8 @@ def _train_inner(
     except TrainingDiverged as exc:
         print(f"\nerror: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    except UserError as exc:  # data or a checkpoint found wanting once training started
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    except UserError:  # data or a checkpoint found wanting once training started: bad input, exit 2
+        raise
     except Exception as exc:
         if cluster is not None and multiworker.lost_peer(exc):
             message = multiworker.lost_peer_message(exc, cluster, config.collective_timeout)
@@ -331,21 +314,14 @@ def _write_summary(config: TrainConfig, summary: dict[str, Any]) -> None:
 
 def _evaluate(argv: list[str]) -> int:
     """`python -m training evaluate MODEL.keras [--data PATH] [device flags]`."""
-    try:
-        model_path, config, quiet = parse_evaluate(argv)
-        models.check_model_file(model_path)  # a file that is not a Keras model: exit 2, before TensorFlow
-        plan = plan_devices(config.selection, config.cpu_replicas, config.require_gpu)
-        per_replica_batch(config.global_batch_size, plan.num_replicas)
-        from training.inputs import data
+    model_path, config, quiet = parse_evaluate(argv)
+    models.check_model_file(model_path)  # a file that is not a Keras model: exit 2, before TensorFlow
+    plan = plan_devices(config.selection, config.cpu_replicas, config.require_gpu)
+    per_replica_batch(config.global_batch_size, plan.num_replicas)
+    from training.inputs import data
 
-        examples = data.open_source(config.data, config.seed, config.image_size)
-        _warn_dropped(examples)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except NoGpuError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+    examples = data.open_source(config.data, config.seed, config.image_size)
+    _warn_dropped(examples)
     if not _preflight_passes(config, plan):
         return EXIT_FAILED
     with _sigterm_raises():
@@ -357,9 +333,8 @@ def _evaluate(argv: list[str]) -> int:
         render.print_devices(config, plan, sys.stderr)
         try:
             summary = evaluate.run(model_path, config, setup, examples, verbose=0 if quiet else 1)
-        except UserError as exc:  # a file Keras cannot load, or data that does not fit the model
-            print(f"error: {exc}", file=sys.stderr)
-            return EXIT_USAGE
+        except UserError:  # a file Keras cannot load, or data that does not fit the model: exit 2
+            raise
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise

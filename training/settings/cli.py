@@ -8,25 +8,15 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from typing import NoReturn
 
-from common.errors import UserError
+from common.cli import Parser
 from diagnostics.selection import add_selection_options
 from training.settings.config import DEVICES, OUTPUT, TrainConfig, resolve_config, validate
 from training.settings.table import add_flags
 
 
-class UsageError(UserError):
-    """Flags argparse cannot parse: one line on stderr, exit 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = Parser(
         prog="python -m training",
         description="Train a Keras model under tf.distribute.MirroredStrategy on the selected GPUs. "
         "`python -m training evaluate MODEL.keras --data PATH` evaluates a saved model instead.",
@@ -53,7 +43,7 @@ def parse_config(argv: Sequence[str] | None) -> tuple[TrainConfig, bool]:
 
 
 def build_evaluate_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = Parser(
         prog="python -m training evaluate",
         description="Evaluate a saved Keras model (--save-model, ModelCheckpoint) under "
         "MirroredStrategy: loss and accuracy over every example of --data.",

@@ -9,13 +9,13 @@ with dashes (`global_batch_size` -> `--global-batch-size`). No TensorFlow here.
 from __future__ import annotations
 
 import argparse
-import math
 import typing
 from collections.abc import Callable
 from dataclasses import MISSING, Field, dataclass, field, fields
 from functools import cache
 from typing import Any
 
+from common.cli import number
 from common.errors import UserError
 
 # What a setting's check gets: the value and the flag it is known by; it raises a ConfigError.
@@ -97,24 +97,6 @@ def _default(f: Field[Any]) -> Any:
 
 
 # -- flags ----------------------------------------------------------------------------------------
-
-
-def number(kind: type) -> Callable[[str], Any]:
-    """An argparse `type=` for an int or a finite float, with a message that names the text."""
-
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"{text!r} is not a{'n integer' if kind is int else ' number'}"
-            ) from None
-        if isinstance(value, float) and not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
-        return value
-
-    parse.__name__ = kind.__name__
-    return parse
 
 
 def add_flag(add: Callable[..., Any], row: Row, help_text: str | None = None) -> None:
