@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from common import files
-from common.cli import Parser, UsageError, positive_number, run_main
+from common.cli import Parser, UsageError, at_least, positive_number, run_main
 from diagnostics.checks import Context, Finding, describe, make_context, registry, run_checks
 from diagnostics.checks import summarize as summarize_findings
 from diagnostics.inventory import load_inventory
@@ -50,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--strict", action="store_true", help="warnings fail too (exit 1), for CI gates")
     check.add_argument("--deep", action="store_true", help="also run TensorFlow in a child process")
     check.add_argument("--deep-timeout", type=positive_number(), default=180.0, metavar="S")
+    check.add_argument(
+        "--cpu-replicas",
+        type=at_least(1),
+        metavar="N",
+        help="--deep: run the probe on N logical CPU devices instead of the selected GPUs",
+    )
     check.add_argument("--list-checks", action="store_true", help="list the checks and exit")
     _selection_flags(check)
     lst = sub.add_parser("list", help="every GPU and whether the trainer would select it")
@@ -132,7 +138,7 @@ def cmd_check(ns: argparse.Namespace) -> int:
         return 0
     ctx = make_context(_args(ns), inventory_path=ns.inventory)
     if ns.deep:
-        ctx = Context(**{**ctx.__dict__, "deep_timeout_s": ns.deep_timeout})
+        ctx = Context(**{**ctx.__dict__, "deep_timeout_s": ns.deep_timeout, "cpu_replicas": ns.cpu_replicas})
     findings = run_checks(ctx, deep=ns.deep)
     if ns.json:
         print(

@@ -9,6 +9,7 @@ GPU generation or a newly found bad combination is one new row.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 CUDA_DRIVER_TABLE = "https://docs.nvidia.com/cuda/cuda-toolkit-release-notes/index.html#id5"
@@ -168,6 +169,31 @@ def lowest_build_capability(build_caps: tuple[str, ...]) -> tuple[int, int] | No
     return min(found) if found else None
 
 
+def code_for(compute_capability: str, build_caps: tuple[str, ...]) -> tuple[str, str | None]:
+    """How TensorFlow's build can run on a GPU: ("native", "sm_80"), ("ptx", "compute_90") or ("none", None).
+
+    Native code (SASS) for sm_XY runs on GPUs of the same major version X with minor >= Y; PTX for
+    compute_XY is JIT-compiled by the driver for any GPU of compute capability >= X.Y. In TensorFlow's
+    build settings "compute_XY" means SASS for sm_XY plus PTX, and "sm_XY" SASS alone.
+    """
+    major, minor = (int(p) for p in compute_capability.split("."))
+    natives, ptx = [], []
+    for cap in build_caps:
+        m = re.fullmatch(r"(sm|compute)_(\d+)(\d)[a-z]?", cap)
+        if not m:
+            continue
+        cap_major, cap_minor = int(m.group(2)), int(m.group(3))
+        if cap_major == major and cap_minor <= minor and not cap.endswith("a"):
+            natives.append((cap_minor, f"sm_{cap_major}{cap_minor}"))
+        if m.group(1) == "compute" and (cap_major, cap_minor) <= (major, minor):
+            ptx.append(((cap_major, cap_minor), cap))
+    if natives:
+        return "native", max(natives)[1]
+    if ptx:
+        return "ptx", max(ptx)[1]
+    return "none", None
+
+
 # Minimum Linux driver for each CUDA toolkit (GA releases), from NVIDIA's table. The driver's own
 # "CUDA Version" (nvidia-smi, NVML) is the highest toolkit it supports.
 CUDA_MIN_DRIVER_LINUX: dict[str, str] = {
@@ -241,6 +267,36 @@ def known_bad(component: str, version: str | None, cc_major: int) -> KnownBad | 
 # sm_120 ("PTX version 8.5 does not support target 'sm_120'"): XLA_SM120_SOURCE.
 XLA_MAX_NATIVE_CC_MAJOR = 9
 XLA_SM120_SOURCE = "TensorFlow 2.21 with XLA on an RTX 5090 (ptxas: PTX version 8.5 does not support sm_120)"
+XLA_SM120_ISSUE = "https://github.com/tensorflow/tensorflow/issues/111958"
+
+
+def xla_unavailable(compute_capabilities: Iterable[str | None], build_caps: tuple[str, ...]) -> str | None:
+    """Why XLA (`--jit-compile`) cannot run on GPUs of these compute capabilities under a TensorFlow
+    built for `build_caps` (TfBuild.compute_capabilities), or None where it can or it cannot be told.
+
+    XLA compiles its own kernels with the ptxas of the build's CUDA; a GPU newer than that CUDA and
+    without native kernels in the build gets an LLVM error instead (XLA_SM120_ISSUE).
+    """
+    if not build_caps:
+        return None
+    blocked = sorted(
+        {
+            cc
+            for cc in compute_capabilities
+            if cc
+            and int(cc.split(".")[0]) > XLA_MAX_NATIVE_CC_MAJOR
+            and code_for(cc, build_caps)[0] != "native"
+        }
+    )
+    if not blocked:
+        return None
+    targets = ", ".join(f"sm_{cc.replace('.', '')}" for cc in blocked)
+    return (
+        f"XLA cannot compile for compute capability {', '.join(blocked)}: this TensorFlow has no {targets} "
+        f"kernels (built for {', '.join(build_caps)}) and its bundled ptxas writes PTX 8.5, which cannot "
+        f"target {targets} (\"LLVM ERROR: PTX version 8.5 does not support target 'sm_120'\", "
+        "tensorflow/tensorflow#111958)"
+    )
 
 
 # -- datasheet peaks per GPU model ----------------------------------------------------------------

@@ -153,7 +153,7 @@ def _preflight_passes(config: TrainConfig, plan: DevicePlan) -> bool:
         return True
     from training.app import preflight
 
-    if preflight.report(preflight.preflight(plan), sys.stderr):
+    if preflight.report(preflight.preflight(plan, config.jit_compile), sys.stderr):
         print(
             "error: the preflight checks above failed: fix them, or add --skip-preflight to try anyway",
             file=sys.stderr,

@@ -59,6 +59,8 @@ class Finding:
     message: str
     remedy: str = ""
     gpus: tuple[int, ...] = ()
+    # the last lines of a child's log behind the finding (a hung --deep probe: NCCL's); in JSON only
+    log_tail: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -67,13 +69,16 @@ class Finding:
             raise TypeError("Finding.remedy is text and Finding.gpus a tuple of GPU indices")
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "check": self.check,
             "status": self.status,
             "gpus": list(self.gpus),
             "message": self.message,
             "remedy": self.remedy,
         }
+        if self.log_tail:  # only where there is one: every other finding's JSON stays as it was
+            out["log_tail"] = list(self.log_tail)
+        return out
 
 
 # The builders a check returns its findings with. warn and fail take the remedy as a required
@@ -112,6 +117,7 @@ class Context:
     env: Mapping[str, str] = field(default_factory=dict)
     inventory_path: str | None = None
     deep_timeout_s: float = 180.0
+    cpu_replicas: int | None = None  # --deep on this many logical CPU devices instead of the GPUs
     # whose software `stack` is: "live" (this machine), "recorded" (the snapshot's own), "given"
     # (a caller's), or "replaying" (this machine's, standing in for a snapshot that records none)
     stack_origin: str = "live"

@@ -6,12 +6,12 @@ gpudiag reports and what `python -m training` does cannot differ.
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 
 from diagnostics import knowledge
 from diagnostics.checks.base import Context, Finding, fail, gpu_list, passed, see, skip, warn
 from diagnostics.inventory import Gpu
+from diagnostics.knowledge import code_for
 from diagnostics.selection import TF_MIN_MULTIPROCESSORS, memory_reason
 
 # for an architecture whose CUDA no official TensorFlow wheel has (knowledge: needs_source_build)
@@ -21,31 +21,6 @@ SOURCE_BUILD_REMEDY = (
     "with {arch.family} support; keep XLA off (no --jit-compile, no TF_XLA_FLAGS=--tf_xla_auto_jit); "
     "CUDA {arch.min_cuda} or newer and NVIDIA driver {arch.min_driver_major} or newer"
 )
-
-
-def code_for(compute_capability: str, build_caps: tuple[str, ...]) -> tuple[str, str | None]:
-    """How TensorFlow's build can run on a GPU: ("native", "sm_80"), ("ptx", "compute_90") or ("none", None).
-
-    Native code (SASS) for sm_XY runs on GPUs of the same major version X with minor >= Y; PTX for
-    compute_XY is JIT-compiled by the driver for any GPU of compute capability >= X.Y. In TensorFlow's
-    build settings "compute_XY" means SASS for sm_XY plus PTX, and "sm_XY" SASS alone.
-    """
-    major, minor = (int(p) for p in compute_capability.split("."))
-    natives, ptx = [], []
-    for cap in build_caps:
-        m = re.fullmatch(r"(sm|compute)_(\d+)(\d)[a-z]?", cap)
-        if not m:
-            continue
-        cap_major, cap_minor = int(m.group(2)), int(m.group(3))
-        if cap_major == major and cap_minor <= minor and not cap.endswith("a"):
-            natives.append((cap_minor, f"sm_{cap_major}{cap_minor}"))
-        if m.group(1) == "compute" and (cap_major, cap_minor) <= (major, minor):
-            ptx.append(((cap_major, cap_minor), cap))
-    if natives:
-        return "native", max(natives)[1]
-    if ptx:
-        return "ptx", max(ptx)[1]
-    return "none", None
 
 
 def compute_capability(ctx: Context) -> list[Finding]:

@@ -7,6 +7,7 @@ import dataclasses
 
 from diag_support import OFFICIAL_BUILD, OFFICIAL_STACK, ctx_for, run_one, statuses, worst
 
+from diagnostics import knowledge
 from diagnostics.checks.gpus import code_for
 from diagnostics.stack import TfBuild
 
@@ -126,3 +127,14 @@ def test_device_order_empty_visible_devices_hides_every_gpu():
     env = {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": ""}
     findings = run_one("device-order", ctx_for("inv-dgx-8xh100.json", env=env))
     assert statuses(findings) == ["warn"] and "every GPU" in findings[0].message
+
+
+def test_xla_is_unavailable_on_sm_120_without_its_kernels_only():
+    """The rule the trainer's preflight and the sweep's XLA variant share: sm_120 under the stock
+    build (PTX only) cannot run XLA; Ada, Hopper, and sm_120 under a build with sm_120 kernels can."""
+    why = knowledge.xla_unavailable(["12.0", "8.9", None], CAPS)
+    assert why is not None and "compute capability 12.0" in why and "no sm_120 kernels" in why
+    assert "tensorflow/tensorflow#111958" in why
+    assert knowledge.xla_unavailable(["8.9", "9.0"], CAPS) is None
+    assert knowledge.xla_unavailable(["12.0"], (*CAPS, "sm_120")) is None
+    assert knowledge.xla_unavailable(["12.0"], ()) is None  # build unknown: cannot tell

@@ -114,3 +114,17 @@ def test_the_plan_prints_the_batch_advice_for_gpus_only(capsys):
     assert code == 0 and "examples per GPU is small" not in out
     code, out, _ = run(capsys, "--dry-run", "--cpu-replicas", "4")
     assert code == 0 and "examples per GPU is small" not in out
+
+
+def test_jit_compile_on_rtx_5090s_under_the_stock_build_warns_with_the_remedy(capsys):
+    """XLA's ptxas cannot target sm_120 (tensorflow/tensorflow#111958): --jit-compile adds one warning
+    naming it and the remedy; without --jit-compile there is none."""
+    args = ("--dry-run", "--inventory", RTX5090_X3, "--global-batch-size", "192")
+    _code, _out, err = run(capsys, *args, "--jit-compile")
+    [xla] = [
+        line for line in err.splitlines() if line.startswith("preflight warn (jit-compile on GPU 0, 1, 2)")
+    ]
+    assert "cannot target sm_120" in xla and "tensorflow/tensorflow#111958" in xla
+    assert "train without --jit-compile" in xla and "TROUBLESHOOTING.md#rtx-5090-and-blackwell" in xla
+    _code, _out, err = run(capsys, *args)
+    assert "preflight warn (jit-compile" not in err

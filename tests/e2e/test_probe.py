@@ -4,16 +4,19 @@ The timeout path uses a fake child that hangs, so it costs no TensorFlow start."
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
 import sys
+import time
 
 import pytest
-from diag_support import OFFICIAL_STACK
+from diag_support import FIXTURES, OFFICIAL_STACK
+from support import run_module
 
 from diagnostics import cli, probe
-from diagnostics.checks import Context
+from diagnostics.checks import Context, make_context
 from diagnostics.checks import deep as deep_checks
 from diagnostics.selection import SelectionOptions
 
@@ -100,3 +103,54 @@ def test_crashing_child_is_a_failure_with_its_last_words(monkeypatch):
 def test_deep_checks_skip_on_a_recorded_inventory():
     ctx = Context(stack=OFFICIAL_STACK, inventory_path="x.json")
     assert [f.status for f in deep_checks.strategy(ctx)] == ["skip"]
+
+
+@pytest.mark.slow
+def test_a_hung_allreduce_fails_in_one_line_with_its_cause_and_log_tail(no_driver):
+    """GPUDIAG_FAULT=allreduce-hang makes one CPU replica never join the all-reduce: `gpudiag check
+    --deep --cpu-replicas 2 --deep-timeout 20` exits 1 well within a minute, with one FAIL naming the
+    cause, the child's last log lines in --json, and no traceback."""
+    env = {**os.environ, "GPUDIAG_FAULT": "allreduce-hang"}
+    args = ["check", "--deep", "--cpu-replicas", "2", "--deep-timeout", "20", "--json"]
+    start = time.monotonic()
+    proc = run_module("diagnostics", *args, timeout=90, env=env)
+    seconds = time.monotonic() - start
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    data = json.loads(proc.stdout)
+    hung = [f for f in data["findings"] if f["check"] == "replica-consistency"]
+    assert [f["status"] for f in hung] == ["fail"], hung
+    message = hung[0]["message"]
+    assert "no answer within 20 s while running an all-reduce of 1024 float32 over 2 replica(s)" in message
+    assert "likely cause: GPUDIAG_FAULT=allreduce-hang" in message and "\n" not in message
+    assert any("never joins the all-reduce" in line for line in hung[0]["log_tail"]), hung[0]
+    assert [f["status"] for f in data["findings"] if f["check"] in ("strategy", "gpu-smoke")] == ["pass"] * 2
+    assert seconds < 50
+
+
+def test_a_hung_allreduce_on_geforce_cards_names_p2p_and_keeps_the_nccl_log(monkeypatch):
+    """Two RTX 5090s without NVLink, NCCL_P2P_DISABLE unset: the likely cause is their broken P2P, and
+    the NCCL lines the child wrote before it hung come back in log_tail. A fake child, no TensorFlow."""
+    start = json.dumps({"event": "start", "check": "replica-consistency", "stage": "allreduce",
+                        "detail": "an all-reduce of 1024 float32 over 2 replica(s)"})  # fmt: skip
+    nccl = "host:1:2 [0] NCCL INFO Channel 00/0 : 0[0] -> 1[1] via P2P/CUMEM"
+    script = (
+        f"import sys, time; print({start!r}, flush=True); print({nccl!r}, file=sys.stderr); time.sleep(60)"
+    )
+    monkeypatch.setattr(probe, "probe_command", lambda *a: [sys.executable, "-c", script])
+    ctx = make_context(SelectionOptions("multi"), str(FIXTURES / "inv-workstation-2x5090-display.json"))
+    ctx = dataclasses.replace(ctx, inventory_path=None, deep_timeout_s=3, env={})
+    [finding] = deep_checks.replica_consistency(ctx)
+    assert finding.status == "fail" and "likely cause: P2P over PCIe between GeForce cards" in finding.message
+    assert "NCCL_P2P_DISABLE is unset" in finding.message and "NCCL_P2P_DISABLE=1" in finding.remedy
+    assert finding.log_tail == (nccl,) and finding.to_dict()["log_tail"] == [nccl]
+
+
+def test_system_facts_name_their_own_causes():
+    from diagnostics.system import AcsBridge, SystemFacts
+
+    bridge = AcsBridge("0000:00:03.5", (0, 1), "SrcValid+ TransBlk- ReqRedir+ CmpltRedir+")
+    facts = SystemFacts(shm_bytes=64 * 2**20, in_container=True, iommu="on", acs_bridges=(bridge,))
+    causes = deep_checks._system_causes(facts)
+    assert len(causes) == 3 and "0000:00:03.5" in causes[0] and "IOMMU" in causes[1]
+    assert "/dev/shm in this container is 64 MiB" in causes[2]
+    assert deep_checks._system_causes(None) == []

@@ -3,7 +3,8 @@ selected, run before TensorFlow is imported, in a few milliseconds. Each warning
 line with its remedy; a failure stops the run (exit 1) unless --skip-preflight.
 
 A CPU plan, chosen or fallen back to, is not checked: nothing here applies to it, and a machine
-without a driver must still train on its CPU.
+without a driver must still train on its CPU. With --jit-compile, a GPU XLA cannot compile for under
+this TensorFlow (knowledge.xla_unavailable, the rule the sweep's XLA variant uses too) is a warning.
 """
 
 from __future__ import annotations
@@ -13,14 +14,16 @@ import os
 import re
 from typing import TextIO
 
-from diagnostics.checks import Context, Finding, run_preflight
+from diagnostics import knowledge
+from diagnostics.checks import Context, Finding, run_preflight, see
 from diagnostics.selection import SelectionOptions
 from diagnostics.stack import read_stack
 from training.devices.setup import DevicePlan
 
 
-def preflight(plan: DevicePlan) -> list[Finding]:
-    """The warnings and failures of the preflight checks on `plan`'s GPUs (none for a CPU plan)."""
+def preflight(plan: DevicePlan, jit_compile: bool = False) -> list[Finding]:
+    """The warnings and failures of the preflight checks on `plan`'s GPUs (none for a CPU plan);
+    `jit_compile`: the run asks for XLA."""
     if plan.kind != "gpu" or plan.inventory is None or plan.selection is None:
         return []
     inventory, selection = plan.inventory, plan.selection
@@ -35,7 +38,21 @@ def preflight(plan: DevicePlan) -> list[Finding]:
         inventory_path=inventory.source if replay else None,
         stack_origin="recorded" if replay and inventory.software else "replaying" if replay else "live",
     )
-    return run_preflight(ctx)
+    return run_preflight(ctx) + (_xla(ctx) if jit_compile else [])
+
+
+def _xla(ctx: Context) -> list[Finding]:
+    """--jit-compile on GPUs this TensorFlow's XLA cannot compile for: a warning with the remedy."""
+    caps = ctx.stack.tf_build.compute_capabilities if ctx.stack.tf_build else ()
+    blocked = [g for g in ctx.selected if knowledge.xla_unavailable([g.compute_capability], caps)]
+    why = knowledge.xla_unavailable([g.compute_capability for g in blocked], caps)
+    if why is None:
+        return []
+    remedy = (
+        "train without --jit-compile on these GPUs, or use a TensorFlow build with their kernels (NVIDIA's "
+        f"TensorFlow container, or built from source with CUDA 12.8+) {see('rtx-5090-and-blackwell')}"
+    )
+    return [Finding("jit-compile", "warn", why, remedy, tuple(g.index for g in blocked))]
 
 
 def report(findings: list[Finding], out: TextIO) -> bool:

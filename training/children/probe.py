@@ -2,7 +2,10 @@
 starts it by name). It is handed the devices gpudiag selected (`--visible-gpus UUID...` or
 `--cpu-replicas N`), sets them up with the trainer's own `setup_device_strategy`, and reports each
 deep check as JSON lines on its channel (`common.child`): "start" before a stage, so a hang can be
-named, then a "finding".
+named, then a "finding". `replica-consistency` starts with a timed all-reduce of a small tensor,
+the collective a training step hangs in when NCCL's path between the GPUs is broken (its NCCL log,
+NCCL_DEBUG=INFO, goes to stderr for gpudiag to keep); GPUDIAG_FAULT=allreduce-hang makes the last
+replica never join it, so that the parent's deadline ends the child.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from common.child import Channel, open_channel
-from diagnostics.probe import INJECT_ENV, RELATIVE_TOLERANCE
+from diagnostics.probe import ALLREDUCE_FLOATS, INJECT_ENV, RELATIVE_TOLERANCE
 from training.devices.setup import (
     DeviceSetupError,
     add_device_args,
@@ -23,6 +26,7 @@ from training.devices.setup import (
     runtime_initialized,
     setup_device_strategy,
 )
+from training.loop.faults import FAULT_ENV, probe_fault
 
 
 def injected(check: str) -> float | None:
@@ -241,10 +245,66 @@ def _one_step(
     return [[c.numpy() for c in per_var] for per_var in copies]
 
 
+def _never_returns(replica: Any, value: Any) -> Any:
+    """The injected hang: the last replica sleeps instead of contributing, so the others wait in the
+    collective for it, as they do for a GPU whose NCCL transport is stuck."""
+    print(f"{FAULT_ENV}=allreduce-hang: replica {int(replica)} never joins the all-reduce", file=sys.stderr)
+    sys.stderr.flush()
+    while True:
+        time.sleep(1)
+
+
+def _allreduce(events: Events, tf: Any, setup: Any) -> tuple[str | None, float]:
+    """Sum a small tensor over the replicas, timed: (what went wrong or None, seconds)."""
+    n = setup.num_replicas
+    hang = probe_fault("allreduce-hang")
+    events.start(
+        "replica-consistency",
+        detail=f"an all-reduce of {ALLREDUCE_FLOATS} float32 over {n} replica(s) ({_where(setup)})",
+        stage="allreduce",
+        final=False,
+    )
+
+    def pick(replica: Any, value: Any) -> Any:
+        return _never_returns(replica, value) if int(replica) == n - 1 else value
+
+    @tf.function
+    def contribute() -> Any:
+        ctx = tf.distribute.get_replica_context()
+        value = tf.fill([ALLREDUCE_FLOATS], tf.cast(ctx.replica_id_in_sync_group + 1, tf.float32))
+        if hang:
+            value = tf.py_function(pick, [ctx.replica_id_in_sync_group, value], tf.float32)
+            value.set_shape([ALLREDUCE_FLOATS])
+        return ctx.all_reduce(tf.distribute.ReduceOp.SUM, value)
+
+    t0 = time.monotonic()
+    sums = setup.strategy.experimental_local_results(setup.strategy.run(contribute))
+    seconds = time.monotonic() - t0
+    expected = n * (n + 1) / 2  # replica i contributes i + 1
+    wrong = [i for i, s in enumerate(sums) if abs(float(s.numpy().max()) - expected) > 0]
+    if wrong or len(sums) != n:
+        return (
+            f"the all-reduce over {n} replica(s) returned a wrong sum on replica(s) {wrong or 'all'}",
+            seconds,
+        )
+    return None, seconds
+
+
 def _check_consistency(events: Events, tf: Any, setup: Any, gpus: list[int]) -> None:
     import keras
     import numpy as np
 
+    broken, allreduce_s = _allreduce(events, tf, setup)
+    if broken:
+        events.finding(
+            "replica-consistency",
+            "fail",
+            broken,
+            "export NCCL_P2P_DISABLE=1 or train with --cross-device-ops hierarchical, then rerun "
+            "`gpudiag check --deep`; see TROUBLESHOOTING.md#wrong-results-across-replicas",
+            gpus,
+        )
+        return
     events.start("replica-consistency", detail=f"one step on 1 and on {setup.num_replicas} replicas")
     n = setup.num_replicas
     rng = np.random.default_rng(1)
@@ -287,7 +347,8 @@ def _check_consistency(events: Events, tf: Any, setup: Any, gpus: list[int]) -> 
         events.finding(
             "replica-consistency",
             "pass",
-            f"one step on {n} replica(s) matches one device (relative difference {worst:.1e}) on {where}",
+            f"one step on {n} replica(s) matches one device (relative difference {worst:.1e}) on {where}; "
+            f"an all-reduce of {ALLREDUCE_FLOATS} float32 took {allreduce_s:.2f} s",
             "",
             gpus,
         )

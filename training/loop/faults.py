@@ -14,6 +14,8 @@ machine, so the tests make them happen here instead, as DCGM tests its diagnosti
 - sleep_per_step=S: each step takes S seconds longer (so that a test can kill a run mid-epoch).
 - kill_after_step=N: SIGKILL this process right after global step N and any checkpoint it writes.
 - kill_during_checkpoint=N: SIGKILL this process halfway through writing its Nth checkpoint file.
+- allreduce-hang (no value): `gpudiag check --deep`'s child blocks in its all-reduce, so that the
+  parent's deadline and its report of a hung all-reduce can be seen; the trainer ignores it.
 
 Unset (the normal case) this costs one environment lookup per run: `from_env()` returns None and
 the trainer skips every hook.
@@ -111,6 +113,8 @@ _INT_FIELDS = {
     "nan_weights_at_step",
 }
 _FLOAT_FIELDS = {"sleep_per_step"}
+# Faults without a value, for the other children that read GPUDIAG_FAULT (`probe_fault`)
+PROBE_FAULTS = {"allreduce-hang"}
 
 
 def parse(text: str) -> Faults:
@@ -118,7 +122,7 @@ def parse(text: str) -> Faults:
     faults = Faults()
     known = sorted(_INT_FIELDS | _FLOAT_FIELDS)
     for item in text.replace(" ", "").split(","):
-        if not item:
+        if not item or item in PROBE_FAULTS:
             continue
         key, sep, value = item.partition("=")
         if not sep or key not in known:
@@ -143,6 +147,12 @@ def from_env(environ: dict[str, str] | None = None) -> Faults | None:
     faults = parse(text)
     configured = any(getattr(faults, name) is not None for name in _INT_FIELDS | _FLOAT_FIELDS)
     return faults if configured else None
+
+
+def probe_fault(name: str, environ: dict[str, str] | None = None) -> bool:
+    """True when GPUDIAG_FAULT names the value-less fault `name` (one of PROBE_FAULTS)."""
+    text = (os.environ if environ is None else environ).get(FAULT_ENV, "")
+    return name in PROBE_FAULTS and name in text.replace(" ", "").split(",")
 
 
 # -- the benchmark worker's faults ------------------------------------------------------------------
