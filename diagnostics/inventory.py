@@ -1,10 +1,11 @@
-"""The GPU inventory: Gpu / Link / Inventory dataclasses and the snapshot format (gpudiag-inventory/2,
-docs/inventory.schema.json; version 1 files still read).
+"""The GPU inventory: Gpu / Link / Inventory dataclasses and the snapshot format (gpudiag-inventory/3,
+docs/inventory.schema.json; versions 1 and 2 still read).
 
 Everything that reasons about GPUs (selection, checks, the trainer's plan) works on these objects,
 so a recorded snapshot of another machine replays exactly like the live one. A snapshot also carries
-the software and GPU-related environment of the machine it was taken on, and why NVML could not be
-read there, if it could not: a whole bug report. `load_inventory` also reads `nvidia-smi -q -x`
+the software and GPU-related environment of the machine it was taken on, the system facts behind
+NCCL hangs (diagnostics.system), and why NVML could not be read there, if it could not: a whole bug
+report. `load_inventory` also reads `nvidia-smi -q -x`
 dumps (diagnostics.nvidia_smi), recognised by their content.
 """
 
@@ -19,11 +20,13 @@ from typing import Any
 from common import files
 from common.errors import UserError
 from diagnostics.stack import Stack, stack_from_dict
+from diagnostics.system import SystemFacts, system_from_dict
 
-SCHEMA_ID = "gpudiag-inventory/2"
+SCHEMA_ID = "gpudiag-inventory/3"
 # Every version this reader accepts. Version 2 added software, environment, nvml_error, origin, MIG
 # mode, and allows a null compute capability (an nvidia-smi dump of a GPU gpudiag does not know).
-READABLE_SCHEMAS = ("gpudiag-inventory/1", SCHEMA_ID)
+# Version 3 added `system` (shm, container, IOMMU, ACS, network names) and the SM clocks.
+READABLE_SCHEMAS = ("gpudiag-inventory/1", "gpudiag-inventory/2", SCHEMA_ID)
 
 Megabytes = int
 
@@ -72,6 +75,8 @@ class Gpu:
     processes: tuple[GpuProcess, ...] | None = None
     mig_enabled: bool | None = None  # MIG mode on (nvidia-smi "MIG M.": Enabled)
     mig_devices: tuple[str, ...] | None = None  # the MIG instances' UUIDs ("MIG-...") where known
+    sm_clock_mhz: int | None = None  # nvidia-smi clocks.sm
+    sm_clock_max_mhz: int | None = None  # nvidia-smi clocks.max.sm
 
     @property
     def memory_total_gb(self) -> float:
@@ -118,6 +123,7 @@ class Inventory:
     environment: dict[str, str] | None = None  # its GPU-related variables (CUDA_VISIBLE_DEVICES, NCCL_*...)
     nvml_error: str | None = None  # why NVML could not be read there (then there are no GPUs)
     origin: str | None = None  # e.g. "nvidia-smi -q -x (nvsmi_device_v12.dtd)" for a converted dump
+    system: SystemFacts | None = None  # None: a version 1/2 snapshot, or a dump, that predates it
 
     def gpu(self, index: int) -> Gpu | None:
         return next((g for g in self.gpus if g.index == index), None)
@@ -143,6 +149,7 @@ class Inventory:
             "nvml_error": self.nvml_error,
             "software": None if self.software is None else self.software.to_dict(),
             "environment": self.environment,
+            "system": None if self.system is None else self.system.to_dict(),
         }
         return data
 
@@ -262,6 +269,12 @@ def _parse_inventory(data: Any, source: str) -> Inventory:
     environment = top.get("environment", (dict,))
     if environment is not None and not all(isinstance(v, str) for v in environment.values()):
         raise InventoryError(f"{source}: field 'environment' must map variable names to strings")
+    system = None
+    if top.get("system", (dict,)) is not None:
+        try:
+            system = system_from_dict(data["system"])
+        except ValueError as exc:
+            raise InventoryError(f"{source}: field 'system': {exc}") from None
     return Inventory(
         driver_version=top.get("driver_version", (str,)),
         cuda_driver_version=top.get("cuda_driver_version", (str,)),
@@ -274,6 +287,7 @@ def _parse_inventory(data: Any, source: str) -> Inventory:
         environment=None if environment is None else {str(k): v for k, v in environment.items()},
         nvml_error=top.get("nvml_error", (str,)),
         origin=top.get("origin", (str,)),
+        system=system,
     )
 
 
@@ -331,6 +345,8 @@ def _parse_gpu(r: _Reader) -> Gpu:
         processes=processes,
         mig_enabled=r.get("mig_enabled", (bool,)),
         mig_devices=None if mig_devices is None else tuple(mig_devices),
+        sm_clock_mhz=r.get("sm_clock_mhz", (int,)),
+        sm_clock_max_mhz=r.get("sm_clock_max_mhz", (int,)),
     )
 
 

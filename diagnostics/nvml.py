@@ -7,7 +7,8 @@ driver becomes one `NvmlUnavailable` error that callers turn into a message.
 NVLink between two GPUs is decided by nvmlDeviceGetP2PStatus with the NVLink index, which also sees
 links through NVSwitch (DGX H100: every link's remote end is a switch, not the peer GPU); memory
 comes from nvmlDeviceGetMemoryInfo v2 where the library has it (v1 counts the driver's reserved
-memory as used on drivers >= 515).
+memory as used on drivers >= 515). A full read (with links) also records the system facts behind
+NCCL hangs (diagnostics.system), which need the GPUs' PCI addresses.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from functools import partial
 from types import ModuleType
 from typing import Any, TypeVar
 
-from diagnostics import knowledge
+from diagnostics import knowledge, system
 from diagnostics.inventory import Gpu, GpuProcess, Inventory, Link, Pcie
 
 T = TypeVar("T")
@@ -50,6 +51,7 @@ _CLOCK_EVENT_REASONS = {
 _P2P_CAPS_INDEX_READ = 0  # pynvml.NVML_P2P_CAPS_INDEX_READ is the tuple (0,) by a typo
 _P2P_CAPS_INDEX_NVLINK = 2  # nvmlGpuP2PCapsIndex_enum: READ 0, WRITE 1, NVLINK 2
 _MIG_ENABLE = 1  # NVML_DEVICE_MIG_ENABLE
+_CLOCK_SM = 1  # NVML_CLOCK_SM (nvmlClockType_t: GRAPHICS 0, SM 1, MEM 2, VIDEO 3)
 _MIB = 1024**2
 
 
@@ -97,8 +99,14 @@ class _Session:
             return None
 
 
-def read_inventory(include_links: bool = True, include_processes: bool = True) -> Inventory:
-    """Snapshot the live machine. Raises NvmlUnavailable when there is no usable driver."""
+def read_inventory(
+    include_links: bool = True, include_processes: bool = True, include_system: bool | None = None
+) -> Inventory:
+    """Snapshot the live machine. Raises NvmlUnavailable when there is no usable driver.
+
+    `include_system` defaults to `include_links`: both describe the paths between GPUs, and the quick
+    reads that skip links (the trainer's, the sweep's) skip the system facts too.
+    """
     nvml = _pynvml()
     with _Session(nvml) as s:
         driver = s.opt(lambda: _text(nvml.nvmlSystemGetDriverVersion()))
@@ -116,6 +124,8 @@ def read_inventory(include_links: bool = True, include_processes: bool = True) -
             gpus.append(_read_gpu(s, index, handle, include_processes))
             handles.append((index, handle))
         links = _read_links(s, handles, gpus) if include_links else None
+    wanted = include_links if include_system is None else include_system
+    facts = system.read_system({g.index: g.pci_bus_id for g in gpus}) if wanted else None
     return Inventory(
         driver_version=driver,
         cuda_driver_version=None if cuda is None else f"{cuda // 1000}.{cuda % 1000 // 10}",
@@ -124,6 +134,7 @@ def read_inventory(include_links: bool = True, include_processes: bool = True) -
         captured_at=datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
         host=socket.gethostname(),
         source="live",
+        system=facts,
     )
 
 
@@ -201,6 +212,8 @@ def _read_gpu(s: _Session, index: int, h: Any, include_processes: bool) -> Gpu:
         processes=_processes(s, h) if include_processes else None,
         mig_enabled=mig_enabled,
         mig_devices=mig_devices,
+        sm_clock_mhz=_sm_clock(s, h, "nvmlDeviceGetClockInfo"),
+        sm_clock_max_mhz=_sm_clock(s, h, "nvmlDeviceGetMaxClockInfo"),
     )
 
 
@@ -211,6 +224,12 @@ def _opt_text(s: _Session, query: Callable[[], Any]) -> str | None:
 
 def _feature(value: int | None) -> bool | None:
     return None if value is None else bool(value)  # NVML_FEATURE_ENABLED == 1
+
+
+def _sm_clock(s: _Session, h: Any, query_name: str) -> int | None:
+    """The SM clock in MHz, current (nvmlDeviceGetClockInfo) or maximum (...GetMaxClockInfo)."""
+    query = getattr(s.nvml, query_name, None)
+    return None if query is None else s.opt(lambda: int(query(h, _CLOCK_SM)))
 
 
 def _clock_reasons(s: _Session, h: Any) -> tuple[str, ...] | None:

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 
 from diagnostics.inventory import Inventory
 from diagnostics.stack import Stack, read_stack
+from diagnostics.system import read_system
 
 # The variables that change which GPUs a run sees and how it uses them.
 ENV_NAMES = ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "XLA_FLAGS", "LD_LIBRARY_PATH")
@@ -54,6 +55,7 @@ def take_snapshot(
             captured_at=datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
             host=socket.gethostname(),
             nvml_error=str(exc),
+            system=read_system({}),  # no GPUs to place, but shm, container and IOMMU still tell
         )
     software = dataclasses.replace(stack or read_stack(env=env), os=platform.platform())
     return dataclasses.replace(inventory, software=software, environment=gpu_environment(env))

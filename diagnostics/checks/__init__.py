@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Sequence
 
-from diagnostics.checks import cluster, driver, gpus, health, software, topology
+from diagnostics.checks import cluster, driver, gpus, health, nccl, software, topology
 from diagnostics.checks import deep as deep_checks
 from diagnostics.checks.base import (
     GUIDE,
@@ -60,7 +60,11 @@ def registry(deep: bool = False) -> list[tuple[str, Check]]:
         ("device-order", gpus.device_order),
         ("p2p", topology.p2p),
         ("pcie", topology.pcie),
+        ("pcie-acs", nccl.acs_iommu),
         ("health", health.health),
+        ("clocks", nccl.clocks),
+        ("shm", nccl.shm),
+        ("nccl-env", nccl.nccl_env),
         ("cluster", cluster.cluster),
     ]
     if deep:

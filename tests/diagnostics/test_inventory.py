@@ -136,3 +136,44 @@ def test_mutated_snapshots_load_or_fail_clearly(tmp_path, mutation):
         assert str(file) in str(exc) and "\n" not in str(exc)
     else:
         assert all(isinstance(g.memory_total_mib, int) for g in inv.gpus)
+
+
+V3 = Path(__file__).parents[1] / "fixtures" / "inv-v3-container-4xa100-small-shm.json"
+
+
+def test_version_3_round_trips_its_system_facts_and_sm_clocks(tmp_path):
+    """The system object and the SM clocks survive writing and reading; the file is version 3."""
+    inv = load_inventory(Path(__file__).parents[1] / "fixtures" / "inv-v3-hot-throttling-clocks.json")
+    assert inv.system is not None and inv.system.iommu == "passthrough" and inv.gpus[1].sm_clock_mhz == 1125
+    out = tmp_path / "again.json"
+    inv.write(out)
+    assert json.loads(out.read_text())["schema"] == "gpudiag-inventory/3" and load_inventory(out) == inv
+
+
+def test_versions_1_and_2_load_without_system_facts(tmp_path):
+    """An older snapshot has no system object: None, which the checks report as predating it."""
+    data = json.loads(EXAMPLE.read_text())
+    for schema in ("gpudiag-inventory/1", "gpudiag-inventory/2"):
+        path = tmp_path / "old.json"
+        path.write_text(json.dumps({**data, "schema": schema}))
+        inv = load_inventory(path)
+        assert inv.system is None and inv.gpus[0].sm_clock_mhz is None
+
+
+@pytest.mark.parametrize(
+    ("system", "expected"),
+    [
+        ([], "field 'system' must be an object"),
+        ({"iommu": "sometimes"}, "field 'system': iommu must be one of"),
+        ({"shm_bytes": -1}, "field 'system': shm_bytes must be a byte count"),
+        ({"acs_bridges": [{"gpus": [0]}]}, "field 'system': acs_bridges entries need an address"),
+        ({"net_interfaces": "eth0"}, "field 'system': net_interfaces must be a list"),
+    ],
+)
+def test_a_bad_system_object_names_the_field(tmp_path, system, expected):
+    data = json.loads(V3.read_text())
+    data["system"] = system
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(InventoryError, match=expected):
+        load_inventory(path)

@@ -170,7 +170,7 @@ def test_snapshot_converts_a_dump_to_the_snapshot_format(capsys, tmp_path):
     )
     assert code == 0 and "written" in err
     data = json.loads(target.read_text())
-    assert data["schema"] == "gpudiag-inventory/2" and data["software"] is None
+    assert data["schema"] == "gpudiag-inventory/3" and data["software"] is None
     assert data["origin"] == "nvidia-smi -q -x (nvsmi_device_v10.dtd)"
     assert load_inventory(target).gpus == load_inventory(dump("k80-4x-azure-v10.xml")).gpus
 

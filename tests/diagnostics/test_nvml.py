@@ -66,6 +66,8 @@ def fake_pynvml(devices: list[dict], fail: dict[str, str] | None = None, init_er
     fn("nvmlDeviceGetMaxPcieLinkWidth", lambda h: 16)
     fn("nvmlDeviceGetTotalEccErrors", lambda h, a, b: 0)
     fn("nvmlDeviceGetCurrentClocksEventReasons", lambda h: 0x4 | 0x40)
+    fn("nvmlDeviceGetClockInfo", lambda h, clock: {1: 2235, 0: 2235}[clock])  # NVML_CLOCK_SM is 1
+    fn("nvmlDeviceGetMaxClockInfo", lambda h, clock: {1: 2790, 0: 2790}[clock])
     fn("nvmlDeviceGetComputeRunningProcesses", lambda h: [SimpleNamespace(pid=42, usedGpuMemory=2 * 1024**3)])
     fn("nvmlDeviceGetGraphicsRunningProcesses", lambda h: [])
     fn("nvmlSystemGetProcessName", lambda pid: b"python3")
@@ -250,3 +252,36 @@ def test_an_unreadable_compute_capability_comes_from_the_name(install):
         )
     )
     assert [g.compute_capability for g in read_inventory().gpus] == ["3.7", None]
+
+
+def test_sm_clocks_are_read_and_unsupported_ones_are_none(install):
+    """Current and maximum SM clock (NVML_CLOCK_SM); NotSupported, or a library without the call, is None."""
+    install(fake_pynvml([{"i": 0, "name": "NVIDIA GeForce RTX 4090"}]))
+    gpu = read_inventory(include_system=False).gpus[0]
+    assert (gpu.sm_clock_mhz, gpu.sm_clock_max_mhz) == (2235, 2790)
+    install(
+        fake_pynvml(
+            [{"i": 0, "name": "Tesla K80"}], fail={"nvmlDeviceGetClockInfo": "NVMLError_NotSupported"}
+        )
+    )
+    assert read_inventory(include_system=False).gpus[0].sm_clock_mhz is None
+    old = fake_pynvml([{"i": 0, "name": "Tesla K80"}])
+    del old.nvmlDeviceGetMaxClockInfo
+    install(old)
+    assert read_inventory(include_system=False).gpus[0].sm_clock_max_mhz is None
+
+
+def test_system_facts_come_with_a_full_read_only(install, monkeypatch):
+    """A full read (links) records the system facts for the GPUs' bus ids; the trainer's quick read
+    (no links) does not pay for them."""
+    seen = []
+
+    def fake_read_system(bus_ids):
+        seen.append(dict(bus_ids))
+        return nvml.system.SystemFacts(iommu="off")
+
+    monkeypatch.setattr(nvml.system, "read_system", fake_read_system)
+    install(fake_pynvml([{"i": 0, "name": "A"}, {"i": 1, "name": "B"}]))
+    assert read_inventory().system == nvml.system.SystemFacts(iommu="off")
+    assert seen == [{0: "00000000:00:00.0", 1: "00000000:01:00.0"}]
+    assert read_inventory(include_links=False).system is None and len(seen) == 1

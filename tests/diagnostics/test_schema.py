@@ -1,4 +1,4 @@
-"""docs/inventory.schema.json, the project's own copy of the snapshot format (version 2), against every
+"""docs/inventory.schema.json, the project's own copy of the snapshot format (version 3), against every
 recorded inventory, every nvidia-smi dump as converted, and what `gpudiag snapshot` writes."""
 
 from __future__ import annotations
@@ -21,14 +21,14 @@ JSON_FIXTURES = sorted(FIXTURES.glob("*.json"))
 DUMPS = sorted((FIXTURES / "nvidia-smi").glob("*.xml"))
 
 
-def test_the_schema_is_version_2_and_names_every_readable_version():
-    assert SCHEMA["$id"] == SCHEMA_ID == "gpudiag-inventory/2"
+def test_the_schema_is_version_3_and_names_every_readable_version():
+    assert SCHEMA["$id"] == SCHEMA_ID == "gpudiag-inventory/3"
     assert set(SCHEMA["properties"]["schema"]["enum"]) == set(READABLE_SCHEMAS)
 
 
 @pytest.mark.parametrize("path", JSON_FIXTURES, ids=lambda p: p.name)
 def test_every_recorded_inventory_validates_as_written_and_as_rewritten(path):
-    """Each fixture (version 1 or 2) validates, and so does the version 2 file gpudiag writes from it."""
+    """Each fixture (version 1, 2 or 3) validates, and so does the version 3 file gpudiag writes from it."""
     assert errors(json.loads(path.read_text()), SCHEMA) == []
     assert errors(load_inventory(path).to_dict(), SCHEMA) == []
 

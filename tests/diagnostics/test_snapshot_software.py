@@ -76,7 +76,7 @@ def test_gpudiag_snapshot_without_a_driver_writes_the_report_and_exits_1(capsys,
     code, out, err = run(capsys, "snapshot", "-o", str(target))
     assert code == 1 and out == "" and err.count("\n") == 1 and NO_DRIVER in err and str(target) in err
     data = json.loads(target.read_text())
-    assert data["schema"] == "gpudiag-inventory/2" and data["nvml_error"] == NO_DRIVER
+    assert data["schema"] == "gpudiag-inventory/3" and data["nvml_error"] == NO_DRIVER
     assert data["software"]["python"] and "system_libraries" in data["software"] and data["software"]["os"]
     code, out, _ = run(capsys, "check", "--inventory", str(target), "--json")
     driver = next(f for f in json.loads(out)["findings"] if f["check"] == "driver")
@@ -113,11 +113,11 @@ def test_the_recorded_environment_is_the_replays_environment(tmp_path):
     assert not any("fastest first" in f.message for f in run_check(ctx, "device-order"))
 
 
-def test_version_1_reads_and_version_2_is_written(tmp_path):
+def test_version_1_reads_and_version_3_is_written(tmp_path):
     inv = load_inventory(FIXTURES / "example-server-4xa100.json")
     path = tmp_path / "again.json"
     inv.write(path)
-    assert json.loads(path.read_text())["schema"] == "gpudiag-inventory/2"
+    assert json.loads(path.read_text())["schema"] == "gpudiag-inventory/3"
     assert load_inventory(path) == inv
 
 
