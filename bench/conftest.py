@@ -5,7 +5,9 @@ bad value as a usage error naming the flag; pytest_configure then checks what ne
 or the devices (one line from pytest's usage error, exit 4). Both happen before any worker starts or
 any file is written. The report is written when the session ends.
 Other benchmark modules in bench/ use none of this: the sweep's fixtures are requested only by
-test_sweep.py, and its option destinations all start with `sweep_`.
+test_sweep.py, and its option destinations all start with `sweep_`. Those modules are the project's
+self-benchmarks (marker `selfbench`): deselected unless `--self-benchmarks` is given, so that
+`pytest bench --benchmark-only` is the user's sweep alone. Each sweep case writes one progress line.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 
 import pytest
 from sweep import CaseFailed, Sweep
-from sweep_cases import BENCHMARKS, Case, plan_cases
+from sweep_cases import BENCHMARKS, Case, plan_cases, progress_line
 from sweep_env import machine_info as gpu_machine_info
 from sweep_options import PREFIX, SweepOptions, SweepUsageError, add_sweep_options, check_options
 
@@ -27,11 +29,22 @@ _OPTIONS = pytest.StashKey[tuple[SweepOptions, DevicePlan]]()
 _SWEEP = pytest.StashKey[Sweep]()
 _OTHER_TESTS_SECONDS = pytest.StashKey[list[float]]()
 _REPORT = pytest.StashKey[str]()
+_DESELECTED_SELF = pytest.StashKey[int]()
+_CASES = pytest.StashKey[list[int]]()  # [cases done, cases collected]
+_PROGRESS = pytest.StashKey[str]()  # on an item: its case's line, written after its result
+SELF_BENCHMARKS = "self_benchmarks"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("gpudiag sweep", "GPU-count x batch-size scaling sweep (bench/test_sweep.py)")
     add_sweep_options(group.addoption)
+    parser.getgroup("gpudiag self-benchmarks").addoption(
+        "--self-benchmarks",
+        action="store_true",
+        dest=SELF_BENCHMARKS,
+        help="also run the project's own speed targets (marker selfbench: trainer vs hand loop, gpudiag "
+        "speed, multi-worker overhead, the harness share of a fixed sweep); `tox -e selfbench`",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -43,6 +56,7 @@ def pytest_configure(config: pytest.Config) -> None:
     except SweepUsageError as exc:
         raise pytest.UsageError(str(exc)) from None
     config.stash[_OTHER_TESTS_SECONDS] = []
+    config.stash[_CASES] = [0, 0]
 
 
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict[str, Any]) -> None:
@@ -68,9 +82,16 @@ def _case_of(item: pytest.Item) -> Case | None:
     return case if isinstance(case, Case) else None  # an empty parameter set holds NOTSET
 
 
+@pytest.hookimpl(trylast=True)  # after -k and -m: the cases counted are those that will run
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Run the sweep's cases grouped by (device count, cross-device ops): one worker start for
-    each, in plan order."""
+    """Leave the self-benchmarks out unless asked for; run the sweep's cases grouped by (device
+    count, cross-device ops): one worker start for each, in plan order."""
+    if not config.getoption(SELF_BENCHMARKS):
+        mine = [item for item in items if item.get_closest_marker("selfbench") is not None]
+        if mine:
+            config.hook.pytest_deselected(items=mine)
+            items[:] = [item for item in items if item.get_closest_marker("selfbench") is None]
+            config.stash[_DESELECTED_SELF] = len(mine)
     positions = [i for i, item in enumerate(items) if _case_of(item) is not None]
     if not positions:
         return
@@ -86,6 +107,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     ours = sorted((items[i] for i in positions), key=key)  # stable: keeps size/batch order
     for i, item in zip(positions, ours, strict=True):
         items[i] = item
+    config.stash[_CASES][1] = len(positions)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -97,6 +119,20 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
     finally:
         if _case_of(item) is None:
             item.config.stash[_OTHER_TESTS_SECONDS].append(time.perf_counter() - started)
+        else:
+            _write_progress(item)
+
+
+def _write_progress(item: pytest.Item) -> None:
+    """One line per case once its result is out ("case 3/12: train 2 CPU devices x 32: 1,234
+    samples/s"): pytest captures the case's own output, and a sweep runs for minutes."""
+    counts = item.config.stash[_CASES]
+    counts[0] += 1
+    reporter = item.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None and _PROGRESS in item.stash:
+        if reporter.verbosity < 0:  # under -q the result's dot has no line of its own to end
+            reporter.write("\n")
+        reporter.write_line(f"case {counts[0]}/{counts[1]}: {item.stash[_PROGRESS]}")
 
 
 @pytest.fixture
@@ -115,15 +151,18 @@ def sweep(pytestconfig: pytest.Config) -> Sweep:
 
 
 @pytest.fixture
-def run_case(benchmark: Any, sweep: Sweep, sweep_case: Case) -> Any:
+def run_case(benchmark: Any, sweep: Sweep, sweep_case: Case, request: pytest.FixtureRequest) -> Any:
     """Runs the case; a recorded out-of-memory is a skip, a crash or hang a failure."""
 
     def run() -> dict[str, Any] | None:
         failed: CaseFailed | None = None
+        row: dict[str, Any] | None = None
         try:
             row = sweep.run(benchmark, sweep_case)
         except CaseFailed as exc:
             failed = exc
+        failure = None if failed is None else str(failed).splitlines()[0]
+        request.node.stash[_PROGRESS] = progress_line(sweep_case, row, failure, sweep.unit)
         if failed is not None:  # outside the except block: the failure is the message, no chain
             if failed.expected:
                 pytest.skip(str(failed))
@@ -177,10 +216,15 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config.stash[_REPORT] = (
         f"scaling report: {next(p for p in written if p.name == 'scaling.md')} "
         f"(harness: {harness['fraction']:.0%} of {harness['wall_seconds']:.1f} s "
-        "in measured or warm-up steps)"
+        "in measured or warm-up steps; more --steps or --rounds raise it)"
     )
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     if _REPORT in config.stash:
         terminalreporter.write_line(config.stash[_REPORT])
+    if config.stash.get(_DESELECTED_SELF, 0):
+        terminalreporter.write_line(
+            f"{config.stash[_DESELECTED_SELF]} self-benchmark(s) not run: add --self-benchmarks "
+            "(or run `tox -e selfbench`)"
+        )

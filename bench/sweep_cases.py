@@ -10,13 +10,14 @@ depends on); the input pipeline, which depends on none, once per device count.
 from __future__ import annotations
 
 import itertools
+import statistics
 from dataclasses import dataclass
 from typing import Any
 
 from sweep_options import SweepOptions
 
 from reports.results import format_bytes
-from reports.variants import AXES, AXES_OF
+from reports.variants import AXES, AXES_OF, is_default, label
 from training.children.protocol import ALLREDUCE_UNROLL, AllreduceWork, InputWork, TrainWork, Work
 
 BENCHMARKS = ("train", "input", "allreduce")
@@ -159,3 +160,24 @@ def work_of(case: Case, options: SweepOptions) -> Work:
         steps_per_execution=case.steps_per_execution,
         **data_request(options),
     )
+
+
+def progress_line(case: Case, row: dict[str, Any] | None, failure: str | None, unit: str) -> str:
+    """What a case measured, in one line: 'train 2 CPU devices x 32: 1,234 samples/s' (median round),
+    'all-reduce 2 GPUs 1 MiB: 3.1 GB/s algbw', or the failure ('OOM at 256 per GPU on 2 GPUs: ...')."""
+    units = unit if case.gpus == 1 else f"{unit}s"
+    if case.benchmark == "allreduce":
+        assert case.nbytes is not None
+        what = f"all-reduce {case.gpus} {units} {format_bytes(case.nbytes)}"
+    else:
+        what = f"{case.benchmark} {case.gpus} {units} x {case.batch_per_gpu}"
+    if case.benchmark != "input" and not is_default(case.variant):
+        what += f" ({label(case.variant)})"
+    if failure is not None:  # its summary names the case and its variant
+        return failure
+    if row is None:
+        return f"{what}: ran once, not measured (--benchmark-disable)"
+    seconds = statistics.median(row["round_seconds"])
+    if case.benchmark == "allreduce":
+        return f"{what}: {row['bytes'] * row['iters'] / seconds / 1e9:.3g} GB/s algbw"
+    return f"{what}: {row['global_batch'] * row['steps'] / seconds:,.0f} samples/s"

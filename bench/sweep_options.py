@@ -38,8 +38,10 @@ DEFAULT_ALLREDUCE_ITERS = 20
 DEFAULT_WORKER_TIMEOUT = 300.0
 DEFAULT_WORKER_START_TIMEOUT = 600.0  # a new GPU generation can JIT-compile PTX for minutes
 # The share of wall time a sweep must spend in measured or warm-up steps (the rest is pytest,
-# TensorFlow starts, tracing, IPC): measured 74% on a default CPU sweep.
-DEFAULT_HARNESS_MIN_SHARE = 0.6
+# TensorFlow starts, tracing, IPC): none by default, since a user's small sweep is mostly TensorFlow
+# starting and the report states the share; bench/test_harness_share.py holds a fixed sweep of ours
+# to 0.6 (a self-benchmark).
+DEFAULT_HARNESS_MIN_SHARE = 0.0
 SCALING_MODES = ("weak", "strong", "both")
 
 
@@ -269,8 +271,8 @@ class SweepOptions:
     )
     harness_min_share: float = option(
         DEFAULT_HARNESS_MIN_SHARE,
-        f"fail unless this share of the sweep's wall time went to measured or warm-up steps "
-        f"(default {DEFAULT_HARNESS_MIN_SHARE}; a sweep of seconds is mostly TensorFlow's start: use 0)",
+        "fail unless this share of the sweep's wall time went to measured or warm-up steps (default 0: "
+        "the report states the share, nothing is asserted; a sweep of seconds is mostly TensorFlow's start)",
         convert=fraction,
         metavar="F",
     )

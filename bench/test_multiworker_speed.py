@@ -19,6 +19,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+# a speed target of the project's own, not the user's sweep: run with --self-benchmarks
+pytestmark = pytest.mark.selfbench
+
 ROOT = Path(__file__).resolve().parent.parent
 ROUNDS = 3
 ARGS = ["--model", "mlp", "--epochs", "1", "--steps-per-epoch", "60", "--global-batch-size", "128", "-q"]

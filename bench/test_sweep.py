@@ -1,5 +1,5 @@
 """The scaling sweep: training throughput, input pipeline and all-reduce per (device count, size),
-and the harness itself (most of the sweep's time is spent in the steps it measures).
+and the harness's share of the wall time (reported; asserted only under --harness-min-share).
 
 Parametrised by bench/conftest.py from the sweep options; each case runs in the worker of its
 device count and is timed by benchmark.pedantic (one warm-up round, then --rounds rounds).
@@ -49,15 +49,18 @@ def test_allreduce(run_case: Any) -> None:
 
 
 def test_the_harness_spends_its_time_in_the_steps(sweep: Any, harness_now: Any, benchmark: Any) -> None:
-    """Runs after every case: measured and warm-up steps take at least --harness-min-share of the
-    sweep's wall time so far (pytest's start, TensorFlow's starts, tracing and IPC are the rest).
-    It times nothing itself: it asks for `benchmark` only so that --benchmark-only runs it."""
+    """Runs after every case and prints the share of the sweep's wall time so far spent in measured
+    and warm-up steps (pytest's start, TensorFlow's starts, tracing and IPC are the rest); fails only
+    below --harness-min-share when one is given (bench/test_harness_share.py gives one to a fixed
+    sweep of ours: a user's small sweep is not held to it). It times nothing itself: it asks for
+    `benchmark` only so that --benchmark-only runs it."""
     sweep.close_worker()  # the last case is done: free its memory and cores for what runs next
     harness = harness_now()
     share = sweep.options.harness_min_share
+    required = f"at least {share:.0%} required" if share > 0 else "more --steps or --rounds raise it"
     print(
         f"\nharness: {harness['benchmark_seconds']:.1f} s of {harness['wall_seconds']:.1f} s in steps "
-        f"({harness['fraction']:.0%}; at least {share:.0%} required)"
+        f"({harness['fraction']:.0%}; {required})"
     )
     assert harness["benchmark_seconds"] > 0, "no case ran"
     assert harness["fraction"] >= share, harness

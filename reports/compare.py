@@ -1,8 +1,8 @@
 """Compare two sweeps (`python -m reports compare BASE.json NEW.json`): what a user runs before and
 after a driver or TensorFlow upgrade.
 
-Per case (benchmark, device count, batch or message size, variant) both rates, the change of the
-median, and a verdict. A change is significant when the two 95% confidence intervals of the rate
+Per case (benchmark, workers, devices per worker, batch or message size, variant) both rates, the
+change of the median, and a verdict. A change is significant when the two 95% confidence intervals of the rate
 do not overlap (reports.stats.summarize: the median's interval from 6 rounds, Student's t of the
 mean below) AND it exceeds the threshold; a significant drop is a regression, and so is a case
 that ran in BASE and failed in NEW. As pytest-benchmark's `--benchmark-compare-fail`, the
@@ -107,8 +107,10 @@ def check_comparable(base: Any, new: Any, base_name: str, new_name: str) -> tupl
     return typed
 
 
-def _unit(results: Results, n: int | None) -> str:
-    return f"{n} {results.unit}{'s' if n != 1 else ''}"
+def _unit(results: Results, n: int | None, workers: int | None = None) -> str:
+    """'2 GPUs', or per worker in a cluster: '2 workers x 2 GPUs' (a merge of cluster sizes)."""
+    devices = f"{n} {results.unit}{'s' if n != 1 else ''}"
+    return devices if (workers or 1) == 1 else f"{workers} workers x {devices}"
 
 
 def cases(results: Results) -> dict[tuple[Any, ...], Case]:
@@ -117,14 +119,14 @@ def cases(results: Results) -> dict[tuple[Any, ...], Case]:
     for benchmark, rows in (("train", results.train), ("input", results.input)):
         for row in rows:
             variant = variant_of(row.variant, benchmark)
-            key = (benchmark, row.gpus, row.batch_per_gpu, variant_key(variant))
+            key = (benchmark, row.workers or 1, row.gpus, row.batch_per_gpu, variant_key(variant))
             tail = f" ({label(variant)})" if benchmark == "train" else ""
-            name = f"{benchmark} {_unit(results, row.gpus)} x {row.batch_per_gpu}{tail}"
+            name = f"{benchmark} {_unit(results, row.gpus, row.workers)} x {row.batch_per_gpu}{tail}"
             out[key] = Case(key, name, "samples/s", tuple(row.rates()))
     for ar in results.allreduce:
         variant = variant_of(ar.variant, "allreduce")
-        key = ("allreduce", ar.gpus, ar.bytes, variant_key(variant))
-        name = f"all-reduce {_unit(results, ar.gpus)} {format_bytes(ar.bytes)} ({label(variant)})"
+        key = ("allreduce", ar.workers or 1, ar.gpus, ar.bytes, variant_key(variant))
+        name = f"all-reduce {_unit(results, ar.gpus, ar.workers)} {format_bytes(ar.bytes)} ({label(variant)})"
         rates = tuple(ar.bytes * ar.iters / s / 1e9 for s in ar.round_seconds)
         out[key] = Case(key, name, "GB/s algbw", rates)
     return out
@@ -136,7 +138,7 @@ def failed_keys(results: Results) -> set[tuple[Any, ...]]:
         if f.benchmark not in ("train", "input", "allreduce"):
             continue
         size = f.bytes if f.benchmark == "allreduce" else f.batch_per_gpu
-        keys.add((f.benchmark, f.gpus, size, variant_key(variant_of(f.variant, f.benchmark))))
+        keys.add((f.benchmark, f.workers or 1, f.gpus, size, variant_key(variant_of(f.variant, f.benchmark))))
     return keys
 
 

@@ -41,6 +41,8 @@ class Row:
     gpu_names: list[str] | None = None  # NVML names of its GPUs (datasheet peaks are looked up by them)
     # axis -> value (reports/variants.py); the input pipeline depends on no axis and has none
     variant: dict[str, Any] | None = field(default=None, metadata=OMIT_WHEN_EMPTY)
+    # processes of the cluster the row ran on, each with `gpus` devices (None: one process)
+    workers: int | None = field(default=None, metadata=OMIT_WHEN_EMPTY)
     extra: dict[str, Any] = field(default_factory=dict)  # keys not named here, kept
 
 
@@ -96,6 +98,7 @@ class Failure:
     error: str | None = None  # oom | error | crash | timeout | start
     message: str = ""
     summary: str = ""  # failure_summary(): 'OOM at 256 per GPU on 2 GPUs'
+    workers: int | None = field(default=None, metadata=OMIT_WHEN_EMPTY)  # as Row.workers
     extra: dict[str, Any] = field(default_factory=dict)  # keys not named here, kept
 
 
@@ -180,6 +183,18 @@ class Environment:
 
 
 @dataclass(kw_only=True)
+class MergedRun:
+    """One run of a merge (`python -m reports merge`): where its rows came from."""
+
+    source: str  # the file as given
+    workers: int
+    created_at: str | None = None
+    host: str | None = None
+    complete: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)  # keys not named here, kept
+
+
+@dataclass(kw_only=True)
 class Results:
     schema: str
     created_at: str | None = None
@@ -200,6 +215,8 @@ class Results:
     input: list[InputRow] = field(default_factory=list)
     allreduce: list[AllreduceRow] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
+    # a merge of runs on different cluster sizes (reports/merge.py): the runs, smallest first
+    runs: list[MergedRun] = field(default_factory=list, metadata=OMIT_WHEN_EMPTY)
     extra: dict[str, Any] = field(default_factory=dict)  # keys not named here, kept
 
     @property

@@ -64,6 +64,11 @@ def test_tiny_sweep_writes_the_report(tiny_report):
     for png in ("throughput.png", "efficiency.png", "allreduce.png"):
         assert is_png(out / png), png
     assert f"scaling report: {out / 'scaling.md'}" in proc.stdout
+    # one progress line per case, in run order: 4 training, 4 input, 3 all-reduce cases
+    progress = [line for line in proc.stdout.splitlines() if line.startswith("case ")]
+    assert len(progress) == 11 and progress[0].startswith("case 1/11: train 1 CPU device x 8: ")
+    assert progress[0].endswith(" samples/s") and progress[-1].endswith(" GB/s algbw")
+    assert progress[-1].startswith("case 11/11: all-reduce 2 CPU devices 1 MiB: ")
 
 
 @pytest.mark.slow
@@ -114,6 +119,31 @@ def test_failing_workers_are_recorded_and_the_sweep_goes_on(tmp_path):
     text = (out / "scaling.md").read_text()
     assert "## Failed configurations" in text and "out of memory at 16 per CPU device" in text
     assert "2 failed, 7 passed, 1 skipped" in proc.stdout  # the 7th: the harness share, held to 0
+
+
+def collected(*args: str) -> tuple[int, list[str]]:
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "bench", "--benchmark-only", "--cpu-replicas", "2", "--collect-only",
+         "-q", "-p", "no:cacheprovider", *args],
+        capture_output=True, text=True, cwd=ROOT, env=env, timeout=120,
+    )  # fmt: skip
+    return proc.returncode, proc.stdout.splitlines()
+
+
+def test_the_default_run_is_the_sweep_and_the_self_benchmarks_are_opt_in():
+    """`pytest bench --benchmark-only` collects the sweep alone and says how to add the rest;
+    `--self-benchmarks -m selfbench` (tox -e selfbench) collects the self-benchmarks alone."""
+    code, lines = collected()
+    assert code == 0, lines
+    tests = [line for line in lines if "::" in line]
+    assert tests and all(line.startswith("bench/test_sweep.py::") for line in tests)
+    assert "6 self-benchmark(s) not run: add --self-benchmarks (or run `tox -e selfbench`)" in lines
+    code, lines = collected("--self-benchmarks", "-m", "selfbench")
+    assert code == 0, lines
+    modules = {line.split("::")[0] for line in lines if "::" in line}
+    names = ("trainer_speed", "gpudiag_speed", "multiworker_speed", "harness_share")
+    assert modules == {f"bench/test_{name}.py" for name in names}
 
 
 # A bad value is refused by its option's converter: pytest's usage error names the flag and why.

@@ -293,3 +293,29 @@ def test_image_size_and_data_are_checked_before_anything_runs(tmp_path):
         options("--cpu-replicas", "1", "--data", str(npz), "--image-size", "8", "--report-dir", str(tmp_path))
     with pytest.raises(pytest.UsageError, match=r"^argument --image-size: values must be >= 1, got 0"):
         options("--cpu-replicas", "1", "--image-size", "0", "--report-dir", str(tmp_path))
+
+
+def test_the_harness_share_is_reported_not_asserted_unless_asked_for():
+    """A user's sweep is never failed for the harness's own share; --harness-min-share opts in."""
+    assert options("--cpu-replicas", "2")[0].harness_min_share == 0
+    assert options("--cpu-replicas", "2", "--harness-min-share", "0.6")[0].harness_min_share == 0.6
+
+
+PROGRESS = [
+    (sweep_cases.Case("train", 2, 32), {"global_batch": 64, "steps": 10, "round_seconds": [0.5, 0.4, 0.6]},
+     None, "train 2 CPU devices x 32: 1,280 samples/s"),
+    (sweep_cases.Case("input", 1, 8), {"global_batch": 8, "steps": 100, "round_seconds": [0.1]},
+     None, "input 1 CPU device x 8: 8,000 samples/s"),
+    (sweep_cases.Case("allreduce", 2, nbytes=2**20), {"bytes": 2**20, "iters": 20, "round_seconds": [0.01]},
+     None, "all-reduce 2 CPU devices 1 MiB: 2.1 GB/s algbw"),
+    (sweep_cases.Case("train", 2, 32, jit_compile=True),
+     {"global_batch": 64, "steps": 1, "round_seconds": [1.0, 3.0]},
+     None, "train 2 CPU devices x 32 (XLA): 32 samples/s"),
+    (sweep_cases.Case("train", 2, 16), None, "OOM at 16 per CPU device on 2 CPU devices: out of memory",
+     "OOM at 16 per CPU device on 2 CPU devices: out of memory"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("case", "row", "failure", "line"), PROGRESS, ids=[p[3][:24] for p in PROGRESS])
+def test_each_case_has_a_progress_line_with_its_median_rate(case, row, failure, line):
+    assert sweep_cases.progress_line(case, row, failure, "CPU device") == line
