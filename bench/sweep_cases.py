@@ -93,6 +93,9 @@ def not_applicable(options: SweepOptions) -> list[dict[str, Any]]:
             reason = cross_device_ops_not_applicable(options, n, ops)
             if reason:
                 out.append({"gpus": n, "variant": {"cross_device_ops": ops}, "reason": reason})
+    if True in options.jit_compile:
+        for n, reason in options.xla_not_applicable:
+            out.append({"gpus": n, "variant": {"jit_compile": True}, "reason": reason})
     return out
 
 
@@ -104,6 +107,7 @@ def plan_cases(options: SweepOptions) -> list[Case]:
     for n in options.gpu_counts:
         batches = [b for m, b in configs if m == n]
         runnable = [o for o in options.cross_device_ops if not cross_device_ops_not_applicable(options, n, o)]
+        no_xla = n in dict(options.xla_not_applicable)
         for i, ops in enumerate(runnable):
             for batch in batches:
                 cases += [
@@ -119,6 +123,7 @@ def plan_cases(options: SweepOptions) -> list[Case]:
                     for jit, mixed, k in itertools.product(
                         options.jit_compile, options.mixed_precision, options.steps_per_execution
                     )
+                    if not (jit and no_xla)
                 ]
             if i == 0:  # the pipeline depends on no variant: measured once, in the first worker
                 cases += [Case("input", n, b, cross_device_ops=ops) for b in batches]

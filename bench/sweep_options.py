@@ -18,7 +18,9 @@ from typing import Any
 
 from common.cli import at_least, fraction, from_value_error, integers, on_off, positive_number, size_in_bytes
 from common.errors import UserError
+from diagnostics.knowledge import xla_unavailable
 from diagnostics.selection import SelectionError, SelectionOptions, add_selection_options
+from diagnostics.stack import read_stack
 from reports.variants import AXES
 from reports.write import ReportDirError, check_report_dir
 from training.devices.setup import CROSS_DEVICE_OPS, DeviceFlagError, DevicePlan, plan_devices
@@ -255,6 +257,8 @@ class SweepOptions:
         kind="axis",
     )
     device_kind: str = "cpu"  # the plan's: which cross-device ops can run here
+    # the plan's too: (device count, why XLA cannot compile for those GPUs) where it cannot
+    xla_not_applicable: tuple[tuple[int, str], ...] = ()
     image_size: int | None = option(
         None,
         "synthetic N x N x 3 images (default 32; 224 compares with published ResNet-50 figures)",
@@ -320,8 +324,28 @@ def check_options(get: Callable[[str], Any]) -> tuple[SweepOptions, DevicePlan]:
     if max(counts) > plan.num_replicas:
         what = _selected(plan, selection, values["cpu_replicas"])
         raise SweepUsageError(f"--gpus {max(counts)}: more devices than selected ({what})")
-    options = SweepOptions(**{**values, "gpu_counts": counts}, selection=selection, device_kind=plan.kind)
+    options = SweepOptions(
+        **{**values, "gpu_counts": counts},
+        selection=selection,
+        device_kind=plan.kind,
+        xla_not_applicable=_xla_not_applicable(plan, counts),
+    )
     return options, plan
+
+
+def _xla_not_applicable(plan: DevicePlan, counts: tuple[int, ...]) -> tuple[tuple[int, str], ...]:
+    """For each device count, why the XLA variant cannot run on its GPUs (the first N planned) under
+    this TensorFlow build: sm_120 GPUs without kernels in the build fail in XLA's ptxas."""
+    if plan.kind != "gpu":
+        return ()
+    stack = plan.stack or read_stack()
+    build = stack.tf_build.compute_capabilities if stack.tf_build is not None else ()
+    found = []
+    for n in counts:
+        why = xla_unavailable([g.compute_capability for g in plan.gpus[:n]], build)
+        if why:
+            found.append((n, why))
+    return tuple(found)
 
 
 def _selected(plan: DevicePlan, selection: SelectionOptions, cpu_replicas: int | None) -> str:

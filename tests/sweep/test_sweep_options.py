@@ -37,7 +37,7 @@ def test_every_field_but_the_devices_is_an_option_of_the_table():
 
     from_table = {row.field.name for row in so.ROWS}
     fields = {f.name for f in dataclasses.fields(so.SweepOptions)}
-    assert fields - from_table == {"selection", "device_kind"}
+    assert fields - from_table == {"selection", "device_kind", "xla_not_applicable"}  # from the plan
     flags = [row.flag for row in so.ROWS]
     assert len(set(flags)) == len(flags) and "--gpus" in flags and flags[-1] == "--harness-min-share"
 
@@ -319,3 +319,28 @@ PROGRESS = [
 @pytest.mark.parametrize(("case", "row", "failure", "line"), PROGRESS, ids=[p[3][:24] for p in PROGRESS])
 def test_each_case_has_a_progress_line_with_its_median_rate(case, row, failure, line):
     assert sweep_cases.progress_line(case, row, failure, "CPU device") == line
+
+
+def test_xla_is_not_applicable_on_rtx_5090s_with_a_build_without_sm_120(tmp_path):
+    """Recorded 3 x RTX 5090 with TF 2.21's build (sm_60 ... compute_90): the XLA variant is
+    recorded as not applicable, with the reason, and no XLA case is planned; on 8 x H100 it runs."""
+    import dataclasses
+
+    from training.devices.setup import plan_devices
+
+    fixtures = Path(__file__).parents[1] / "fixtures"
+    opts, _ = options("--cpu-replicas", "2", "--jit-compile", "off", "on", "--report-dir", str(tmp_path))
+    for fixture, blocked in (("inv-3x5090-tf221-nccl2251.json", True), ("inv-dgx-8xh100.json", False)):
+        plan = plan_devices(
+            SelectionOptions(mode="custom", custom_ids=(0, 1)), inventory=str(fixtures / fixture)
+        )
+        reasons = so._xla_not_applicable(plan, (1, 2))
+        assert bool(reasons) == blocked, (fixture, reasons)
+        gpu_opts = dataclasses.replace(opts, device_kind="gpu", gpu_counts=(1, 2), xla_not_applicable=reasons)
+        xla_cases = [c for c in sweep_cases.plan_cases(gpu_opts) if c.benchmark == "train" and c.jit_compile]
+        skipped = [r for r in sweep_cases.not_applicable(gpu_opts) if r["variant"] == {"jit_compile": True}]
+        if blocked:
+            assert not xla_cases and [r["gpus"] for r in skipped] == [1, 2]
+            assert "sm_120" in skipped[0]["reason"] and "tensorflow/tensorflow#111958" in skipped[0]["reason"]
+        else:
+            assert xla_cases and not skipped
