@@ -39,8 +39,9 @@ from training.devices.setup import DevicePlan, DeviceSetup, DeviceSetupError, No
 from training.inputs import models
 from training.inputs import validation as validation_mod
 from training.loop import faults as faults_mod
+from training.settings.batch import per_replica_batch
 from training.settings.cli import parse_config, parse_evaluate
-from training.settings.config import TrainConfig, per_replica_batch, resolve_steps_per_epoch
+from training.settings.config import TrainConfig, resolve_steps_per_epoch
 
 
 @dataclass

@@ -15,7 +15,7 @@ from diagnostics.checks.base import Finding
 from training.__main__ import main as trainer_main
 from training.app.preflight import merged, preflight
 from training.devices.setup import plan_devices
-from training.settings.config import batch_advice
+from training.settings.batch import batch_advice
 
 RTX5090_X3 = str(FIXTURES / "inv-3x5090-tf221-nccl2251.json")  # records TF 2.21 and NCCL 2.25.1
 

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 from diagnostics.cluster import ClusterTask
 from training.devices import cluster as cluster_mod
 from training.devices.setup import DevicePlan, DeviceSetup, plan_devices
-from training.settings.config import COLLECTIVE_TIMEOUT_S, TrainConfig, per_replica_batch, validate
+from training.settings.batch import per_replica_batch
+from training.settings.config import COLLECTIVE_TIMEOUT_S, TrainConfig, validate
 from training.settings.table import ConfigError
 
 if TYPE_CHECKING:

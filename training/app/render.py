@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 from training.devices.setup import DevicePlan
 from training.loop.learning_rate import rate_plan
-from training.settings.config import TrainConfig, batch_advice
+from training.settings.batch import batch_advice
+from training.settings.config import TrainConfig
 
 if TYPE_CHECKING:  # summary.py imports TensorFlow; the plan is printed before it starts
     from training.app.summary import RunSummary
@@ -101,6 +102,11 @@ def print_summary(run: RunSummary, out: Any = None) -> None:
         rows.insert(at, ("validation", summary["validation_data"]))
     rows.insert(3, ("devices", "\n".join(summary["devices"])))
     print(tabulate(rows, tablefmt="simple"), file=out)
+    found = summary.get("bottleneck")
+    if found:  # one line after the table: too long for a cell
+        from training.app.bottleneck import describe
+
+        print(f"bottleneck: {describe(found)}", file=out)
 
 
 def print_evaluation(summary: dict[str, Any], out: Any = None) -> None:

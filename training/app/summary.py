@@ -64,6 +64,7 @@ class RunSummary:
     history: list[dict[str, float]]
     samples_per_sec: float | None
     samples_per_sec_per_replica: float | None
+    throughput_steps: int  # the steps samples_per_sec is measured over: not warm-up, not profiled
     setup_seconds: float
     first_call_seconds: float | None
     first_call_steps: int | None
@@ -77,6 +78,8 @@ class RunSummary:
     worker_devices: Any
     peak_memory_bytes: dict[str, int] | None
     gpu_usage: dict[str, dict[str, Any]] | None
+    bottleneck: dict[str, Any] | None  # training.app.bottleneck: where the step time goes
+    profile: dict[str, Any] | None  # --profile-steps: the steps, the trace folder, how to view it
     warnings: list[str]
 
     def as_dict(self) -> dict[str, Any]:
@@ -99,6 +102,8 @@ def build_summary(
     steps_per_execution: str = "1",
     first_call: tuple[int, float] | None = None,
     gpu_usage: dict[str, dict[str, Any]] | None = None,
+    bottleneck: dict[str, Any] | None = None,
+    profile: dict[str, Any] | None = None,
 ) -> RunSummary:
     final = result.history[-1] if result.history else {}
     rate = result.meter.samples_per_sec
@@ -145,6 +150,7 @@ def build_summary(
         history=result.history,
         samples_per_sec=rate,
         samples_per_sec_per_replica=rate / setup.num_replicas if rate else None,
+        throughput_steps=result.meter.measured_steps,
         setup_seconds=setup_seconds,
         # the first traced call (tracing, XLA or PTX compiling, its steps) apart from the steady
         # state that samples_per_sec measures
@@ -160,6 +166,8 @@ def build_summary(
         worker_devices=setup.workers,
         peak_memory_bytes=peak_memory(setup),
         gpu_usage=gpu_usage,
+        bottleneck=bottleneck,
+        profile=profile,
         warnings=list(setup.warnings),
     )
 

@@ -21,7 +21,8 @@ from training.checkpoints.store import (
 from training.devices.setup import DevicePlan
 from training.inputs.validation import training_size
 from training.loop.state import RunState
-from training.settings.config import TrainConfig, resolve_steps_per_epoch, splits_evenly
+from training.settings.batch import splits_evenly
+from training.settings.config import TrainConfig, resolve_steps_per_epoch
 
 
 class Resumable(Protocol):

@@ -34,6 +34,7 @@ import numpy as np
 
 from common.errors import UserError
 from common.files import replacing, write_text
+from training.inputs import user_model
 from training.loop.faults import Faults
 from training.settings.config import TrainConfig
 
@@ -321,4 +322,8 @@ def fingerprint(config: TrainConfig, num_examples: int, steps_per_epoch: int) ->
         found["warmup_epochs"] = config.warmup_epochs
     if config.accumulate_steps != 1:  # the same update in other float rounding: resumed under one K
         found["accumulate_steps"] = config.accumulate_steps
+    # a user's model: its source file, or a saved model's architecture (user_model.model_digest)
+    digest = user_model.model_digest(config.model)
+    if digest is not None:
+        found["model_sha256"] = digest
     return found

@@ -66,7 +66,7 @@ class Worker:
         self.trainers: dict[TrainWork, Any] = {}
         self.schedules: dict[TrainWork, StepsPerExecution] = {}
         self.inputs: dict[InputWork, tuple[Any, Any]] = {}
-        self.allreduces: dict[tuple[int, int], tuple[Any, Any]] = {}  # by (bytes, unroll)
+        self.allreduces: dict[tuple[int, int], Any] = {}  # ChainedAllreduce by (bytes, unroll)
         self._examples: dict[Source, Any] = {}
 
     def handle(self, request: Request) -> Answer:
@@ -208,43 +208,23 @@ class Worker:
     # -- all-reduce --
 
     def prepare_allreduce(self, nbytes: int, steps: int) -> Prepared:
-        tf, strategy = self.tf, self.strategy
+        from training.loop.allreduce import ChainedAllreduce
+
         unroll = min(steps, ALLREDUCE_UNROLL) if steps else ALLREDUCE_UNROLL
-        elements = max(1, nbytes // 4)
         started = time.perf_counter()
         if (nbytes, unroll) not in self.allreduces:
-            # zeros: the sum stays finite however many times it is chained
-            values = strategy.experimental_distribute_values_from_function(
-                lambda _ctx: tf.zeros([elements], tf.float32)
-            )
-
-            def replica_fn(x: Any) -> Any:
-                ctx = tf.distribute.get_replica_context()
-                for _ in range(unroll):  # chained, so the all-reduces run one after another
-                    x = ctx.all_reduce(tf.distribute.ReduceOp.SUM, x)
-                return x
-
-            step = tf.function(lambda v: strategy.run(replica_fn, args=(v,)))
-            self.allreduces[(nbytes, unroll)] = (values, step)
-        self._allreduce(nbytes, unroll, 1)
-        return Prepared(seconds=time.perf_counter() - started, elements=elements)
-
-    def _allreduce(self, nbytes: int, unroll: int, calls: int) -> None:
-        values, step = self.allreduces[(nbytes, unroll)]
-        out = values
-        for _ in range(calls):
-            out = step(out)  # each call takes the one before as input: they run in turn
-        for value in self.strategy.experimental_local_results(out):
-            float(value[0])  # one element per replica: the sync copies nothing else back
+            self.allreduces[(nbytes, unroll)] = ChainedAllreduce(self.strategy, nbytes, unroll)
+        chained = self.allreduces[(nbytes, unroll)]
+        chained.run(1)  # traces: the compile cost the sweep does not count
+        return Prepared(seconds=time.perf_counter() - started, elements=chained.elements)
 
     def run_allreduce(self, nbytes: int, steps: int) -> Ran:
         unroll = min(steps, ALLREDUCE_UNROLL)
         if (nbytes, unroll) not in self.allreduces:
             self.prepare_allreduce(nbytes, steps)
         calls = -(-steps // unroll)
-        started = time.perf_counter()
-        self._allreduce(nbytes, unroll, calls)
-        return Ran(seconds=time.perf_counter() - started, steps=calls * unroll)
+        seconds = self.allreduces[(nbytes, unroll)].run(calls)
+        return Ran(seconds=seconds, steps=calls * unroll)
 
 
 def build_worker_parser() -> argparse.ArgumentParser:

@@ -10,7 +10,8 @@ from collections.abc import Mapping
 from common.errors import UserError
 from diagnostics.cluster import ClusterTask, discover
 from training.devices.setup import DevicePlan
-from training.settings.config import TrainConfig, per_replica_batch
+from training.settings.batch import per_replica_batch
+from training.settings.config import TrainConfig
 
 
 def place(

@@ -1,19 +1,22 @@
-"""The model registry: `build(name, input_shape, num_classes)` returns an uncompiled Keras model;
-`model_flops_per_sample` estimates what one training example costs (for the scaling report);
-`check_model_file` tells, without TensorFlow, whether a file is a saved Keras model.
+"""The model registry: `build(name, input_shape, num_classes)` returns an uncompiled Keras model,
+a built-in one by name or a user's own (training.inputs.user_model: `PATH.py:FUNCTION`,
+`package.module:FUNCTION`, a saved `MODEL.keras`); `check_model` checks a --model before
+TensorFlow; `model_flops_per_sample` estimates what one training example costs (for the scaling
+report); `check_model_file` tells, without TensorFlow, whether a file is a saved Keras model.
 
 Models are built inside `strategy.scope()` by the caller so that their variables are mirrored.
 """
 
 from __future__ import annotations
 
-import json
-import zipfile
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from common.errors import UserError
+from training.inputs import user_model
+
+# re-exported: what callers of the registry catch and call
+from training.inputs.user_model import ModelError as ModelError
+from training.inputs.user_model import check_model_file as check_model_file
 
 if TYPE_CHECKING:
     import keras
@@ -21,10 +24,6 @@ if TYPE_CHECKING:
 # Factories import Keras when called, so that listing and validating names costs no TensorFlow import.
 ModelFactory = Callable[[tuple[int, ...], int], "keras.Model"]
 _REGISTRY: dict[str, ModelFactory] = {}
-
-
-class ModelError(UserError):
-    """An unknown model name, or a model that cannot take this data (a user error: exit 2)."""
 
 
 def register(name: str) -> Callable[[ModelFactory], ModelFactory]:
@@ -44,29 +43,32 @@ def check_name(name: str) -> None:
         raise ModelError(f"unknown --model {name!r}: known models are {', '.join(names())}")
 
 
-def build(name: str, input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
-    check_name(name)
-    return _REGISTRY[name](tuple(input_shape), num_classes)
+def check_model(name: str) -> None:
+    """A built-in name, or a user's model as far as it can be checked before TensorFlow."""
+    if name in _REGISTRY:
+        return
+    if not (":" in name or name.endswith((".py", user_model.SAVED_SUFFIX))):
+        raise ModelError(
+            f"unknown --model {name!r}: known models are {', '.join(names())}, or {user_model.FORMS}"
+        )
+    user_model.check_spec(name)
 
 
-def check_model_file(path: str) -> None:
-    """A .keras file as `model.save()` writes it: a zip archive whose config.json describes a model.
-    Anything else is bad input (ModelError), found before TensorFlow starts."""
-    p = Path(path)
-    if not p.is_file():
-        raise ModelError(f"evaluate {path}: {'is a folder' if p.is_dir() else 'no such file'}")
-    not_a_model = (
-        f"evaluate {path}: not a Keras model (a .keras file that model.save() or --save-model wrote)"
-    )
-    try:
-        with zipfile.ZipFile(p) as archive:
-            config = json.loads(archive.read("config.json"))
-    except PermissionError:
-        raise ModelError(f"evaluate {path}: permission denied") from None
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError):
-        raise ModelError(not_a_model) from None
-    if not isinstance(config, dict) or "class_name" not in config:
-        raise ModelError(not_a_model)
+def build(
+    name: str, input_shape: tuple[int, ...], num_classes: int, custom_objects: str | None = None
+) -> keras.Model:
+    """The model `name` names, for this data; a user's is checked against it (ModelError).
+    `custom_objects` (--custom-objects) is imported first: the code a user's model needs."""
+    if name in _REGISTRY:
+        return _REGISTRY[name](tuple(input_shape), num_classes)
+    check_model(name)
+    user_model.import_custom_objects(custom_objects)
+    if not user_model.is_saved_model(name):
+        return user_model.build_from_function(name, input_shape, num_classes)
+    label = f"--model {name}"
+    model = user_model.load_saved(name, label)
+    user_model.check_fits_data(model, input_shape, num_classes, label, exact_classes=False)
+    return model
 
 
 @register("cnn")
@@ -120,6 +122,14 @@ def resnet50(input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
     return keras.Model(body.input, outputs, name="resnet50")
 
 
+# the help of --model and --custom-objects (declared in training.settings.config)
+MODEL_HELP = (
+    f"one of {', '.join(names())} (default cnn), or your own: PATH.py:FUNCTION or package.module:FUNCTION "
+    "(FUNCTION(input_shape, num_classes) returns a keras.Model), or a saved MODEL.keras to train on"
+)
+CUSTOM_HELP = "the .py files or modules (comma-separated) that define a saved model's custom layers"
+
+
 def model_flops_per_sample(model: Any) -> float:
     """Training FLOPs per example: 6 x the multiply-accumulates of the Conv and Dense layers.
 
@@ -128,24 +138,61 @@ def model_flops_per_sample(model: Any) -> float:
     activations and the optimizer are left out: they are a few per cent for conv nets, which is
     why this is the usual estimate (e.g. Kaplan et al. 2020, "6N per token").
     """
+    return 6.0 * _multiply_accumulates(model)[0]
+
+
+def estimate_flops_per_sample(model: Any) -> float | None:
+    """`model_flops_per_sample` where every layer's cost is known (a user's model too), else None:
+    a layer this estimate cannot cost (a custom layer, attention, a recurrent layer, a Lambda)
+    would make the figure, and a fraction of peak from it, made up."""
+    macs, complete = _multiply_accumulates(model)
+    return 6.0 * macs if complete else None
+
+
+# Built-in layers whose cost the estimate leaves out on purpose (see model_flops_per_sample)
+_NEGLIGIBLE = (  # noqa: SIM905 (a list of names reads better as words)
+    "InputLayer Flatten Reshape Permute RepeatVector Dropout SpatialDropout1D "
+    "SpatialDropout2D SpatialDropout3D GaussianNoise GaussianDropout AlphaDropout Activation "
+    "ReLU LeakyReLU PReLU ELU Softmax BatchNormalization LayerNormalization "
+    "GroupNormalization UnitNormalization Rescaling Normalization Resizing CenterCrop "
+    "RandomFlip RandomRotation RandomZoom RandomTranslation RandomCrop RandomContrast "
+    "ZeroPadding1D ZeroPadding2D ZeroPadding3D Cropping1D Cropping2D Cropping3D MaxPooling1D "
+    "MaxPooling2D MaxPooling3D AveragePooling1D AveragePooling2D AveragePooling3D "
+    "GlobalMaxPooling1D GlobalMaxPooling2D GlobalMaxPooling3D GlobalAveragePooling1D "
+    "GlobalAveragePooling2D GlobalAveragePooling3D Add Subtract Multiply Average Maximum "
+    "Minimum Concatenate Embedding Identity"
+).split()
+
+
+def _multiply_accumulates(model: Any) -> tuple[float, bool]:
+    """The Conv and Dense layers' multiply-accumulates per example, and whether every other layer
+    is one the estimate may leave out."""
     import keras
 
-    macs = 0.0
+    negligible = tuple(getattr(keras.layers, n) for n in _NEGLIGIBLE if hasattr(keras.layers, n))
+    macs, complete = 0.0, True
     for layer in _leaf_layers(model):
+        costed = isinstance(layer, keras.layers.Conv1D | keras.layers.Conv2D | keras.layers.Conv3D)
+        costed |= isinstance(layer, keras.layers.Dense | keras.layers.DepthwiseConv2D)
+        if not costed:
+            complete &= type(layer) in negligible  # a subclass may compute more than its base
+            continue
         try:
             in_shape = tuple(layer.input.shape)
             out_shape = tuple(layer.output.shape)
         except (AttributeError, ValueError):
+            complete = False  # a layer of a subclassed model: shapes unknown
             continue
         if isinstance(layer, keras.layers.DepthwiseConv2D):
             kh, kw = layer.kernel_size
             macs += num_elements(out_shape[1:]) * kh * kw
-        elif isinstance(layer, keras.layers.Conv2D | keras.layers.Conv1D | keras.layers.Conv3D):
-            in_channels = in_shape[-1] // getattr(layer, "groups", 1)
-            macs += num_elements(out_shape[1:]) * num_elements(layer.kernel_size) * in_channels
         elif isinstance(layer, keras.layers.Dense):
             macs += num_elements(out_shape[1:]) * in_shape[-1]
-    return 6.0 * macs
+        else:
+            in_channels = in_shape[-1] // getattr(layer, "groups", 1)
+            macs += num_elements(out_shape[1:]) * num_elements(layer.kernel_size) * in_channels
+        complete &= type(layer).__module__.startswith("keras.")
+    return macs, complete
 
 
 def _leaf_layers(model: Any) -> list[Any]:

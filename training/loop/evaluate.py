@@ -24,6 +24,7 @@ import tensorflow as tf
 
 from training.devices.setup import DeviceSetup
 from training.inputs import data as data_mod
+from training.inputs import user_model
 from training.inputs.models import ModelError
 from training.settings.config import TrainConfig
 
@@ -107,17 +108,13 @@ def _outputs_probabilities(model: keras.Model) -> bool:
     return activation is keras.activations.softmax
 
 
-def load_model(path: str, strategy: Any) -> keras.Model:
-    """A saved .keras model, its variables on the strategy's devices; unreadable is bad input."""
+def load_model(path: str, strategy: Any, custom_objects: str | None = None) -> keras.Model:
+    """A saved .keras model, its variables on the strategy's devices; unreadable is bad input, and
+    a custom class that no --custom-objects defines is named in the line."""
+    user_model.import_custom_objects(custom_objects)
     with strategy.scope():
-        try:
-            # the optimizer is not needed to evaluate, and not building it saves its variables
-            return keras.models.load_model(path, compile=False)
-        except Exception as exc:  # what Keras raises for a damaged file varies: all are the file's fault
-            first = " ".join(str(exc).split())[:300]
-            raise ModelError(
-                f"evaluate {path}: cannot load the Keras model: {type(exc).__name__}: {first}"
-            ) from None
+        # the optimizer is not needed to evaluate, and not building it saves its variables
+        return user_model.load_saved(path, f"evaluate {path}")
 
 
 def check_fits(model: keras.Model, examples: data_mod.DataSource, path: str) -> None:
@@ -143,7 +140,7 @@ def run(
 ) -> dict[str, Any]:
     """Evaluate a saved model on `examples`; returns the summary (what --summary-json writes)."""
     started = time.perf_counter()
-    model = load_model(model_path, setup.strategy)
+    model = load_model(model_path, setup.strategy, config.custom_objects)
     check_fits(model, examples, model_path)
     evaluator = Evaluator(setup.strategy, model, examples, config.global_batch_size)
     callbacks = keras.callbacks.CallbackList(

@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from training.loop.state import RunState
@@ -192,6 +192,64 @@ def first_non_finite(losses: list[float]) -> int | None:
     return next((i for i, loss in enumerate(losses) if not math.isfinite(loss)), None)
 
 
+# -- --profile-steps ----------------------------------------------------------------------------
+
+
+@dataclass
+class ProfileRange:
+    """A TensorBoard profile of global steps `first` to `last` (both included) under `logdir`.
+
+    The trainer's calls are cut before `first` and after `last` (`cuts`), so the profiler starts
+    and stops between traced calls and records exactly those steps. Every worker cuts its calls
+    there (the calls' collectives pair up), but only where `record` is set (the chief) does the
+    profiler run: workers on one host would write the same files.
+    """
+
+    first: int
+    last: int
+    logdir: str
+    record: bool = True
+    active: bool = False
+    trace_dir: str | None = None  # logdir/plugins/profile/<timestamp>, once stopped
+    _before: set[str] = field(default_factory=set, repr=False)  # the runs there before this one
+
+    def cuts(self) -> tuple[int, int]:
+        """The global steps a call must end after: the one before the range, and its last."""
+        return self.first - 1, self.last
+
+    def covers(self, global_step: int) -> bool:
+        return self.first <= global_step <= self.last
+
+    def _runs(self) -> set[str]:
+        import os
+
+        folder = os.path.join(self.logdir, "plugins", "profile")
+        return set(os.listdir(folder)) if os.path.isdir(folder) else set()
+
+    def start(self) -> None:
+        if not self.record or self.active:
+            return
+        import tensorflow as tf
+
+        self._before = self._runs()
+        tf.profiler.experimental.start(self.logdir)
+        self.active = True
+
+    def stop(self) -> None:
+        """End the profile (if it runs) and find the folder it wrote."""
+        if not self.active:
+            return
+        import os
+
+        import tensorflow as tf
+
+        tf.profiler.experimental.stop()
+        self.active = False
+        new = sorted(self._runs() - self._before)
+        if new:
+            self.trace_dir = os.path.join(self.logdir, "plugins", "profile", new[-1])
+
+
 # -- what the trainer's loop calls ------------------------------------------------------------------
 
 
@@ -217,6 +275,7 @@ class ChunkRunner:
         self.per_replica_batch, self.faults = per_replica_batch, faults
         # the first call traces (and on GPUs compiles): reported apart from the steady state
         self.first_call: tuple[int, float] | None = None  # (steps, seconds)
+        self.profile: ProfileRange | None = None  # --profile-steps, set by Trainer.fit
 
     def run(
         self, iterator: Any, state: RunState, steps_per_epoch: int, save_every_steps: int | None
@@ -224,21 +283,31 @@ class ChunkRunner:
         """Run the next chunk from where `state` stands; every step's (loss, correct). The rows end
         at the first step whose loss is not finite (on the device, or injected by GPUDIAG_FAULT's
         nan_at_step). The state records the call's steps and their time; `replay` moves it on."""
-        faults, global_step, meter = self.faults, state.global_step, state.meter
-        cuts = (faults.nan_at_step, faults.kill_after_step) if faults is not None else ()
+        faults, global_step, meter, profile = self.faults, state.global_step, state.meter, self.profile
+        cuts: list[int | None] = [faults.nan_at_step, faults.kill_after_step] if faults is not None else []
+        cuts += profile.cuts() if profile is not None else ()
         steps = self.spe.next_chunk(state.step_in_epoch, steps_per_epoch, global_step, save_every_steps, cuts)
         if faults is not None:
             for g in range(global_step + 1, global_step + steps + 1):
                 faults.before_step(g, self.per_replica_batch)
+        profiled = profile if profile is not None and profile.covers(global_step + 1) else None
+        if profiled is not None:
+            profiled.start()
         started = time.perf_counter()
         rows = run_chunk(self.multi_step, iterator, steps)
         done = time.perf_counter()
-        self.spe.observe(len(rows), done - started)
         if self.first_call is None:
             self.first_call = (len(rows), done - started)
         state.calls.append(len(rows))
-        for j in range(len(rows)):  # the chunk's steps share its time evenly: warm-up counting stays exact
-            meter.step_done(started + (done - started) * (j + 1) / len(rows))
+        if profiled is not None:  # profiled steps run slower: neither throughput nor auto's K counts them
+            meter.pause()
+            if global_step + len(rows) >= profiled.last:
+                profiled.stop()
+        else:
+            self.spe.observe(len(rows), done - started)
+            # the chunk's steps share its time evenly: warm-up counting stays exact
+            for j in range(len(rows)):
+                meter.step_done(started + (done - started) * (j + 1) / len(rows))
         if faults is not None:
             rows = [
                 (faults.loss_after_step(global_step + j + 1, loss), c) for j, (loss, c) in enumerate(rows)

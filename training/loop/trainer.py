@@ -30,12 +30,13 @@ from training.devices.setup import DeviceSetup
 from training.inputs import data as data_mod
 from training.inputs import models
 from training.loop import faults as faults_mod
-from training.loop.evaluate import VAL_PREFIX, Evaluator
+from training.loop.evaluate import VAL_PREFIX, Evaluator, _outputs_probabilities
 from training.loop.optimizers import build_optimizer
 from training.loop.signals import GracefulStop
 from training.loop.state import RunState, ThroughputMeter
-from training.loop.steps import ChunkRunner, StepsPerExecution, run_steps
-from training.settings.config import TrainConfig, per_replica_batch, resolve_steps_per_epoch
+from training.loop.steps import ChunkRunner, ProfileRange, StepsPerExecution, run_steps
+from training.settings.batch import per_replica_batch
+from training.settings.config import TrainConfig, resolve_steps_per_epoch
 
 
 class Trainer:
@@ -58,7 +59,11 @@ class Trainer:
             keras.mixed_precision.set_global_policy("mixed_float16")
         keras.utils.set_random_seed(config.seed)
         with self.strategy.scope():
-            self.model = models.build(config.model, examples.input_shape, examples.num_classes)
+            self.model = models.build(
+                config.model, examples.input_shape, examples.num_classes, config.custom_objects
+            )
+            # a user's model may end in a softmax: the loss takes what it outputs
+            from_logits = not _outputs_probabilities(self.model)
             # the warm-up is counted in steps: as many per epoch as run() will train
             self.optimizer = build_optimizer(config, resolve_steps_per_epoch(config, len(examples)))
             # Create the optimizer's slots now: variables first created inside the traced step
@@ -67,10 +72,10 @@ class Trainer:
             self.optimizer.build(self.model.trainable_variables)
             # per-example losses: each replica divides by the GLOBAL batch, the optimizer sums
             # the replicas' gradients, so the update is the mean over the global batch
-            self.loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
+            self.loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits, reduction=None)
             self.model.compile(
                 optimizer=self.optimizer,
-                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits),
                 metrics=["accuracy"],
             )
             dataset = data_mod.make_dataset(examples, self.global_batch_size, config.seed)
@@ -219,10 +224,12 @@ class Trainer:
         save_every_steps: int | None = None,
         handle_signals: bool = False,
         fingerprint: dict[str, Any] | None = None,
+        profile: ProfileRange | None = None,
     ) -> RunState:
         """Train from where `state` stands (a resumed run's: call seek() and restore() first), or
         from the start. With `checkpoints`, save at the end of each epoch, or every
-        `save_every_steps` steps, at the end, and on SIGINT/SIGTERM (with `handle_signals`).
+        `save_every_steps` steps, at the end, and on SIGINT/SIGTERM (with `handle_signals`). With
+        `profile`, a TensorBoard profile of its steps, which the throughput leaves out.
         Returns the state, which also holds where a run that raised stopped."""
         run = state if state is not None else self.new_state()
         cbs = self._callback_list(callbacks, verbose, epochs, steps_per_epoch)
@@ -236,18 +243,23 @@ class Trainer:
         )
         stop = GracefulStop(run, install=handle_signals)
         self.model.stop_training = False
+        self.chunks.profile = profile
         started = time.perf_counter()
-        with stop:
-            cbs.on_train_begin()
-            logs: dict[str, float] = {}
-            for epoch in range(run.first_epoch(epochs), epochs):
-                logs = self._epoch(epoch, steps_per_epoch, run, cbs, saving, stop)
-                final = epoch + 1 == epochs or run.stopped_early
-                saving.epoch_end(final)
-                self._after_step(run)
-                if run.stopped_early:
-                    break
-            cbs.on_train_end(logs)
+        try:
+            with stop:
+                cbs.on_train_begin()
+                logs: dict[str, float] = {}
+                for epoch in range(run.first_epoch(epochs), epochs):
+                    logs = self._epoch(epoch, steps_per_epoch, run, cbs, saving, stop)
+                    final = epoch + 1 == epochs or run.stopped_early
+                    saving.epoch_end(final)
+                    self._after_step(run)
+                    if run.stopped_early:
+                        break
+                cbs.on_train_end(logs)
+        finally:  # a run that ends inside the range (a stop, a NaN) still closes its profile
+            if profile is not None:
+                profile.stop()
         run.train_seconds = time.perf_counter() - started
         return run
 

@@ -93,7 +93,30 @@ def keras_file(value: str, flag: str) -> None:
 
 
 def model_name(value: str, flag: str) -> None:
-    models.check_name(value)
+    models.check_model(value)
+
+
+def importable(value: str, flag: str) -> None:
+    """Comma-separated .py files that exist or modules that can be found (--custom-objects)."""
+    from training.inputs import user_model
+
+    user_model.check_custom_objects(value, flag)
+
+
+def parse_profile_steps(text: str, flag: str = "--profile-steps") -> tuple[int, int]:
+    """--profile-steps A:B: the first and last global step profiled (1-based, both included)."""
+    first, sep, last = str(text).strip().partition(":")
+    try:
+        a, b = int(first), int(last)
+    except ValueError:
+        a, b = 0, 0
+    if not sep or a < 1 or b < a:
+        raise ConfigError(f"{flag} must be A:B, global steps with 1 <= A <= B (e.g. 20:24), got {text!r}")
+    return a, b
+
+
+def profile_steps(value: str, flag: str) -> None:
+    parse_profile_steps(value, flag)
 
 
 def save_freq(value: str, flag: str) -> None:

@@ -1,8 +1,8 @@
 """The trainer's settings: `TrainConfig`, the one table of them (type, default, help, group and
 check of each), and where their values come from: defaults, then a TOML config file, then
 TRAINING_* environment variables, then command-line flags, each overriding the one before;
-`validate`, every check of them that needs neither devices nor TensorFlow; and the rule that the
-global batch splits evenly over the replicas (`per_replica_batch`).
+and `validate`, every check of them that needs neither devices nor TensorFlow. The rule that the
+global batch splits evenly over the replicas is training.settings.batch.
 
 The GPU-selection settings are one `SelectionOptions` (`config.selection`); in files, the
 environment and flags they keep their flat names (`device_mode`, `custom_gpus`, ...).
@@ -83,8 +83,9 @@ class TrainConfig:
         False, "run even where gpudiag's checks of the selected GPUs fail", group=DEVICES, evaluate=True
     )
     # training
-    model: str = setting(
-        "cnn", f"one of {', '.join(models.names())} (default cnn)", group=TRAINING, check=checks.model_name
+    model: str = setting("cnn", models.MODEL_HELP, group=TRAINING, check=checks.model_name)
+    custom_objects: str | None = setting(
+        None, models.CUSTOM_HELP, group=TRAINING, metavar="PY|MODULE", check=checks.importable, evaluate=True
     )
     data: str | None = setting(None, _DATA_HELP, group=TRAINING, metavar="PATH", evaluate=True)
     image_size: int = setting(
@@ -165,6 +166,14 @@ class TrainConfig:
     )
     # output
     log_dir: str | None = setting(None, "TensorBoard logs", group=OUTPUT, metavar="DIR")
+    profile_steps: str | None = setting(
+        None,
+        "a TensorBoard profile of global steps A to B (1-based, both included) under --log-dir; "
+        "those steps are left out of samples_per_sec",
+        group=OUTPUT,
+        metavar="A:B",
+        check=checks.profile_steps,
+    )
     summary_json: str | None = setting(
         None,
         group=OUTPUT,
@@ -341,51 +350,8 @@ def validate(c: TrainConfig) -> TrainConfig:
     check_all(c)
     if c.validation_split is not None and c.validation_data:
         raise ConfigError("--validation-split and --validation-data both name validation data: give one")
+    if c.profile_steps and not c.log_dir:
+        raise ConfigError("--profile-steps writes a TensorBoard profile under --log-dir: give --log-dir DIR")
     if c.inventory and not c.dry_run:
         raise ConfigError("--inventory replays a recorded machine and only works with --dry-run")
     return c
-
-
-def nearest_valid_batches(global_batch_size: int, replicas: int) -> list[int]:
-    below = global_batch_size - global_batch_size % replicas
-    above = below + replicas
-    return [b for b in (below, above) if b > 0]
-
-
-# The seed guide's global batch per GPU count (1 GPU 64-128, 2 GPUs 128-256, 4 GPUs 256-512): 64 to
-# 128 examples per GPU keep a GPU busy; fewer leave it waiting on the all-reduce and the host.
-ADVISED_PER_GPU = (64, 128)
-
-
-def batch_advice(global_batch_size: int, gpus: int) -> str | None:
-    """What the plan says when the per-GPU batch is small for the GPU count, or None."""
-    low, high = ADVISED_PER_GPU
-    if gpus < 1 or global_batch_size // gpus >= low:
-        return None
-    return (
-        f"{global_batch_size // gpus} examples per GPU is small for {gpus} GPU(s) (the guide: "
-        f"{low * gpus}-{high * gpus} global, {low}-{high} per GPU): try --global-batch-size {low * gpus} "
-        "(with --scale-learning-rate linear, the learning rate follows it)"
-    )
-
-
-def splits_evenly(global_batch_size: int, replicas: int) -> bool:
-    """The rule: every replica takes the same share of the global batch."""
-    return replicas > 0 and global_batch_size % replicas == 0
-
-
-def per_replica_batch(global_batch_size: int, replicas: int, accumulate_steps: int = 1) -> int:
-    """Each replica's share of the global batch; a ConfigError (exit 2) naming the nearest batches
-    that split evenly where it does not, over the replicas and, with --accumulate-steps K, into K
-    equal micro-batches on each replica."""
-    parts = replicas * accumulate_steps
-    if not splits_evenly(global_batch_size, parts):
-        options = " or ".join(str(b) for b in nearest_valid_batches(global_batch_size, parts))
-        over = f"{replicas} replicas"
-        if accumulate_steps > 1:
-            over += f" x {accumulate_steps} micro-batches (--accumulate-steps)"
-        raise ConfigError(
-            f"--global-batch-size {global_batch_size} does not split evenly over {over}: "
-            f"use a multiple of {parts}, e.g. {options}"
-        )
-    return global_batch_size // replicas
