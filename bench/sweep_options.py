@@ -142,6 +142,16 @@ def _report_dir(path: Path) -> Path:
     return path
 
 
+def _model(name: str) -> str:
+    """A built-in model, or a user's, checked as far as the trainer checks it before TensorFlow."""
+    try:
+        models.check_model(name)
+    except UserError as exc:
+        # the trainer's messages mostly name the flag already
+        raise SweepUsageError(str(exc) if "--model" in str(exc) else f"--model: {exc}") from None
+    return name
+
+
 def _data(path: Path) -> Path:
     if not path.exists():
         raise SweepUsageError(f"--data {path}: no such file or folder")
@@ -180,7 +190,13 @@ class SweepOptions:
     scaling: str = option(
         "weak", "weak keeps the batch per GPU, strong the global batch (default weak)", choices=SCALING_MODES
     )
-    model: str = option("cnn", "model to train (default cnn)", choices=tuple(models.names()))
+    model: str = option(
+        "cnn",
+        f"model to train: {', '.join(models.names())} (default cnn), or your own as the trainer takes "
+        "it (PATH.py:FUNCTION, package.module:FUNCTION, MODEL.keras)",
+        check=_model,
+        metavar="MODEL",
+    )
     steps: int = option(
         DEFAULT_STEPS, f"steps per round (default {DEFAULT_STEPS})", convert=_positive_int, metavar="K"
     )

@@ -89,7 +89,6 @@ def test_sizes_take_binary_suffixes():
     [
         (["--scaling", "sideways"],
          "argument --scaling: invalid choice: 'sideways' (choose from 'weak', 'strong', 'both')"),
-        (["--model", "nope"], "argument --model: invalid choice: 'nope' (choose from 'cnn'"),
         (["--gpus", "x"], "argument --gpus: 'x' is not an integer"),
         (["--gpus", "0"], "argument --gpus: values must be >= 1, got 0"),
         (["--batch-sizes", "16", "-8"], "argument --batch-sizes: values must be >= 1, got -8"),
@@ -344,3 +343,20 @@ def test_xla_is_not_applicable_on_rtx_5090s_with_a_build_without_sm_120(tmp_path
             assert "sm_120" in skipped[0]["reason"] and "tensorflow/tensorflow#111958" in skipped[0]["reason"]
         else:
             assert xla_cases and not skipped
+
+
+def test_the_sweep_takes_a_users_model_as_the_trainer_does(tmp_path):
+    """--model PATH.py:FUNCTION passes the trainer's checks before TensorFlow; a missing file or
+    function is a one-line usage error naming --model."""
+    tiny = Path(__file__).parents[1] / "fixtures" / "models" / "tiny.py"
+    opts, _ = options("--cpu-replicas", "1", "--model", f"{tiny}:build", "--report-dir", str(tmp_path))
+    assert opts.model == f"{tiny}:build"
+    for bad, says in (
+        (f"{tmp_path}/nosuch.py:build", "no such file"),
+        (f"{tiny}:biuld", "has no function biuld"),
+    ):
+        with pytest.raises(so.SweepUsageError) as caught:
+            options("--cpu-replicas", "1", "--model", bad, "--report-dir", str(tmp_path))
+        assert "--model" in str(caught.value) and says in str(caught.value), caught.value
+    with pytest.raises(so.SweepUsageError, match=r"^unknown --model 'nope': known models are cnn, mlp"):
+        options("--cpu-replicas", "1", "--model", "nope", "--report-dir", str(tmp_path))

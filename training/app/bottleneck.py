@@ -166,7 +166,7 @@ def measure(trainer: Any, samples_per_sec: float | None, train_seconds: float) -
     move the run's own input stream."""
     if not samples_per_sec:
         return None
-    from training.inputs.models import model_flops_per_sample
+    from training.inputs.models import estimate_flops_per_sample
 
     started = time.perf_counter()
     variables = trainer.model.trainable_variables
@@ -189,7 +189,7 @@ def measure(trainer: Any, samples_per_sec: float | None, train_seconds: float) -
             input_samples_per_sec=input_rate,
             allreduce_seconds=allreduce,
             gradient_bytes=gradient_bytes,
-            flops_per_sample=model_flops_per_sample(trainer.model) or None,
+            flops_per_sample=estimate_flops_per_sample(trainer.model) or None,
             peak_flops=peak_flops(trainer.setup, trainer.config.mixed_precision),
             measure_seconds=time.perf_counter() - started,
         )

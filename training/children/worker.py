@@ -39,7 +39,7 @@ from training.children.protocol import (
     encode,
 )
 from training.devices.setup import add_device_args, plan_from_args
-from training.inputs.models import model_flops_per_sample, num_elements
+from training.inputs.models import estimate_flops_per_sample, num_elements
 from training.loop.faults import (
     WORKER_FAULT_ENV,
     WorkerFault,
@@ -142,7 +142,7 @@ class Worker:
             build_seconds=built - started,
             first_step_seconds=done - built,
             global_batch=work.batch_per_replica * self.replicas,
-            flops_per_sample=model_flops_per_sample(trainer.model),
+            flops_per_sample=estimate_flops_per_sample(trainer.model),  # None: not known, never made up
             trainable_params=sum(int(num_elements(v.shape)) for v in variables),
             gradient_bytes=sum(
                 int(num_elements(v.shape)) * self.tf.as_dtype(v.dtype).size for v in variables
