@@ -11,6 +11,7 @@ names without it.
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
@@ -143,12 +144,12 @@ def _report_dir(path: Path) -> Path:
 
 
 def _model(name: str) -> str:
-    """A built-in model, or a user's, checked as far as the trainer checks it before TensorFlow."""
+    """A built-in model, or a user's, checked as far as the trainer checks it before TensorFlow
+    (argparse's usage error then names the flag)."""
     try:
         models.check_model(name)
     except UserError as exc:
-        # the trainer's messages mostly name the flag already
-        raise SweepUsageError(str(exc) if "--model" in str(exc) else f"--model: {exc}") from None
+        raise argparse.ArgumentTypeError(str(exc)) from None
     return name
 
 
@@ -194,7 +195,7 @@ class SweepOptions:
         "cnn",
         f"model to train: {', '.join(models.names())} (default cnn), or your own as the trainer takes "
         "it (PATH.py:FUNCTION, package.module:FUNCTION, MODEL.keras)",
-        check=_model,
+        convert=_model,
         metavar="MODEL",
     )
     steps: int = option(

@@ -148,7 +148,7 @@ def test_the_default_run_is_the_sweep_and_the_self_benchmarks_are_opt_in():
 
 # A bad value is refused by its option's converter: pytest's usage error names the flag and why.
 BAD_VALUES = [
-    (["--model", "nope"], "argument --model: invalid choice: 'nope' (choose from 'cnn'"),
+    (["--model", "nope"], "argument --model: unknown --model 'nope': known models are cnn"),
     (["--gpus", "0"], "argument --gpus: values must be >= 1, got 0"),
     (["--batch-sizes", "16", "-8"], "argument --batch-sizes: values must be >= 1, got -8"),
     (["--steps", "0"], "argument --steps: values must be >= 1, got 0"),

@@ -108,7 +108,6 @@ def build_summary(
     final = result.history[-1] if result.history else {}
     rate = result.meter.samples_per_sec
     plan = setup.plan
-    learning = rate_plan(config)
     return RunSummary(
         model=config.model,
         data=examples.source,
@@ -128,13 +127,7 @@ def build_summary(
         checkpoint_dir=config.checkpoint_dir,
         last_checkpoint=result.last_checkpoint,
         warmup_steps=config.warmup_steps,
-        optimizer=config.optimizer,
-        learning_rate=learning.target,  # after scaling and warm-up: what training ran at
-        base_learning_rate=learning.base,
-        scale_learning_rate=learning.rule,
-        reference_batch_size=learning.reference_batch_size,
-        warmup_epochs=learning.warmup_epochs,
-        warmup_learning_rate_steps=learning.warmup_steps(steps_per_epoch),
+        **_learning(config, steps_per_epoch),
         seed=config.seed,
         mixed_precision=config.mixed_precision,
         dtype_policy=keras.config.dtype_policy().name,  # what --mixed-precision set, as Keras has it
@@ -159,17 +152,38 @@ def build_summary(
         train_seconds=result.train_seconds,
         validation_seconds=result.validation_seconds,
         wall_seconds=wall_seconds,
-        tensorflow_version=tf.__version__,
-        keras_version=keras.__version__,
-        workers=setup.cluster.num_workers if setup.cluster else 1,
-        cluster=setup.cluster.to_dict() if setup.cluster else None,
-        worker_devices=setup.workers,
-        peak_memory_bytes=peak_memory(setup),
+        **_environment(setup),
         gpu_usage=gpu_usage,
         bottleneck=bottleneck,
         profile=profile,
         warnings=list(setup.warnings),
     )
+
+
+def _learning(config: TrainConfig, steps_per_epoch: int) -> dict[str, Any]:
+    """The optimizer and its rate as training ran them (after scaling and warm-up)."""
+    learning = rate_plan(config)
+    return {
+        "optimizer": config.optimizer,
+        "learning_rate": learning.target,
+        "base_learning_rate": learning.base,
+        "scale_learning_rate": learning.rule,
+        "reference_batch_size": learning.reference_batch_size,
+        "warmup_epochs": learning.warmup_epochs,
+        "warmup_learning_rate_steps": learning.warmup_steps(steps_per_epoch),
+    }
+
+
+def _environment(setup: DeviceSetup) -> dict[str, Any]:
+    """The software, the cluster and the devices' memory the run had."""
+    return {
+        "tensorflow_version": tf.__version__,
+        "keras_version": keras.__version__,
+        "workers": setup.cluster.num_workers if setup.cluster else 1,
+        "cluster": setup.cluster.to_dict() if setup.cluster else None,
+        "worker_devices": setup.workers,
+        "peak_memory_bytes": peak_memory(setup),
+    }
 
 
 def peak_memory(setup: DeviceSetup) -> dict[str, int] | None:
