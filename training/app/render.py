@@ -107,6 +107,11 @@ def print_summary(run: RunSummary, out: Any = None) -> None:
         from training.app.bottleneck import describe
 
         print(f"bottleneck: {describe(found)}", file=out)
+    from training.app.workers_speed import describe as describe_speed
+
+    slow = describe_speed(summary.get("workers_speed"))
+    if slow:
+        print(f"slowest worker: {slow}", file=out)
 
 
 def print_evaluation(summary: dict[str, Any], out: Any = None) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import keras
 
 from common.files import replacing
-from training.app import bottleneck, usage
+from training.app import bottleneck, usage, workers_speed
 from training.app.summary import RunSummary, build_summary
 from training.checkpoints.resume import resume_latest
 from training.checkpoints.store import CheckpointStore, fingerprint
@@ -116,6 +116,7 @@ def run(
         )
     # every worker measures: the all-reduce is a collective
     found = bottleneck.measure(trainer, result.meter.samples_per_sec, result.train_seconds)
+    speed = workers_speed.measure(trainer)  # every worker too: each waits for the others' figures
     profiled = profile_facts(profile)
     if profiled:
         notify(
@@ -140,4 +141,5 @@ def run(
         gpu_usage=usage.summarize(watching),
         bottleneck=found.as_dict() if found else None,
         profile=profiled,
+        workers_speed=speed,
     )

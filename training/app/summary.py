@@ -80,6 +80,9 @@ class RunSummary:
     gpu_usage: dict[str, dict[str, Any]] | None
     bottleneck: dict[str, Any] | None  # training.app.bottleneck: where the step time goes
     profile: dict[str, Any] | None  # --profile-steps: the steps, the trace folder, how to view it
+    # several workers: each one's solo forward and backward pass, the slowest and its ratio to the
+    # fastest (training.app.workers_speed); None on one machine
+    workers_speed: dict[str, Any] | None
     warnings: list[str]
 
     def as_dict(self) -> dict[str, Any]:
@@ -104,6 +107,7 @@ def build_summary(
     gpu_usage: dict[str, dict[str, Any]] | None = None,
     bottleneck: dict[str, Any] | None = None,
     profile: dict[str, Any] | None = None,
+    workers_speed: dict[str, Any] | None = None,
 ) -> RunSummary:
     final = result.history[-1] if result.history else {}
     rate = result.meter.samples_per_sec
@@ -156,6 +160,7 @@ def build_summary(
         gpu_usage=gpu_usage,
         bottleneck=bottleneck,
         profile=profile,
+        workers_speed=workers_speed,
         warnings=list(setup.warnings),
     )
 

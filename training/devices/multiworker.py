@@ -61,18 +61,23 @@ def make_strategy(tf: Any, task: ClusterTask, communication: str, timeout_s: flo
     return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver, communication_options=options)
 
 
-def exchange(task: ClusterTask, mine: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def exchange(
+    task: ClusterTask, mine: dict[str, Any], key: str = KEY, timeout_ms: int = 0
+) -> dict[str, dict[str, Any]]:
     """Publish this worker's facts and read every worker's: {task name: facts}. Blocks until all
-    have published (they all have started: MWMS waited for them)."""
+    have published (they all have started: MWMS waited for them), or up to `timeout_ms` when it is
+    not 0 (then a peer's missing facts raise). A key can be written once per run: each exchange
+    takes its own `key` pattern (one "{}" for the task)."""
     from tensorflow.python.eager import context  # the coordination service's store: no public API
 
     ctx = context.context()
-    ctx.set_config_key_value(KEY.format(task.name.replace(" ", "-")), json.dumps(mine))
+    ctx.set_config_key_value(key.format(task.name.replace(" ", "-")), json.dumps(mine))
     found: dict[str, dict[str, Any]] = {}
     for job in ("chief", "worker"):
         for index in range(len(task.jobs.get(job, ()))):
             name = f"{job} {index}"
-            found[name] = json.loads(ctx.get_config_key_value(KEY.format(name.replace(" ", "-"))))
+            text = ctx.get_config_key_value(key.format(name.replace(" ", "-")), timeout_ms)
+            found[name] = json.loads(text)
     return found
 
 

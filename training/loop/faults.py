@@ -14,6 +14,9 @@ machine, so the tests make them happen here instead, as DCGM tests its diagnosti
 - sleep_per_step=S: each step takes S seconds longer (so that a test can kill a run mid-epoch).
 - kill_after_step=N: SIGKILL this process right after global step N and any checkpoint it writes.
 - kill_during_checkpoint=N: SIGKILL this process halfway through writing its Nth checkpoint file.
+- slow_compute=F: this worker's solo timing of its forward and backward pass at the end of the run
+  (training.app.workers_speed) waits F - 1 times the compute it just did after each pass: the
+  passes take F times as long, as on a slower machine (the training steps are not slowed).
 - allreduce-hang (no value): `gpudiag check --deep`'s child blocks in its all-reduce, so that the
   parent's deadline and its report of a hung all-reduce can be seen; the trainer ignores it.
 
@@ -54,6 +57,7 @@ class Faults:
     kill_after_step: int | None = None
     kill_during_checkpoint: int | None = None
     nan_weights_at_step: int | None = None
+    slow_compute: float | None = None
     checkpoints_started: int = 0  # state, not configuration
 
     # -- hooks called by the trainer; each one is a no-op unless its fault is set ------------------
@@ -84,6 +88,12 @@ class Faults:
         poisoned.flat[0] = np.nan
         return [poisoned, *arrays[1:]]
 
+    def after_compute(self, seconds: float) -> None:
+        """Called after `seconds` of this worker's own compute: with slow_compute=F, wait F - 1 times
+        as long, so the compute (as the worker's peers and its own timer see it) takes F times as long."""
+        if self.slow_compute and self.slow_compute > 1:
+            time.sleep((self.slow_compute - 1) * seconds)
+
     def after_step(self, global_step: int) -> None:
         """Called after the step and after any checkpoint written for it."""
         if global_step == self.kill_after_step:
@@ -112,7 +122,7 @@ _INT_FIELDS = {
     "kill_during_checkpoint",
     "nan_weights_at_step",
 }
-_FLOAT_FIELDS = {"sleep_per_step"}
+_FLOAT_FIELDS = {"sleep_per_step", "slow_compute"}
 # Faults without a value, for the other children that read GPUDIAG_FAULT (`probe_fault`)
 PROBE_FAULTS = {"allreduce-hang"}
 
