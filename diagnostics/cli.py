@@ -1,8 +1,9 @@
-"""`gpudiag check | list | snapshot | monitor | compare`: argument parsing and rendering only.
+"""`gpudiag check | list | snapshot | monitor | compare | bandwidth`: argument parsing and rendering only.
 
 Exit codes: 0 ready (no check failed), 1 a check failed (with --strict: or warned) or there is no
 driver to read, 2 bad arguments or an unreadable inventory file. `compare`: 0 when no difference
-between the snapshots breaks multi-worker training, 1 when one does, 2 for unusable input. Errors
+between the snapshots breaks multi-worker training, 1 when one does, 2 for unusable input.
+`bandwidth`: 0 measured, 1 the measuring child failed, 2 bad input or fewer than 2 devices. Errors
 are one line on stderr, never a traceback (`common.cli.run_main`; GPUDIAG_DEBUG=1 shows a bug's).
 `--inventory FILE` takes a snapshot or an `nvidia-smi -q -x` dump.
 """
@@ -19,7 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from common import files
-from common.cli import Parser, UsageError, at_least, positive_number, run_main
+from common.cli import Parser, UsageError, at_least, positive_number, run_main, size_in_bytes
 from diagnostics.checks import Context, Finding, describe, make_context, registry, run_checks
 from diagnostics.checks import summarize as summarize_findings
 from diagnostics.inventory import load_inventory
@@ -38,7 +39,7 @@ def _selection_flags(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Is this machine ready for multi-GPU TensorFlow?")
-    sub = parser.add_subparsers(dest="command", metavar="{check,list,snapshot,monitor,compare}")
+    sub = parser.add_subparsers(dest="command", metavar="{check,list,snapshot,monitor,compare,bandwidth}")
     sub.required = True
     check = sub.add_parser("check", help="run every readiness check")
     check.add_argument(
@@ -78,6 +79,17 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("files", nargs="+", metavar="FILE", help="a `gpudiag snapshot` of each node")
     cmp.add_argument("--json", action="store_true", help="print only JSON on stdout")
     _selection_flags(cmp)
+    bw = sub.add_parser(
+        "bandwidth", help="all-reduce bus bandwidth per message size (nccl-tests' all_reduce_perf)"
+    )
+    bw.add_argument("--cpu-replicas", type=at_least(1), metavar="N", help="N CPU logical devices, not GPUs")
+    bw.add_argument("--min-bytes", type=size_in_bytes, metavar="SIZE", help="smallest message (default 8)")
+    bw.add_argument("--max-bytes", type=size_in_bytes, metavar="SIZE", help="largest (256M; 4M on CPU)")
+    bw.add_argument("--iters", type=at_least(1), default=20, metavar="N", help="timed all-reduces per size")
+    bw.add_argument("--warmup-iters", type=at_least(0), default=5, metavar="N")
+    bw.add_argument("--json", action="store_true", help="print only JSON on stdout")
+    bw.add_argument("--timeout", type=positive_number(), default=600.0, metavar="S")
+    _selection_flags(bw)
     return parser
 
 
@@ -274,12 +286,23 @@ def cmd_compare(ns: argparse.Namespace) -> int:
     return 1 if result.breaks else 0
 
 
+def cmd_bandwidth(ns: argparse.Namespace) -> int:
+    from diagnostics import bandwidth
+
+    try:
+        return bandwidth.main(ns, _args(ns))
+    except bandwidth.BandwidthError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+
+
 COMMANDS = {
     "check": cmd_check,
     "list": cmd_list,
     "snapshot": cmd_snapshot,
     "monitor": cmd_monitor,
     "compare": cmd_compare,
+    "bandwidth": cmd_bandwidth,
 }
 
 

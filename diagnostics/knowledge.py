@@ -376,3 +376,25 @@ def peak_for(name: str) -> Peak | None:
     """Datasheet peaks for an NVML GPU name ("NVIDIA A100-SXM4-80GB"), or None for an unknown model."""
     tokens = _tokens(name)
     return next((peak for needed, peak in _PEAKS if set(needed) <= tokens), None)
+
+
+# -- link peaks for an all-reduce's bus bandwidth (gpudiag bandwidth) -----------------------------
+# busbw is compared with one direction of the bottleneck link, as nccl-tests' doc/PERFORMANCE.md
+# does; GB/s are 10^9 bytes/s. PCIe x16 per direction after line coding, by generation: (GB/s, source).
+PCIE_X16_GBPS: dict[int, tuple[float, str]] = {
+    3: (15.75, "PCI-SIG PCIe 3.0 base spec: 8 GT/s per lane, 128b/130b"),
+    4: (31.5, "PCI-SIG PCIe 4.0 base spec: 16 GT/s per lane, 128b/130b"),
+    5: (63.0, "PCI-SIG PCIe 5.0 base spec: 32 GT/s per lane, 128b/130b"),
+}
+# NVLink per link per direction, by compute capability: (generation, GB/s, source: the datasheet's
+# total over both directions / links / 2)
+NVLINK_PER_LINK_GBPS: dict[str, tuple[str, float, str]] = {
+    "6.0": ("1.0", 20.0, "P100 datasheet: 160 GB/s over 4 links"),
+    "7.0": ("2.0", 25.0, "V100 datasheet: 300 GB/s over 6 links"),
+    "8.0": ("3.0", 25.0, "A100 datasheet: 600 GB/s over 12 links"),
+    "8.6": ("3.0", 14.0625, "A40 datasheet: 112.5 GB/s bridge over 4 links"),
+    "9.0": ("4.0", 25.0, "H100 datasheet: 900 GB/s over 18 links"),
+    "10.0": ("5.0", 50.0, "B200 datasheet: 1800 GB/s over 18 links; nvidia.com/en-us/data-center/nvlink/"),
+}
+# a rule of thumb from published nccl-tests runs: large all-reduces reach 70% or more of it
+BUSBW_EXPECTED_FRACTION = 0.7
