@@ -298,7 +298,7 @@ def _parse_gpu(r: _Reader) -> Gpu:
     if "compute_capability" not in r.data:
         raise InventoryError(f"{r.source}: missing required field '{r.path}.compute_capability'")
     cc = r.get("compute_capability", (str,))
-    parts = (cc or "0.0").split(".")
+    parts = cc.split(".") if cc is not None else ["0", "0"]  # None: not known; "" is not a version
     if len(parts) != 2 or not all(p.isdigit() for p in parts):
         raise InventoryError(
             f"{r.source}: field '{r.path}.compute_capability' must look like \"8.6\", got {cc!r}"

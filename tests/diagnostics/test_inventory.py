@@ -65,6 +65,10 @@ def test_unsupported_fields_are_null_and_optional_keys_may_be_absent(tmp_path):
             lambda d: d["gpus"][0].update(compute_capability="sm_89"),
             "'gpus[0].compute_capability' must look like",
         ),
+        (  # found by the property test: an empty text is not "not known"
+            lambda d: d["gpus"][0].update(compute_capability=""),
+            "'gpus[0].compute_capability' must look like \"8.6\", got ''",
+        ),
         (lambda d: d["gpus"][0].update(display_active=1), "'gpus[0].display_active' must be true/false"),
         (lambda d: d.pop("driver_version"), "missing required field 'driver_version'"),
         (lambda d: d["gpus"][1].update(index=0), "two GPUs have index 0"),
