@@ -16,13 +16,12 @@ imports TensorFlow when called.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from training.inputs.streaming import unrecorded
 
 VERDICTS = ("input", "communication", "compute", "balanced")
 # The pipeline alone must outrun training by 20%: below that it cannot keep a prefetch buffer
@@ -202,7 +201,7 @@ def pipeline_rate(trainer: Any, budget: float) -> float | None:
     have passed (at least two, but never past 3 x `budget`)."""
     from training.inputs import data as data_mod
 
-    with _no_seen_ids():
+    with unrecorded():
         dataset = data_mod.make_dataset(trainer.examples, trainer.global_batch_size, trainer.config.seed)
     iterator = iter(dataset)
     next(iterator)
@@ -218,20 +217,6 @@ def pipeline_rate(trainer: Any, budget: float) -> float | None:
     # worker's stream): the cluster's pipelines together make W times this worker's rate
     workers = getattr(trainer.examples, "workers", 1)
     return batches * trainer.global_batch_size * workers / elapsed
-
-
-@contextlib.contextmanager
-def _no_seen_ids() -> Iterator[None]:
-    """Tests record the batches a streamed run builds (GPUDIAG_SEEN_IDS): the measurement's batches
-    are not the run's, so its pipeline is built without the recording."""
-    from training.inputs.streaming import SEEN_IDS_ENV
-
-    saved = os.environ.pop(SEEN_IDS_ENV, None)
-    try:
-        yield
-    finally:
-        if saved is not None:
-            os.environ[SEEN_IDS_ENV] = saved
 
 
 def peak_flops(setup: Any, mixed_precision: bool) -> float | None:

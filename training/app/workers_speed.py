@@ -81,10 +81,14 @@ def solo_step_seconds(trainer: Any) -> float | None:
     import tensorflow as tf
 
     from training.inputs import data as data_mod
+    from training.inputs.streaming import unrecorded
 
     model, loss_fn = trainer.model, trainer.loss_fn
     batch = trainer.per_replica_batch_size
-    x, y = next(iter(data_mod.make_dataset(trainer.examples, trainer.global_batch_size, trainer.config.seed)))
+    with unrecorded():  # not the run's batch: tests that record the run's batches must not see it
+        x, y = next(
+            iter(data_mod.make_dataset(trainer.examples, trainer.global_batch_size, trainer.config.seed))
+        )
     x, y = x[:batch], y[:batch]
 
     @tf.function

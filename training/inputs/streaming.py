@@ -17,7 +17,9 @@ stream (data sharding). Either way no two workers see the same example in an epo
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -210,6 +212,19 @@ class Streamed:
             return image(parsed[tfrecord.IMAGE_KEY]), tf.cast(parsed[tfrecord.LABEL_KEY], tf.int32), i
 
         return parse
+
+
+@contextlib.contextmanager
+def unrecorded() -> Iterator[None]:
+    """Build pipelines without the test-only recording of batches (GPUDIAG_SEEN_IDS): for the
+    measurements after a run (the bottleneck line, the workers' speed), whose batches are not the
+    run's and would read as trained twice."""
+    saved = os.environ.pop(SEEN_IDS_ENV, None)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ[SEEN_IDS_ENV] = saved
 
 
 def _record_ids(ds: tf.data.Dataset, folder: str) -> tf.data.Dataset:
