@@ -103,6 +103,8 @@ def test_two_local_workers_train_like_one_process_and_only_the_chief_writes(tmp_
     assert summary["workers"] == 2 and summary["replicas"] == 2 and summary["steps"] == FINAL
     assert summary["cluster"]["task"] == {"type": "worker", "index": 0}
     assert set(summary["worker_devices"]) == {"worker 0", "worker 1"}
+    # the bottleneck's all-reduce is timed across the workers too (MWMS's collectives)
+    assert summary["bottleneck"]["allreduce_seconds"] > 0
     assert (tmp_path / "model.keras").is_file()
     assert len(list((tmp_path / "logs").rglob("events.out.tfevents.*"))) == 1  # one writer's file
     # the checkpoints are the chief's alone: one file per save, no temporary leftovers

@@ -172,9 +172,7 @@ def measure(trainer: Any, samples_per_sec: float | None, train_seconds: float) -
     gradient_bytes = sum(int(math.prod(v.shape)) * 4 for v in variables)  # as float32, as timed
     input_rate = pipeline_rate(trainer, input_budget(train_seconds))
     allreduce = None
-    # Across workers (MultiWorkerMirroredStrategy) this timer's replica-context all-reduce finds no
-    # destination on CPU workers ("destinations can not be empty"): the share is not measured there
-    if trainer.num_replicas > 1 and trainer.setup.cluster is None:
+    if trainer.num_replicas > 1:
         from training.loop.allreduce import seconds_per_allreduce
 
         allreduce = seconds_per_allreduce(

@@ -38,6 +38,10 @@ class ChainedAllreduce:
 
         def replica_fn(x: Any) -> Any:
             ctx = tf.distribute.get_replica_context()
+            # placed on the replica's device first: under MultiWorkerMirroredStrategy an all-reduce
+            # of the traced function's input itself has no device and fails ("destinations can not
+            # be empty"); the copy costs one element-wise op per call, not per all-reduce
+            x = tf.identity(x)
             for _ in range(unroll):  # chained, so the all-reduces run one after another
                 x = ctx.all_reduce(tf.distribute.ReduceOp.SUM, x)
             return x
