@@ -162,8 +162,10 @@ def run_case(benchmark: Any, sweep: Sweep, sweep_case: Case, request: pytest.Fix
         except CaseFailed as exc:
             failed = exc
         failure = None if failed is None else str(failed).splitlines()[0]
-        request.node.stash[_PROGRESS] = progress_line(sweep_case, row, failure, sweep.unit)
+        request.node.stash[_PROGRESS] = progress_line(sweep_case, row, failure, sweep.unit, sweep.workers)
         if failed is not None:  # outside the except block: the failure is the message, no chain
+            if failed.ends_sweep:  # the cases so far are kept: the session's end writes them
+                pytest.exit(str(failed), returncode=pytest.ExitCode.TESTS_FAILED)
             if failed.expected:
                 pytest.skip(str(failed))
             pytest.fail(str(failed), pytrace=False)
@@ -198,6 +200,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     sweep = config.stash[_SWEEP]
     sweep.close_worker()
+    task = sweep.options.placement.task
+    if task is not None and not task.is_chief:
+        config.stash[_REPORT] = f"{task.name}: the chief writes the results and the scaling report"
+        return
     if not sweep.has_data():
         return
     from reports.write import ReportDirError, write_report

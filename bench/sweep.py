@@ -26,6 +26,7 @@ from sweep_cases import (
 from sweep_cases import data_request as data_request  # what a case trains on: part of sweep's interface
 from sweep_env import environment, process_started_at
 from sweep_options import SweepOptions
+from sweep_plan import launches
 
 from diagnostics.inventory import Inventory
 from diagnostics.monitor import BackgroundSampler, utilization_by_gpu
@@ -52,18 +53,20 @@ from training.children.protocol import (
     Ready,
     Work,
 )
-from training.children.worker_client import WorkerClient, WorkerError
+from training.children.worker_client import WorkerError
+from training.children.worker_group import WorkerGroup
 from training.devices.setup import DevicePlan
 
 UTILIZATION_INTERVAL_S = 0.5
 
 
 class CaseFailed(Exception):
-    """A case that failed and was recorded; `expected` (out of memory) is a skip, not a failure."""
+    """A case that failed and was recorded; `expected` (out of memory) is a skip, not a failure;
+    `ends_sweep`: across workers, where no worker can go on without the others."""
 
-    def __init__(self, summary: str, expected: bool) -> None:
+    def __init__(self, summary: str, expected: bool, ends_sweep: bool = False) -> None:
         super().__init__(summary)
-        self.expected = expected
+        self.expected, self.ends_sweep = expected, ends_sweep
 
 
 def read_utilization() -> Inventory:
@@ -103,7 +106,8 @@ class Sweep:
     case_seconds: float = 0.0  # inside Sweep.run, from asking for a worker to the last answer
     first_case_at: float | None = None
     ready: dict[tuple[int, str], Ready] = field(default_factory=dict)  # by (count, ops)
-    _client: WorkerClient | None = None
+    ended: str | None = None  # across workers: the failure that ended the sweep (one line)
+    _client: WorkerGroup | None = None
     _client_key: tuple[int, str] | None = None
     _start_failures: dict[tuple[int, str], WorkerError] = field(default_factory=dict)
     _logs: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="gpudiag-sweep-")))
@@ -113,19 +117,26 @@ class Sweep:
     def unit(self) -> str:
         return "GPU" if self.plan.kind == "gpu" else "CPU device"
 
-    def worker(self, gpus: int, ops: str = "auto") -> WorkerClient:
+    @property
+    def workers(self) -> int | None:
+        """What the rows record as their workers: None on one machine."""
+        placement = self.options.placement
+        return placement.workers if placement.several else None
+
+    def worker(self, gpus: int, ops: str = "auto") -> WorkerGroup:
         """The live worker for this count and cross-device ops (a strategy property, fixed per
-        process); starts one (closing another's) when needed."""
+        process), or the cluster's workers; starts them (closing others) when needed."""
         key = (gpus, ops)
         if self._client is not None and self._client_key == key and self._client.proc is not None:
             return self._client
         self.close_worker()
         if key in self._start_failures:
             raise self._start_failures[key]
-        client = WorkerClient(
-            # the resolved devices: the worker selects nothing
-            [*self.plan.first(gpus).child_args(), "--cross-device-ops", ops],
-            self._logs / f"worker-{gpus}-{ops}-{next(self._starts)}.log",
+        client = WorkerGroup(
+            # the resolved devices: the workers select nothing
+            launches(self.plan, self.options.placement, gpus, ops, self.options.collective_timeout),
+            self._logs,
+            f"worker-{gpus}-{ops}-{next(self._starts)}",
             start_timeout=self.options.worker_start_timeout,
         )
         try:
@@ -151,11 +162,12 @@ class Sweep:
         self.close_seconds += time.perf_counter() - started
 
     def _record_failure(self, case: Case, exc: WorkerError) -> CaseFailed:
-        # after OOM, a crash or a hang the worker is of no further use: TF keeps GPU memory
-        if exc.kind in ("oom", "crash", "timeout"):
+        # after OOM, a crash or a hang the worker is of no further use: TF keeps GPU memory; a
+        # cluster's workers cannot go on after any failure (their collectives wait for the failed one)
+        if exc.kind in ("oom", "crash", "timeout") or self.workers:
             self.close_worker()
         summary = failure_summary(
-            case.benchmark, case.gpus, exc.kind, case.batch_per_gpu, case.nbytes, unit=self.unit
+            case.benchmark, case.gpus, exc.kind, case.batch_per_gpu, case.nbytes, self.unit, self.workers
         )
         if not is_default(case.variant):
             summary += f" ({label(case.variant)})"
@@ -169,8 +181,16 @@ class Sweep:
                 error=exc.kind,
                 message=str(exc),
                 summary=summary,
+                workers=self.workers,
             )
         )
+        if self.workers:
+            done = len(self.train) + len(self.input) + len(self.allreduce)
+            self.ended = (
+                f"{summary}: {exc}; the sweep across workers ends here (every worker waits on the "
+                f"failed one), {done} case(s) measured before it are kept in the results"
+            )
+            return CaseFailed(self.ended, expected=False, ends_sweep=True)
         return CaseFailed(f"{summary}: {exc}", expected=exc.kind == "oom")
 
     def run(self, benchmark: Any, case: Case) -> dict[str, Any] | None:
@@ -214,7 +234,7 @@ class Sweep:
     def _rounds(
         self,
         benchmark: Any,
-        client: WorkerClient,
+        client: WorkerGroup,
         work: Work,
         sampler: BackgroundSampler,
         warm_steps: int,
@@ -255,6 +275,7 @@ class Sweep:
             assert case.nbytes is not None
             allreduce = AllreduceRow(
                 gpus=case.gpus,
+                workers=self.workers,
                 round_seconds=rounds.measured,
                 warmup_seconds=rounds.warm,
                 prepare_seconds=prepared.seconds,
@@ -269,6 +290,7 @@ class Sweep:
         assert case.batch_per_gpu is not None and prepared.global_batch is not None
         row = InputRow(
             gpus=case.gpus,
+            workers=self.workers,
             round_seconds=rounds.measured,
             warmup_seconds=rounds.warm,
             prepare_seconds=prepared.seconds,
@@ -352,7 +374,7 @@ class Sweep:
         results = Results(
             schema=SCHEMA,
             created_at=datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
-            complete=complete,
+            complete=complete and self.ended is None,
             device_kind=self.plan.kind,
             fallback_reason=self.plan.fallback_reason,
             model=o.model,

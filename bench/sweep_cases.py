@@ -127,7 +127,7 @@ def plan_cases(options: SweepOptions) -> list[Case]:
                 ]
             if i == 0:  # the pipeline depends on no variant: measured once, in the first worker
                 cases += [Case("input", n, b, cross_device_ops=ops) for b in batches]
-            if n > 1:  # one replica has nothing to all-reduce with
+            if n * options.placement.workers > 1:  # one replica has nothing to all-reduce with
                 cases += [
                     Case("allreduce", n, nbytes=s, cross_device_ops=ops) for s in options.allreduce_bytes
                 ]
@@ -167,15 +167,20 @@ def work_of(case: Case, options: SweepOptions) -> Work:
     )
 
 
-def progress_line(case: Case, row: dict[str, Any] | None, failure: str | None, unit: str) -> str:
+def progress_line(
+    case: Case, row: dict[str, Any] | None, failure: str | None, unit: str, workers: int | None = None
+) -> str:
     """What a case measured, in one line: 'train 2 CPU devices x 32: 1,234 samples/s' (median round),
-    'all-reduce 2 GPUs 1 MiB: 3.1 GB/s algbw', or the failure ('OOM at 256 per GPU on 2 GPUs: ...')."""
-    units = unit if case.gpus == 1 else f"{unit}s"
+    'all-reduce 2 workers x 4 GPUs 1 MiB: 3.1 GB/s algbw', or the failure ('OOM at 256 per GPU on 2
+    GPUs: ...')."""
+    devices = (
+        (f"{workers} workers x " if workers else "") + f"{case.gpus} {unit}" + ("s" if case.gpus > 1 else "")
+    )
     if case.benchmark == "allreduce":
         assert case.nbytes is not None
-        what = f"all-reduce {case.gpus} {units} {format_bytes(case.nbytes)}"
+        what = f"all-reduce {devices} {format_bytes(case.nbytes)}"
     else:
-        what = f"{case.benchmark} {case.gpus} {units} x {case.batch_per_gpu}"
+        what = f"{case.benchmark} {devices} x {case.batch_per_gpu}"
     if case.benchmark != "input" and not is_default(case.variant):
         what += f" ({label(case.variant)})"
     if failure is not None:  # its summary names the case and its variant

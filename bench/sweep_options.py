@@ -12,21 +12,25 @@ names without it.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Iterable, Sequence
+import glob
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import sweep_plan
+
 from common.cli import at_least, fraction, from_value_error, integers, on_off, positive_number, size_in_bytes
 from common.errors import UserError
-from diagnostics.knowledge import xla_unavailable
-from diagnostics.selection import SelectionError, SelectionOptions, add_selection_options
-from diagnostics.stack import read_stack
+from diagnostics.cluster import CLUSTER_MODES
+from diagnostics.selection import SelectionOptions, add_selection_options
 from reports.variants import AXES
 from reports.write import ReportDirError, check_report_dir
 from training.devices.setup import CROSS_DEVICE_OPS, DeviceFlagError, DevicePlan, plan_devices
 from training.inputs import models
 from training.loop.steps import parse_steps_per_execution
+from training.settings.config import COLLECTIVE_TIMEOUT_S
 
 # pytest's option destinations share one namespace: every sweep option's dest starts with this
 PREFIX = "sweep_"
@@ -154,7 +158,10 @@ def _model(name: str) -> str:
 
 
 def _data(path: Path) -> Path:
-    if not path.exists():
+    if glob.has_magic(str(path)):  # TFRecord shards, as the trainer takes them: 'train-*'
+        if not glob.glob(str(path)):
+            raise SweepUsageError(f"--data {path}: no file matches")
+    elif not path.exists():
         raise SweepUsageError(f"--data {path}: no such file or folder")
     return path.absolute()
 
@@ -284,12 +291,30 @@ class SweepOptions:
     )
     data: Path | None = option(  # noqa: RUF009 (option() makes a field; a Path is immutable)
         None,
-        "measure on this data (.npz or image folder, as `python -m training --data`) instead of "
-        "synthetic tensors",
+        "measure on this data instead of synthetic tensors, as `python -m training --data` takes it: "
+        ".npz in memory, an image folder or TFRecords (a folder, a file or a glob) streamed",
         convert=Path,
         metavar="PATH",
         check=_data,
     )
+    cluster: str = option(
+        "auto",
+        "across machines, as the trainer: auto (TF_CONFIG if set, else a Slurm step of several tasks, else "
+        "this machine), tf-config, slurm or none; every worker runs the same command, the chief writes",
+        choices=CLUSTER_MODES,
+    )
+    local_workers: int | None = option(
+        None,
+        "a cluster of N workers on this machine (localhost), the GPUs split between them",
+        convert=_positive_int,
+    )
+    collective_timeout: float = option(
+        COLLECTIVE_TIMEOUT_S,
+        f"across workers: seconds a collective waits for a peer (default {COLLECTIVE_TIMEOUT_S:g})",
+        convert=_seconds,
+        metavar="S",
+    )
+    placement: sweep_plan.Placement = field(default_factory=sweep_plan.Placement)  # from the three above
     harness_min_share: float = option(
         DEFAULT_HARNESS_MIN_SHARE,
         "fail unless this share of the sweep's wall time went to measured or warm-up steps (default 0: "
@@ -314,17 +339,12 @@ def add_sweep_options(add: Callable[..., Any]) -> None:
     add_selection_options(add, prefix=PREFIX)
 
 
-def default_counts(selected: int) -> tuple[int, ...]:
-    """1, 2, 4, ... up to the number selected, and that number itself."""
-    counts = [n for n in (2**e for e in range(0, 12)) if n <= selected]
-    if selected not in counts:
-        counts.append(selected)
-    return tuple(counts)
-
-
-def check_options(get: Callable[[str], Any]) -> tuple[SweepOptions, DevicePlan]:
-    """The sweep's options and device plan from the converted option values; raises
-    SweepUsageError for the first problem. Creates nothing on disk.
+def check_options(
+    get: Callable[[str], Any], env: Mapping[str, str] | None = None
+) -> tuple[SweepOptions, DevicePlan]:
+    """The sweep's options and this process's device plan from the converted option values (and
+    `env`, default os.environ: TF_CONFIG, Slurm); raises SweepUsageError for the first problem.
+    Creates nothing on disk.
 
     `get(name)` returns the value of the option whose dest is PREFIX + name (None where a list
     option or a selection flag was not given).
@@ -335,40 +355,19 @@ def check_options(get: Callable[[str], Any]) -> tuple[SweepOptions, DevicePlan]:
     selection = SelectionOptions.from_values(get)
     try:
         plan = plan_devices(selection, values["cpu_replicas"])
-    except (SelectionError, DeviceFlagError) as exc:
+        placement, plan = sweep_plan.place(
+            values["cluster"], values["local_workers"], plan, os.environ if env is None else env
+        )
+        sweep_plan.check_variants(values["cross_device_ops"], placement)
+        what = sweep_plan.selected(plan, selection, values["cpu_replicas"])
+        counts = sweep_plan.device_counts(values["gpu_counts"], plan, placement, what)
+    except (UserError, DeviceFlagError) as exc:
         raise SweepUsageError(str(exc)) from None
-    counts = values["gpu_counts"] or default_counts(plan.num_replicas)
-    if max(counts) > plan.num_replicas:
-        what = _selected(plan, selection, values["cpu_replicas"])
-        raise SweepUsageError(f"--gpus {max(counts)}: more devices than selected ({what})")
     options = SweepOptions(
         **{**values, "gpu_counts": counts},
         selection=selection,
         device_kind=plan.kind,
-        xla_not_applicable=_xla_not_applicable(plan, counts),
+        xla_not_applicable=sweep_plan.xla_not_applicable(plan, counts),
+        placement=placement,
     )
     return options, plan
-
-
-def _xla_not_applicable(plan: DevicePlan, counts: tuple[int, ...]) -> tuple[tuple[int, str], ...]:
-    """For each device count, why the XLA variant cannot run on its GPUs (the first N planned) under
-    this TensorFlow build: sm_120 GPUs without kernels in the build fail in XLA's ptxas."""
-    if plan.kind != "gpu":
-        return ()
-    stack = plan.stack or read_stack()
-    build = stack.tf_build.compute_capabilities if stack.tf_build is not None else ()
-    found = []
-    for n in counts:
-        why = xla_unavailable([g.compute_capability for g in plan.gpus[:n]], build)
-        if why:
-            found.append((n, why))
-    return tuple(found)
-
-
-def _selected(plan: DevicePlan, selection: SelectionOptions, cpu_replicas: int | None) -> str:
-    """What was selected, and how, for the message of a --gpus beyond it."""
-    if cpu_replicas is not None:
-        return f"--cpu-replicas {plan.num_replicas}"
-    if plan.kind == "gpu":
-        return f"{plan.num_replicas} GPU(s) selected in {selection.mode} mode"
-    return f"no GPU is usable ({plan.fallback_reason}); use --cpu-replicas N"

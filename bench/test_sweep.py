@@ -37,7 +37,8 @@ def test_train_throughput(run_case: Any) -> None:
 def test_input_pipeline(run_case: Any) -> None:
     """The trainer's input pipeline alone, distributed to the replicas, for the same batches."""
     row = _measured(run_case())
-    assert row["global_batch"] == row["batch_per_gpu"] * row["gpus"] and row["steps"] > 0
+    devices = row["gpus"] * row.get("workers", 1)  # a cluster's rows: each worker has `gpus`
+    assert row["global_batch"] == row["batch_per_gpu"] * devices and row["steps"] > 0
 
 
 @pytest.mark.sweep("allreduce")

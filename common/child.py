@@ -138,13 +138,22 @@ class Child:
     def receive(self, timeout: float, what: str) -> dict[str, Any]:
         """The next JSON object from the child; kills it and raises ChildError(timeout) at the
         deadline, raises ChildError(crash or oom) if it exits first."""
+        message = self.poll(timeout, what)
+        if message is None:
+            self.kill()
+            raise ChildError(TIMEOUT, f"did not answer {what} within {timeout:g} s: killed it")
+        return message
+
+    def poll(self, timeout: float, what: str) -> dict[str, Any] | None:
+        """The next JSON object from the child, or None if none came within `timeout` (the child
+        is left running: a parent waiting on several children polls each in turn); raises
+        ChildError(crash or oom) if it exits first."""
         deadline = time.monotonic() + timeout
         while True:
             try:
                 line = self._lines.get(timeout=max(deadline - time.monotonic(), 0.0))
             except queue.Empty:
-                self.kill()
-                raise ChildError(TIMEOUT, f"did not answer {what} within {timeout:g} s: killed it") from None
+                return None
             if line is None:
                 raise self._ended(f"during {what}")
             try:

@@ -62,13 +62,15 @@ def lookup_peaks(gpu_names: Iterable[str]) -> Peaks:
 
 def title(results: Results) -> str:
     model = results.model or "?"
+    cluster = f"{results.workers} workers x " if results.workers else ""
     if results.device_kind == "gpu":
         names = results.environment.selected_gpu_names
         kinds = sorted(set(names)) or ["GPU"]
-        return f"Scaling report: {model} on up to {max(results.gpu_counts, default=0)} x {' + '.join(kinds)}"
+        most = max(results.gpu_counts, default=0)
+        return f"Scaling report: {model} on {cluster}up to {most} x {' + '.join(kinds)}"
     why = results.fallback_reason
     tail = f" (no GPU: {why})" if why else " (--cpu-replicas: no GPU used)"
-    return f"Scaling report: {model} on CPU logical devices{tail}"
+    return f"Scaling report: {model} on {cluster}CPU logical devices{tail}"
 
 
 def train_rows(results: Results) -> list[TrainFigure]:
@@ -85,7 +87,7 @@ def train_rows(results: Results) -> list[TrainFigure]:
                 batch_per_gpu=row.batch_per_gpu,
                 global_batch=row.global_batch,
                 samples_per_sec=rate,
-                samples_per_sec_per_gpu=rate.median / row.gpus,
+                samples_per_sec_per_gpu=rate.median / (row.gpus * (row.workers or 1)),
                 step_seconds=row.global_batch / rate.median,
                 achieved_tflops=achieved,
                 peak_fp32_tflops=peaks.fp32_tflops if peaks else None,
@@ -147,7 +149,7 @@ def series(results: Results, rows: list[TrainFigure]) -> list[Series]:
                     SeriesPoint(
                         gpus=n,
                         batch_per_gpu=b,
-                        global_batch=n * b,
+                        global_batch=n * b * (results.workers or 1),
                         samples_per_sec=rate,
                         speedup=rate / base_rate if rate and base_rate else None,
                         efficiency=stats.scaling_efficiency(rate, n, base_rate, base)
@@ -165,7 +167,8 @@ def allreduce_rows(results: Results) -> list[AllreduceFigure]:
     for row in sorted(results.allreduce, key=lambda r: (r.gpus, r.bytes)):
         per_op = [s / row.iters for s in row.round_seconds]
         alg = [stats.algbw(row.bytes, t) / 1e9 for t in per_op]
-        bus = stats.summarize([stats.busbw(a, row.gpus) for a in alg])
+        # ranks: every device of every worker (across workers the ring crosses the network)
+        bus = stats.summarize([stats.busbw(a, row.gpus * (row.workers or 1)) for a in alg])
         peaks = lookup_peaks(row.gpu_names or []) if results.device_kind == "gpu" else None
         link = peaks.link_gbps_per_direction if peaks else None
         rows.append(

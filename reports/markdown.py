@@ -330,6 +330,13 @@ def render(results: Results, figures: Figures, plots: list[str]) -> str:
     lines = [f"# {figures.title}", ""]
     if not results.complete:
         lines += ["**Incomplete run**: the sweep was interrupted; the figures cover what finished.", ""]
+    if results.workers:
+        lines += [
+            f"Measured across {results.workers} workers (MultiWorkerMirroredStrategy), every case on all of "
+            f"them: {unit} counts are per worker; global batches, samples/s and the all-reduce's ranks "
+            f"(busbw) are the cluster's, its ring crossing the network between workers.",
+            "",
+        ]
     if results.device_kind != "gpu":
         lines += [
             f"These {unit}s are logical devices carved from one CPU: they share its cores, so the "

@@ -95,7 +95,7 @@ class Failure:
     batch_per_gpu: int | None = None
     bytes: int | None = None
     variant: dict[str, Any] | None = None
-    error: str | None = None  # oom | error | crash | timeout | start
+    error: str | None = None  # oom | error | crash | timeout | start | lost (a peer of a cluster)
     message: str = ""
     summary: str = ""  # failure_summary(): 'OOM at 256 per GPU on 2 GPUs'
     workers: int | None = field(default=None, metadata=OMIT_WHEN_EMPTY)  # as Row.workers
@@ -223,6 +223,13 @@ class Results:
     def unit(self) -> str:
         return "GPU" if self.device_kind == "gpu" else "CPU device"
 
+    @property
+    def workers(self) -> int | None:
+        """The cluster every row ran on (a sweep across workers), or None: one process, or a merge
+        of several cluster sizes (reports/merge.py)."""
+        found = {row.workers or 1 for row in [*self.train, *self.input, *self.allreduce]}
+        return found.pop() if len(found) == 1 and max(found) > 1 else None
+
     def to_json(self) -> dict[str, Any]:
         return fields_to_json(self)
 
@@ -316,14 +323,16 @@ def failure_summary(
     batch_per_gpu: int | None = None,
     nbytes: int | None = None,
     unit: str = "GPU",
+    workers: int | None = None,
 ) -> str:
-    """'OOM at 256 per GPU on 2 GPUs', 'crash at 1 MiB all-reduce on 4 GPUs', ..."""
+    """'OOM at 256 per GPU on 2 GPUs', 'crash at 1 MiB all-reduce on 2 workers x 4 GPUs', ..."""
     what = {
         "oom": "OOM",
         "crash": "worker crashed",
         "timeout": "worker hung (killed)",
         "start": "worker failed to start",
         "error": "error",
+        "lost": "a worker was lost",
     }.get(error, error)
     plural = "s" if gpus != 1 else ""
     if benchmark == "allreduce" and nbytes is not None:
@@ -332,7 +341,8 @@ def failure_summary(
         at = f"{batch_per_gpu} per {unit}" + ("" if benchmark == "train" else f" ({benchmark} pipeline)")
     else:
         at = benchmark
-    return f"{what} at {at} on {gpus} {unit}{plural}"
+    cluster = f"{workers} workers x " if workers else ""
+    return f"{what} at {at} on {cluster}{gpus} {unit}{plural}"
 
 
 def format_bytes(nbytes: float) -> str:

@@ -118,11 +118,13 @@ def allreduce_table(results: Results, base_ops: str) -> list[OpsAllreduce]:
     by_ops: dict[tuple[int, int], dict[str, stats.Summary]] = {}
     for row in results.allreduce:
         ops = variant_of(row.variant, "allreduce")["cross_device_ops"]
-        bus = [stats.busbw(row.bytes * row.iters / s / 1e9, row.gpus) for s in row.round_seconds]
+        ranks = row.gpus * (row.workers or 1)
+        bus = [stats.busbw(row.bytes * row.iters / s / 1e9, ranks) for s in row.round_seconds]
         by_ops.setdefault((row.gpus, row.bytes), {})[ops] = stats.summarize(bus)
     table = []
     for (n, nbytes), measured in sorted(by_ops.items()):
         base = measured.get(base_ops)
+        base = base if base is not None and base.median > 0 else None  # one device: nothing reduced
         table.append(
             OpsAllreduce(
                 gpus=n,

@@ -126,17 +126,9 @@ def _this_workers_share(examples: Any, cluster: ClusterTask | None) -> Any:
     """A streamed source reads this worker's files (or its share of the examples: one line why)."""
     from training.inputs import streaming
 
-    if cluster is None or not isinstance(examples, streaming.Streamed):
-        return examples
-    position = 0  # this worker's place in TensorFlow's order (chief first, then workers)
-    for job, addresses in cluster.jobs.items():
-        if job == cluster.task_type:
-            position += cluster.task_index
-            break
-        position += len(addresses)
-    examples = replace(examples, workers=cluster.num_workers, worker_index=position)
-    note = examples.sharding_note()
-    if note and cluster.is_chief:
+    examples = streaming.this_workers_share(examples, cluster)
+    note = examples.sharding_note() if isinstance(examples, streaming.Streamed) else None
+    if note and cluster is not None and cluster.is_chief:
         print(f"warning: {note}", file=sys.stderr)
     return examples
 

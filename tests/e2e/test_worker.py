@@ -40,6 +40,11 @@ def test_parse_faults():
         parse_faults("oom:x")
     with pytest.raises(ValueError, match="boom:1"):
         parse_faults("boom:1")
+    # "#T": task T of a cluster alone
+    assert parse_faults("crash:32#1,oom:8", task_index=1) == [Fault("crash", 32), Fault("oom", 8)]
+    assert parse_faults("crash:32#1,oom:8", task_index=0) == [Fault("oom", 8)]
+    with pytest.raises(ValueError, match="crash:32#x"):
+        parse_faults("crash:32#x")
 
 
 def test_fault_matches_batch_and_replicas():

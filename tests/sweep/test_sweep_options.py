@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 import sweep_cases
 import sweep_env
 import sweep_options as so
+import sweep_plan
 
 from diagnostics.selection import SelectionOptions
 
@@ -24,12 +25,13 @@ class _Parser(argparse.ArgumentParser):
         raise pytest.UsageError(message)
 
 
-def options(*argv: str) -> tuple[so.SweepOptions, Any]:
-    """Parse `argv` with the declarations bench/conftest.py gives pytest, then check_options."""
+def options(*argv: str, env: dict[str, str] | None = None) -> tuple[so.SweepOptions, Any]:
+    """Parse `argv` with the declarations bench/conftest.py gives pytest, then check_options (in
+    `env`: no cluster unless given)."""
     parser = _Parser()
     so.add_sweep_options(parser.add_argument)
     namespace = parser.parse_args(argv)
-    return so.check_options(lambda name: getattr(namespace, so.PREFIX + name))
+    return so.check_options(lambda name: getattr(namespace, so.PREFIX + name), env or {})
 
 
 def test_every_field_but_the_devices_is_an_option_of_the_table():
@@ -37,7 +39,8 @@ def test_every_field_but_the_devices_is_an_option_of_the_table():
 
     from_table = {row.field.name for row in so.ROWS}
     fields = {f.name for f in dataclasses.fields(so.SweepOptions)}
-    assert fields - from_table == {"selection", "device_kind", "xla_not_applicable"}  # from the plan
+    # from the plan and the cluster
+    assert fields - from_table == {"selection", "device_kind", "xla_not_applicable", "placement"}
     flags = [row.flag for row in so.ROWS]
     assert len(set(flags)) == len(flags) and "--gpus" in flags and flags[-1] == "--harness-min-share"
 
@@ -66,9 +69,9 @@ def test_selection_flags_become_one_selection_options(tmp_path):
 
 
 def test_default_counts_end_at_the_number_selected():
-    assert so.default_counts(1) == (1,)
-    assert so.default_counts(3) == (1, 2, 3)
-    assert so.default_counts(8) == (1, 2, 4, 8)
+    assert sweep_plan.default_counts(1) == (1,)
+    assert sweep_plan.default_counts(3) == (1, 2, 3)
+    assert sweep_plan.default_counts(8) == (1, 2, 4, 8)
 
 
 def test_sizes_take_binary_suffixes():
@@ -335,7 +338,7 @@ def test_xla_is_not_applicable_on_rtx_5090s_with_a_build_without_sm_120(tmp_path
         plan = plan_devices(
             SelectionOptions(mode="custom", custom_ids=(0, 1)), inventory=str(fixtures / fixture)
         )
-        reasons = so._xla_not_applicable(plan, (1, 2))
+        reasons = sweep_plan.xla_not_applicable(plan, (1, 2))
         assert bool(reasons) == blocked, (fixture, reasons)
         gpu_opts = dataclasses.replace(opts, device_kind="gpu", gpu_counts=(1, 2), xla_not_applicable=reasons)
         xla_cases = [c for c in sweep_cases.plan_cases(gpu_opts) if c.benchmark == "train" and c.jit_compile]

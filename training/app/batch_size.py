@@ -200,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from training.settings.cli import parse_config
 
     config, _quiet = parse_config(trainer_args)
-    examples = data.load(config.data, config.seed)
+    examples = data.open_source(config.data, config.seed, config.image_size)  # as the run opens it
     plan = plan_from_args(args)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3" if plan.kind == "cpu" else "2")
     from training.devices.setup import setup_device_strategy

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from common.child import Channel, first_line, is_out_of_memory, open_channel
+from diagnostics.cluster import CLUSTER_MODES, discover
 from training.children.protocol import (
     ALLREDUCE_UNROLL,
     PROTOCOL,
@@ -38,6 +39,7 @@ from training.children.protocol import (
     decode_request,
     encode,
 )
+from training.devices.multiworker import lost_peer, lost_peer_message
 from training.devices.setup import add_device_args, plan_from_args
 from training.inputs.models import estimate_flops_per_sample, num_elements
 from training.loop.faults import (
@@ -48,6 +50,7 @@ from training.loop.faults import (
     worker_fault_for,
 )
 from training.loop.steps import StepsPerExecution, parse_steps_per_execution
+from training.settings.config import COLLECTIVE_TIMEOUT_S
 
 # The data a piece of work trains or feeds on: (the user's data path, synthetic image size).
 Source = tuple[str | None, int | None]
@@ -57,8 +60,16 @@ class Worker:
     """The measured work for one DeviceSetup; caches one Trainer per TrainWork.trainer_key and one
     choice of steps per call per TrainWork (`auto` keeps what it measured from round to round)."""
 
-    def __init__(self, setup: Any, faults: Sequence[WorkerFault] = (), seed: int = 42) -> None:
+    def __init__(
+        self,
+        setup: Any,
+        faults: Sequence[WorkerFault] = (),
+        seed: int = 42,
+        collective_timeout: float = COLLECTIVE_TIMEOUT_S,
+    ) -> None:
         import tensorflow as tf
+
+        self.collective_timeout = collective_timeout  # in a cluster: how long a lost peer takes to see
 
         self.tf, self.setup, self.strategy = tf, setup, setup.strategy
         self.replicas = setup.num_replicas
@@ -88,12 +99,14 @@ class Worker:
     # -- train --
 
     def _examples_for(self, global_batch: int, source: Source) -> Any:
-        from training.inputs import data
+        from training.inputs import data, streaming
 
         path, size = source
-        if path is not None:  # the user's data, as `python -m training --data` loads it
+        if path is not None:  # the user's data, as `python -m training --data` opens it: image
+            # folders and TFRecords streamed (data larger than memory), .npz in memory
             if source not in self._examples:
-                self._examples[source] = data.load(path, self.seed)
+                opened = data.open_source(path, self.seed)
+                self._examples[source] = streaming.this_workers_share(opened, self.setup.cluster)
             return self._examples[source]
         shape = (size, size, 3) if size is not None else data.SYNTHETIC_SHAPE
         # a few batches at least, so that shuffling and the endless repeat behave as in training;
@@ -232,6 +245,9 @@ def build_worker_parser() -> argparse.ArgumentParser:
     add_device_args(p)  # the parent's resolved devices: the worker selects nothing itself
     p.add_argument("--cross-device-ops", default="auto")
     p.add_argument("--seed", type=int, default=42)
+    # one task of a MultiWorkerMirroredStrategy cluster (TF_CONFIG or the Slurm step, as the trainer)
+    p.add_argument("--cluster", choices=CLUSTER_MODES, default="none")
+    p.add_argument("--collective-timeout", type=float, default=COLLECTIVE_TIMEOUT_S)
     return p
 
 
@@ -242,8 +258,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         from training.devices.setup import setup_device_strategy
 
-        faults = parse_worker_faults(os.environ.get(WORKER_FAULT_ENV))
-        setup = setup_device_strategy(plan_from_args(args), args.cross_device_ops)
+        task = discover(args.cluster, os.environ)
+        faults = parse_worker_faults(os.environ.get(WORKER_FAULT_ENV), task.task_index if task else 0)
+        setup = setup_device_strategy(
+            plan_from_args(args),
+            args.cross_device_ops,
+            cluster=task,
+            collective_timeout=args.collective_timeout,
+        )
         import keras
         import tensorflow as tf
     except Exception as exc:  # the parent reports it; the worker is of no use without devices
@@ -264,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings=list(setup.warnings),
     )
     channel.send(encode(ready))
-    serve(Worker(setup, faults, args.seed), channel)
+    serve(Worker(setup, faults, args.seed, args.collective_timeout), channel)
     return 0
 
 
@@ -282,6 +304,9 @@ def answer(worker: Worker, line: str) -> Answer | None:
     except Exception as exc:
         if is_out_of_memory(exc):
             return Failed("oom", first_line(exc))
+        cluster = worker.setup.cluster
+        if cluster is not None and lost_peer(exc):
+            return Failed("lost", lost_peer_message(exc, cluster, worker.collective_timeout))
         return Failed("error", f"{type(exc).__name__}: {first_line(exc)}")
 
 

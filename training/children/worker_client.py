@@ -27,7 +27,8 @@ from training.children.protocol import (
 
 
 class WorkerError(ChildError):
-    """A request that did not succeed. kind: oom | error | crash | timeout | start."""
+    """A request that did not succeed. kind: oom | error | crash | timeout | start, or lost (a
+    worker of a cluster found a peer gone: training.devices.multiworker.lost_peer)."""
 
 
 @dataclass
@@ -45,6 +46,7 @@ class WorkerClient:
     child: Child | None = None
     ready: Ready | None = None
     start_seconds: float = 0.0
+    _launched: float = 0.0
 
     @property
     def proc(self) -> Any:
@@ -52,13 +54,21 @@ class WorkerClient:
         return self.child.proc if self.child is not None else None
 
     def start(self) -> Ready:
-        started = time.perf_counter()
+        self.launch()
+        try:
+            return self.ready_from(self._call(None, self.start_timeout, "start"))
+        finally:
+            self.start_seconds = time.perf_counter() - self._launched
+
+    def launch(self) -> None:
+        """Start the process; its "ready" is `poll`ed for (a group starts all its workers first:
+        each waits for the others before it is ready)."""
+        self._launched = time.perf_counter()
         command = module_command("training.children.worker", *self.device_args)
         self.child = Child(command, child_environment(self.env), self.log_path).start()
-        try:
-            message = self._call(None, self.start_timeout, "start")
-        finally:
-            self.start_seconds = time.perf_counter() - started
+
+    def ready_from(self, message: dict[str, Any]) -> Ready:
+        """The worker's first message: Ready, or a WorkerError(start) saying why it did not start."""
         if message.get("event") != "ready":
             self.close()
             failed = decode(StartFailed, message) if "message" in message else StartFailed(str(message))
@@ -78,8 +88,30 @@ class WorkerClient:
         return answer
 
     def _request(self, request: Request, timeout: float) -> Prepared | Ran:
-        what = f"{request.cmd} {request.work.kind if request.work else ''}".strip()
-        answer = decode_answer(request, self._call(encode(request), timeout, what))
+        return self.answer_from(request, self._call(encode(request), timeout, describe(request)))
+
+    def send(self, request: Request) -> None:
+        """Send a request without waiting for its answer (`poll` for it)."""
+        if self.child is None:
+            raise WorkerError("crash", "worker is not running")
+        try:
+            self.child.send(encode(request), describe(request))
+        except ChildError as exc:
+            raise WorkerError(exc.kind, f"worker {exc}") from None
+
+    def poll(self, timeout: float, what: str) -> dict[str, Any] | None:
+        """The worker's next message, None if none came within `timeout` (it keeps running)."""
+        if self.child is None:
+            raise WorkerError("crash", "worker is not running")
+        try:
+            return self.child.poll(timeout, what)
+        except ChildError as exc:
+            raise WorkerError(exc.kind, f"worker {exc}") from None
+
+    @staticmethod
+    def answer_from(request: Request, message: dict[str, Any]) -> Prepared | Ran:
+        """The typed answer to `request`; a Failed one raises WorkerError of its kind."""
+        answer = decode_answer(request, message)
         if isinstance(answer, Failed):
             raise WorkerError(answer.error, answer.message)
         return answer
@@ -103,3 +135,8 @@ class WorkerClient:
         if self.child is not None:
             self.child.close(encode(Request("quit")))
         self.child = None
+
+
+def describe(request: Request) -> str:
+    """'run train': what a request is, for messages."""
+    return f"{request.cmd} {request.work.kind if request.work else ''}".strip()

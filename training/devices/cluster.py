@@ -21,6 +21,11 @@ def place(
     task = discover(config.cluster, env)
     if task is None:
         return None, plan
+    return task, place_task(task, plan, env)
+
+
+def place_task(task: ClusterTask, plan: DevicePlan, env: Mapping[str, str]) -> DevicePlan:
+    """This worker's devices in `task`'s cluster (the trainer's and the sweep's rule)."""
     if plan.kind == "cpu" and plan.cpu_replicas > 1:
         raise UserError(
             f"--cpu-replicas {plan.cpu_replicas} with {task.num_workers} workers: "
@@ -32,7 +37,7 @@ def place(
     bound = "SLURM_GPUS_PER_TASK" in env or "SLURM_GPU_BIND" in env
     if task.source == "slurm" and task.local_tasks > 1 and not bound:
         plan = plan.share(task.local_rank, task.local_tasks)
-    return task, plan
+    return plan
 
 
 def local_workers(config: TrainConfig) -> int:

@@ -18,6 +18,7 @@ stream (data sharding). Either way no two workers see the same example in an epo
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from common.errors import UserError
+from diagnostics.cluster import ClusterTask
 from training.inputs import tfrecord
 
 if TYPE_CHECKING:
@@ -324,3 +326,17 @@ def open_tfrecords(path: str, flag: str, image_size: int) -> Streamed:
         f"TFRecords {path} ({len(files)} files)",
         image_size,
     )
+
+
+def this_workers_share(examples: Any, cluster: ClusterTask | None) -> Any:
+    """A streamed source as this worker of `cluster` reads it: its own files, or its share of the
+    examples (`sharding_note` says which); anything else, or on one machine, as it is."""
+    if cluster is None or not isinstance(examples, Streamed):
+        return examples
+    position = 0  # this worker's place in TensorFlow's order (chief first, then workers)
+    for job, addresses in cluster.jobs.items():
+        if job == cluster.task_type:
+            position += cluster.task_index
+            break
+        position += len(addresses)
+    return dataclasses.replace(examples, workers=cluster.num_workers, worker_index=position)

@@ -169,7 +169,8 @@ def probe_fault(name: str, environ: dict[str, str] | None = None) -> bool:
 #
 # GPUDIAG_WORKER_FAULT="oom:16,crash:32@2,hang:48" makes the worker fail on purpose when it is asked
 # to prepare or run training at that batch per replica (on that many replicas, if @N is given), so
-# the sweep's handling of out-of-memory, crashed and hung workers is testable on a CPU.
+# the sweep's handling of out-of-memory, crashed and hung workers is testable on a CPU. "#T" aims a
+# fault at task T of a cluster alone ("crash:32#1": worker 1 dies, its peers see a lost worker).
 
 
 @dataclass(frozen=True)
@@ -179,22 +180,26 @@ class WorkerFault:
     replicas: int | None = None
 
 
-def parse_worker_faults(text: str | None) -> list[WorkerFault]:
+def parse_worker_faults(text: str | None, task_index: int = 0) -> list[WorkerFault]:
+    """The faults of this worker (task `task_index` of its cluster; 0 on one machine)."""
     faults = []
     for item in (text or "").replace(" ", "").split(","):
         if not item:
             continue
-        kind, _, rest = item.partition(":")
+        fault, _, task = item.partition("#")
+        kind, _, rest = fault.partition(":")
         batch, _, replicas = rest.partition("@")
         if (
             kind not in ("oom", "crash", "hang")
             or not batch.isdigit()
             or (replicas and not replicas.isdigit())
+            or (task and not task.isdigit())
         ):
             raise ValueError(
-                f"{WORKER_FAULT_ENV}: cannot parse {item!r} (expected oom|crash|hang:BATCH[@REPLICAS])"
+                f"{WORKER_FAULT_ENV}: cannot parse {item!r} (expected oom|crash|hang:BATCH[@REPLICAS][#TASK])"
             )
-        faults.append(WorkerFault(kind, int(batch), int(replicas) if replicas else None))
+        if not task or int(task) == task_index:
+            faults.append(WorkerFault(kind, int(batch), int(replicas) if replicas else None))
     return faults
 
 

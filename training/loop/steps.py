@@ -171,16 +171,24 @@ def run_chunk(multi_step: Callable[[Any, Any], Any], iterator: Any, steps: int) 
 
 
 def run_steps(
-    multi_step: Callable[[Any, Any], Any], iterator: Any, steps: int, spe: StepsPerExecution
+    multi_step: Callable[[Any, Any], Any],
+    iterator: Any,
+    steps: int,
+    spe: StepsPerExecution,
+    agree: Callable[[bool, int], tuple[bool, int]] | None = None,
 ) -> tuple[float, int]:
     """`steps` steps in calls of `spe`'s K, each ending on its host fetch, as the trainer's loop
-    runs them without callbacks (the benchmark worker's timed work): the last loss and the calls."""
+    runs them without callbacks (the benchmark worker's timed work): the last loss and the calls.
+    On several workers `agree` (the trainer's Agreement) hands every worker the chief's K after each
+    call, as in training: the calls' collectives must pair up."""
     done, calls, loss = 0, 0, float("nan")
     while done < steps:
         k = spe.next_chunk(done, steps, done, None)
         started = time.perf_counter()
         rows = run_chunk(multi_step, iterator, k)
         spe.observe(len(rows), time.perf_counter() - started)
+        if agree is not None:
+            _, spe.agreed = agree(False, spe.proposed())
         done, calls, loss = done + len(rows), calls + 1, rows[-1][0]
         if not math.isfinite(loss):
             break  # the steps after a non-finite loss would not have run in training either

@@ -334,7 +334,9 @@ class Trainer:
         """`steps` training steps with no callbacks, in traced calls of `schedule`'s K (default: this
         trainer's own `--steps-per-execution`), each ending on its host fetch: what the benchmark
         worker and bench/ time. Returns the last loss and the number of calls."""
-        return run_steps(self.chunks.multi_step, self.iterator, steps, schedule or self.chunks.spe)
+        return run_steps(
+            self.chunks.multi_step, self.iterator, steps, schedule or self.chunks.spe, self.agreement
+        )
 
     @property
     def steps_per_execution(self) -> str:
