@@ -71,6 +71,7 @@ def registry(deep: bool = False) -> list[tuple[str, Check]]:
         checks += [
             ("strategy", deep_checks.strategy),
             ("gpu-smoke", deep_checks.gpu_smoke),
+            ("dcgm", deep_checks.dcgm),
             ("replica-consistency", deep_checks.replica_consistency),
         ]
     return checks

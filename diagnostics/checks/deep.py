@@ -189,17 +189,17 @@ def strategy(ctx: Context) -> list[Finding]:
 
 def gpu_smoke(ctx: Context) -> list[Finding]:
     """A matrix product on each selected GPU matches the CPU's, within the timeout."""
-    return _findings(ctx, "gpu-smoke") + _dcgm(ctx)
+    return _findings(ctx, "gpu-smoke")
 
 
-def _dcgm(ctx: Context) -> list[Finding]:
-    """DCGM's quick diagnostic on the selected GPUs where dcgmi is installed, under its own id "dcgm"
-    (kept by run_checks' stamp), within the same deadline."""
+def dcgm(ctx: Context) -> list[Finding]:
+    """DCGM's own quick diagnostic (dcgmi diag -r 1) on the selected GPUs, where dcgmi is installed."""
+    # nothing to run on a recorded machine, CPU replicas, or no GPU; no row where DCGM is absent
     if ctx.inventory_path is not None or ctx.cpu_replicas or not ctx.selected:
         return []
-    from diagnostics import dcgm
+    from diagnostics.dcgm import run_diag
 
-    return dcgm.run_diag(ctx.deep_timeout_s, [g.index for g in ctx.selected])
+    return run_diag(ctx.deep_timeout_s, [g.index for g in ctx.selected])
 
 
 def replica_consistency(ctx: Context) -> list[Finding]:

@@ -54,3 +54,12 @@ def test_the_runner_uses_a_dcgmi_on_path_and_none_elsewhere(tmp_path, monkeypatc
     assert [f.status for f in findings] == ["pass"] and "10 test(s) passed" in findings[0].message
     assert (tmp_path / "args").read_text().split() == ["diag", "-r", "1", "-j", "-i", "0,1"]
     assert dcgm.run_diag(30, which=lambda name: None) == []
+
+
+def test_dcgm_is_a_deep_check_of_its_own():
+    """`gpudiag check --list-checks` names it, `--deep` runs it, the fast checks do not."""
+    from diagnostics.checks import describe, registry
+
+    deep = dict(registry(deep=True))
+    assert "dcgm" in deep and "dcgm" not in dict(registry())
+    assert describe(deep["dcgm"]).startswith("DCGM's own quick diagnostic (dcgmi diag -r 1)")
