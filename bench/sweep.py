@@ -20,6 +20,7 @@ from sweep_cases import (
     ALLREDUCE_BYTES_PER_ROUND,
     Case,
     allreduce_iters,
+    attach_companion,
     not_applicable,
     work_of,
 )
@@ -318,7 +319,10 @@ class Sweep:
             calls_per_round=rounds.last.calls,
             utilization=utilization,
         )
-        self.train.append(train)
+        if case.synthetic_size is not None:  # --data's companion: kept inside its real-data row
+            attach_companion(self.train, train)
+        else:
+            self.train.append(train)
         return train
 
     def has_data(self) -> bool:

@@ -4,21 +4,30 @@ call), the variants these devices cannot run, every case in the order the worker
 work each case asks of its worker, and all-reduces per round.
 
 Training runs for every variant; the all-reduce for every cross-device ops (the only axis it
-depends on); the input pipeline, which depends on none, once per device count.
+depends on); the input pipeline, which depends on none, once per device count. With --data, each
+training case of the baseline variant has a companion right after it: the same training on
+synthetic images of the data's size, whose row is kept inside the real one's (what the input
+costs: reports/analysis.py, `input_costs`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import statistics
+import zipfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 from sweep_options import SweepOptions
 
-from reports.results import format_bytes
+from reports.results import TrainRow, format_bytes
 from reports.variants import AXES, AXES_OF, is_default, label
 from training.children.protocol import ALLREDUCE_UNROLL, AllreduceWork, InputWork, TrainWork, Work
+from training.inputs import tfrecord
+from training.inputs.data import IMAGE_SIZE
 
 BENCHMARKS = ("train", "input", "allreduce")
 # Large messages run fewer chained all-reduces per round: at most this many bytes per round.
@@ -35,6 +44,8 @@ class Case:
     mixed_precision: bool = False
     cross_device_ops: str = "auto"  # also the worker the case runs in: one per (count, ops)
     steps_per_execution: int | str = "auto"
+    # with --data, the companion of a baseline training case: synthetic images of this size
+    synthetic_size: int | None = None
 
     @property
     def variant(self) -> dict[str, Any]:
@@ -52,6 +63,7 @@ class Case:
                 ("mixed", v["mixed_precision"]),
                 (str(v["cross_device_ops"]), v["cross_device_ops"] != AXES["cross_device_ops"]),
                 (f"k{v['steps_per_execution']}", v["steps_per_execution"] != AXES["steps_per_execution"]),
+                ("synthetic", self.synthetic_size is not None),
             )
             if on
         ]
@@ -101,9 +113,10 @@ def not_applicable(options: SweepOptions) -> list[dict[str, Any]]:
 
 def plan_cases(options: SweepOptions) -> list[Case]:
     """Every benchmark and variant, grouped by (device count, cross-device ops) so that each
-    worker starts once."""
+    worker starts once; with --data, each baseline training case followed by its companion."""
     configs = training_configs(options)
-    cases = []
+    companion = companion_size(options)
+    cases: list[Case] = []
     for n in options.gpu_counts:
         batches = [b for m, b in configs if m == n]
         runnable = [o for o in options.cross_device_ops if not cross_device_ops_not_applicable(options, n, o)]
@@ -125,6 +138,9 @@ def plan_cases(options: SweepOptions) -> list[Case]:
                     )
                     if not (jit and no_xla)
                 ]
+                base = Case("train", n, batch, **baseline_variant(options))
+                if companion is not None and base in cases:  # right after it: same worker, same state
+                    cases.insert(cases.index(base) + 1, dataclasses.replace(base, synthetic_size=companion))
             if i == 0:  # the pipeline depends on no variant: measured once, in the first worker
                 cases += [Case("input", n, b, cross_device_ops=ops) for b in batches]
             if n * options.placement.workers > 1:  # one replica has nothing to all-reduce with
@@ -132,6 +148,48 @@ def plan_cases(options: SweepOptions) -> list[Case]:
                     Case("allreduce", n, nbytes=s, cross_device_ops=ops) for s in options.allreduce_bytes
                 ]
     return cases
+
+
+def baseline_variant(options: SweepOptions) -> dict[str, Any]:
+    """The variant every other is measured against: each axis' first value (as results record it)."""
+    return {
+        "jit_compile": options.jit_compile[0],
+        "mixed_precision": options.mixed_precision[0],
+        "cross_device_ops": options.cross_device_ops[0],
+        "steps_per_execution": options.steps_per_execution[0],
+    }
+
+
+def companion_size(options: SweepOptions) -> int | None:
+    """The size of the synthetic images --data's companion cases train on: the size the worker
+    decodes image folders and TFRecords to, or an .npz file's own (read from its header). None
+    without --data, or where its examples are not square RGB images (the only shape of synthetic
+    data the worker makes: no companion then)."""
+    if options.data is None:
+        return None
+    path = Path(options.data)
+    if path.is_dir() or tfrecord.looks_like_tfrecords(str(path)):
+        return IMAGE_SIZE[0]
+    try:
+        with zipfile.ZipFile(path) as archive, archive.open("x.npy") as x:
+            fmt = np.lib.format
+            header = fmt.read_array_header_1_0 if fmt.read_magic(x) == (1, 0) else fmt.read_array_header_2_0
+            shape = header(x)[0]
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return None  # the worker's own loading says what is wrong with it, on the real case
+    square_rgb = len(shape) == 4 and shape[1] == shape[2] and shape[3] == 3
+    return int(shape[1]) if square_rgb else None
+
+
+def attach_companion(rows: list[TrainRow], companion: TrainRow) -> bool:
+    """Keep a companion's row inside the latest real-data row of its case (its `synthetic`), where
+    no figure but the input's cost reads it; False where that row is not there (it failed)."""
+    for row in reversed(rows):
+        same = (row.gpus, row.batch_per_gpu, row.workers, row.variant)
+        if same == (companion.gpus, companion.batch_per_gpu, companion.workers, companion.variant):
+            row.synthetic = companion
+            return True
+    return False
 
 
 def allreduce_iters(options: SweepOptions, nbytes: int) -> int:
@@ -163,7 +221,7 @@ def work_of(case: Case, options: SweepOptions) -> Work:
         jit_compile=case.jit_compile,
         mixed_precision=case.mixed_precision,
         steps_per_execution=case.steps_per_execution,
-        **data_request(options),
+        **(data_request(options) if case.synthetic_size is None else {"image_size": case.synthetic_size}),
     )
 
 
@@ -183,6 +241,8 @@ def progress_line(
         what = f"{case.benchmark} {devices} x {case.batch_per_gpu}"
     if case.benchmark != "input" and not is_default(case.variant):
         what += f" ({label(case.variant)})"
+    if case.synthetic_size is not None:
+        what += f" (synthetic {case.synthetic_size}x{case.synthetic_size} images, not --data)"
     if failure is not None:  # its summary names the case and its variant
         return failure
     if row is None:

@@ -1,4 +1,5 @@
 """What every part of the suite shares and that belongs to none of them: file I/O (`files`),
 child processes (`child`), the command lines' converters and exit codes (`cli`), user errors
-(`errors`). Imports nothing else from the project, so any package may import it.
+(`errors`), the rules that judge where a step's time goes (`bottleneck`: the trainer's summary and
+the sweep's report). Imports nothing else from the project, so any package may import it.
 """

@@ -1,6 +1,8 @@
 """From raw sweep results to the measured figures of the report: throughput, speedup, scaling
 efficiency, all-reduce bandwidth, input-pipeline headroom, fraction of datasheet peak, GPU
-utilisation (all of the baseline variant), and the variants side by side (reports.variant_figures).
+utilisation, where each case's step time goes (the trainer's verdict: common.bottleneck) and, with
+--data, what the input costs against synthetic data (all of the baseline variant), and the variants
+side by side (reports.variant_figures).
 
 Pure: typed results in (reports.results), typed figures out (reports.figure_rows). reports/figures.py
 adds the recommendations argued from these figures (reports/recommend.py, which reads this module).
@@ -14,20 +16,23 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from common.bottleneck import Measurements, judge
 from diagnostics.knowledge import peak_for
 from diagnostics.monitor import lagging
 from reports import stats
 from reports.codec import to_json
 from reports.figure_rows import (
     AllreduceFigure,
+    CaseBottleneck,
     Figures,
+    InputCost,
     InputFigure,
     Series,
     SeriesPoint,
     TrainFigure,
     Utilization,
 )
-from reports.results import Results, format_bytes
+from reports.results import Results, TrainRow, format_bytes
 from reports.variant_figures import variant_figures
 from reports.variants import baseline_results
 
@@ -222,20 +227,100 @@ def allreduce_seconds(allreduce: list[AllreduceFigure], gpus: int, nbytes: float
     return t_last * nbytes / b_last
 
 
+def peak_flops(row: TrainRow) -> float | None:
+    """The datasheet FLOP/s of the GPUs a row ran on, in its precision (FP16 tensor cores under
+    mixed_float16, else FP32), every worker's together: the trainer's peak for the same run."""
+    peaks = [peak_for(name) for name in row.gpu_names or []]
+    mixed = row.dtype_policy == "mixed_float16"
+    tflops = [None if p is None else p.fp16_tensor_tflops if mixed else p.fp32_tflops for p in peaks]
+    if not tflops or None in tflops:
+        return None
+    return sum(t for t in tflops if t is not None) * 1e12 * (row.workers or 1)
+
+
+def case_bottlenecks(
+    results: Results, inputs: list[InputFigure], allreduce: list[AllreduceFigure]
+) -> list[CaseBottleneck]:
+    """Each training case's verdict and shares by the trainer's rule (common.bottleneck.judge),
+    from the sweep's own rows: the input pipeline alone at the same devices and batch, one
+    all-reduce at the row's gradient size (interpolated between the measured sizes), the model's
+    FLOPs against the datasheet peak on GPUs. `results`: the baseline variant's."""
+    out = []
+    for row in sorted(results.train, key=lambda r: (r.gpus, r.batch_per_gpu)):
+        rate = stats.summarize(row.rates()).median
+        replicas = row.gpus * (row.workers or 1)
+        pipeline = next(
+            (i for i in inputs if (i.gpus, i.batch_per_gpu) == (row.gpus, row.batch_per_gpu)), None
+        )
+        grads = row.gradient_bytes or 0
+        found = judge(
+            Measurements(
+                samples_per_sec=rate,
+                global_batch_size=row.global_batch,
+                replicas=replicas,
+                input_samples_per_sec=pipeline.pipeline_samples_per_sec.median if pipeline else None,
+                allreduce_seconds=allreduce_seconds(allreduce, row.gpus, grads) if replicas > 1 else None,
+                gradient_bytes=grads,
+                flops_per_sample=row.flops_per_sample,
+                peak_flops=peak_flops(row) if results.device_kind == "gpu" else None,
+            )
+        )
+        if found is not None:
+            out.append(
+                CaseBottleneck(
+                    gpus=row.gpus,
+                    batch_per_gpu=row.batch_per_gpu,
+                    samples_per_sec=rate,
+                    verdict=found.verdict,
+                    shares=found.shares,
+                    input_headroom=found.input_headroom,
+                    allreduce_seconds=found.allreduce_seconds,
+                    gradient_bytes=row.gradient_bytes,
+                    fraction_of_peak=found.fraction_of_peak,
+                )
+            )
+    return out
+
+
+def input_costs(results: Results) -> list[InputCost]:
+    """With --data: each case on the user's data against its companion on synthetic images of the
+    same size (the row's `synthetic`); cost = 1 - real / synthetic samples/s."""
+    out = []
+    for row in sorted(results.train, key=lambda r: (r.gpus, r.batch_per_gpu)):
+        if row.synthetic is None:
+            continue
+        real, synthetic = stats.summarize(row.rates()), stats.summarize(row.synthetic.rates())
+        out.append(
+            InputCost(
+                gpus=row.gpus,
+                batch_per_gpu=row.batch_per_gpu,
+                real_samples_per_sec=real,
+                synthetic_samples_per_sec=synthetic,
+                synthetic_shape=row.synthetic.input_shape,
+                cost=1 - real.median / synthetic.median,
+                apart=stats.intervals_apart(real, synthetic),
+            )
+        )
+    return out
+
+
 def analyse(results: Results) -> Figures:
     """Every measured figure (reports.figures.report_figures adds the recommendations).
 
     The scaling figures are the baseline variant's; the variants side by side are `variants`."""
     full, results = results, baseline_results(results)
     train = train_rows(results)
+    allreduce, inputs = allreduce_rows(results), input_rows(results, train)
     return Figures(
         title=title(results),
         unit=results.unit,
         train=train,
         series=series(results, train),
-        allreduce=allreduce_rows(results),
-        input=input_rows(results, train),
+        allreduce=allreduce,
+        input=inputs,
         variants=variant_figures(full),
         failures=list(full.failures),
         harness=results.harness,
+        bottlenecks=case_bottlenecks(results, inputs, allreduce),
+        input_costs=input_costs(results),
     )

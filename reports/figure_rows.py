@@ -80,6 +80,36 @@ class InputFigure:
 
 
 @dataclass(kw_only=True)
+class CaseBottleneck:
+    """Where one training case's step time goes, judged by the trainer's own rule
+    (common.bottleneck.judge) from the sweep's rows: the input pipeline alone at the same devices
+    and batch, the all-reduce interpolated to the gradients' size, the FLOPs against the peak."""
+
+    gpus: int
+    batch_per_gpu: int
+    samples_per_sec: float  # the training rate judged (median)
+    verdict: str  # input | communication | compute | balanced
+    shares: dict[str, float]  # input, communication, compute: fractions of one step (as judged)
+    input_headroom: float | None  # pipeline rate / training rate (None: not measured)
+    allreduce_seconds: float | None  # one all-reduce of the gradients (None: one device, or not measured)
+    gradient_bytes: int | None
+    fraction_of_peak: float | None  # of the datasheet peak of the variant's precision
+
+
+@dataclass(kw_only=True)
+class InputCost:
+    """With --data: one case on the user's data and on synthetic images of the same size."""
+
+    gpus: int
+    batch_per_gpu: int
+    real_samples_per_sec: Summary
+    synthetic_samples_per_sec: Summary
+    synthetic_shape: list[int] | None  # the synthetic examples' shape, as the worker built them
+    cost: float  # 1 - real / synthetic: the share of the synthetic rate the data loses
+    apart: bool | None  # the two 95% confidence intervals do not overlap (None: too few rounds)
+
+
+@dataclass(kw_only=True)
 class VariantCell:
     """One variant in one configuration."""
 
@@ -172,6 +202,8 @@ class Figures:
     variants: VariantFigures | None  # None: a sweep of one variant
     failures: list[Failure]
     harness: Harness
+    bottlenecks: list[CaseBottleneck] = field(default_factory=list)  # per training case, as `train`
+    input_costs: list[InputCost] = field(default_factory=list)  # with --data: real against synthetic
     recommendations: list[Recommendation] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:

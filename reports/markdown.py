@@ -7,6 +7,7 @@ from typing import Any
 from tabulate import tabulate
 
 from reports.figure_rows import Figures, SeriesPoint, TrainFigure
+from reports.markdown_bottlenecks import bottleneck_sections
 from reports.markdown_variants import variants_section
 from reports.recommend import EFFICIENCY_TARGET, INPUT_HEADROOM_MIN
 from reports.results import Harness, Results, format_bytes
@@ -343,7 +344,8 @@ def render(results: Results, figures: Figures, plots: list[str]) -> str:
             "figures test the suite and the strategy, not GPU scaling.",
             "",
         ]
-    lines += ["## Training throughput", "", *throughput_section(figures), *peak_section(figures)]
+    lines += ["## Training throughput", "", *throughput_section(figures)]
+    lines += bottleneck_sections(results, figures) + peak_section(figures)
     lines += variants_section(figures)
     lines += allreduce_section(figures) + input_section(figures) + utilization_section(figures)
     lines += failures_section(figures) + recommendations_section(figures)

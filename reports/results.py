@@ -78,6 +78,9 @@ class TrainRow(BatchRow):
     loss: float | None = None  # after the last round
     calls_per_round: int | None = None  # traced calls per round (with auto: the K it settled on)
     utilization: dict[str, list[float]] | None = None  # NVML index (text) -> % samples, rounds only
+    # with --data: the same case on synthetic images of the data's size (the sweep's companion
+    # case), kept inside its real-data row so that no series, variant, compare or merge counts it
+    synthetic: TrainRow | None = field(default=None, metadata=OMIT_WHEN_EMPTY)
 
 
 @dataclass(kw_only=True)
@@ -289,6 +292,8 @@ def _check_row(row: Any, row_type: type[Row], where: str) -> None:
         or not all(isinstance(t, int | float) and t > 0 for t in times)
     ):
         raise ResultsError(f"{where}.round_seconds must be positive numbers")
+    if row_type is TrainRow and row.get("synthetic") is not None:
+        _check_row(row["synthetic"], TrainRow, f"{where}.synthetic")
 
 
 def read(path: str | Path) -> Any:

@@ -61,8 +61,8 @@ def test_two_nodes_sweep_in_step_and_only_the_chief_writes(tmp_path):
     for proc, (out, err) in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, out[-3000:] + err[-2000:]
     chief, other = outputs[0][0], outputs[1][0]
-    assert "case 1/3: train 2 workers x 1 CPU device x 8: " in chief
-    assert "case 3/3: all-reduce 2 workers x 1 CPU device 4 KiB: " in other  # the same cases, in step
+    assert "case 1/4: train 2 workers x 1 CPU device x 8: " in chief
+    assert "case 4/4: all-reduce 2 workers x 1 CPU device 4 KiB: " in other  # the same cases, in step
     assert "worker 1: the chief writes the results and the scaling report" in other
     assert not (tmp_path / "report-1").exists()
     results = json.loads((tmp_path / "report-0" / "results.json").read_text())

@@ -5,14 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from training.app.bottleneck import (
-    INPUT_MAX_SECONDS,
-    INPUT_MIN_SECONDS,
-    Measurements,
-    describe,
-    input_budget,
-    judge,
-)
+from common.bottleneck import Measurements, describe, judge
+from training.app.bottleneck import INPUT_MAX_SECONDS, INPUT_MIN_SECONDS, input_budget
 from training.loop.state import ThroughputMeter
 from training.loop.steps import ProfileRange, chunk_steps
 from training.settings.checks import parse_profile_steps
@@ -160,10 +154,10 @@ def test_steps_skipped_by_a_pause_are_not_measured():
 
 
 def test_an_all_reduce_not_timed_leaves_the_split_unknown_and_claims_no_compute_bound():
-    """Several replicas without an all-reduce figure (across workers it is not timed): the input is
-    still judged; communication and compute are not made up."""
+    """Several replicas without an all-reduce figure (a report whose sweep measured none at that
+    count): the input is still judged; communication and compute are not made up."""
     found = judge(measured(allreduce=None, replicas=2))
     assert found is not None and found.verdict == "balanced"
     assert "communication" not in found.shares and "compute" not in found.shares
-    assert "all-reduce not timed across workers" in describe(found.as_dict())
+    assert "all-reduce not timed" in describe(found.as_dict())
     assert judge(measured(input_rate=1100.0, allreduce=None)).verdict == "input"  # type: ignore[union-attr]

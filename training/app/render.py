@@ -104,7 +104,7 @@ def print_summary(run: RunSummary, out: Any = None) -> None:
     print(tabulate(rows, tablefmt="simple"), file=out)
     found = summary.get("bottleneck")
     if found:  # one line after the table: too long for a cell
-        from training.app.bottleneck import describe
+        from common.bottleneck import describe
 
         print(f"bottleneck: {describe(found)}", file=out)
     from training.app.workers_speed import describe as describe_speed
