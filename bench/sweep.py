@@ -12,43 +12,32 @@ import itertools
 import tempfile
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from sweep_cases import (
-    ALLREDUCE_BYTES_PER_ROUND,
     Case,
     allreduce_iters,
     attach_companion,
-    not_applicable,
     work_of,
 )
 from sweep_cases import data_request as data_request  # what a case trains on: part of sweep's interface
-from sweep_env import environment, process_started_at
+from sweep_env import process_started_at
 from sweep_options import SweepOptions
 from sweep_plan import launches
 
 from diagnostics.inventory import Inventory
 from diagnostics.monitor import BackgroundSampler, utilization_by_gpu
-from reports.codec import from_json, to_json
+from reports.codec import to_json
 from reports.results import (
-    SCHEMA,
     AllreduceRow,
-    Environment,
     Failure,
-    Harness,
     InputRow,
-    Method,
-    NotApplicable,
-    Results,
     TrainRow,
-    Variants,
     failure_summary,
 )
 from reports.variants import AXES, is_default, label
 from training.children.protocol import (
-    ALLREDUCE_UNROLL,
     Prepared,
     Ran,
     Ready,
@@ -172,6 +161,8 @@ class Sweep:
         )
         if not is_default(case.variant):
             summary += f" ({label(case.variant)})"
+        if case.synthetic_size is not None:
+            summary += " (synthetic companion)"
         self.failures.append(
             Failure(
                 benchmark=case.benchmark,
@@ -328,90 +319,15 @@ class Sweep:
     def has_data(self) -> bool:
         return bool(self.train or self.input or self.allreduce or self.failures)
 
-    def _environment(self) -> Environment:
-        """The machine's, with the versions and devices of the largest count's worker (the baseline
-        cross-device ops' where it started)."""
-        env = from_json(Environment, environment(self.plan))
-        if self.ready:
-            baseline_ops = self.options.cross_device_ops[0]
-            latest = self.ready[max(self.ready, key=lambda k: (k[0], k[1] == baseline_ops))]
-            env.tensorflow = latest.tensorflow or env.tensorflow
-            env.keras = latest.keras or env.keras
-            env.devices = latest.devices
-            env.cross_device_ops = latest.cross_device_ops
-        return env
-
-    def _method(self) -> Method:
-        o = self.options
-        return Method(
-            steps_per_round=o.steps,
-            rounds=o.rounds,
-            warmup_steps=o.warmup_steps,
-            warmup_rounds=1 if o.warmup_steps else 0,
-            allreduce_iters=o.allreduce_iters,
-            allreduce_bytes_per_round=ALLREDUCE_BYTES_PER_ROUND,
-            allreduce_unroll=ALLREDUCE_UNROLL,
-            statistic="median over rounds",
-            timer="time.perf_counter() inside the worker, around each round, ending on a host sync",
-            seed=42,
-        )
-
-    def _variants(self) -> Variants:
-        o = self.options
-        axes: dict[str, list[Any]] = {
-            "jit_compile": list(o.jit_compile),
-            "mixed_precision": list(o.mixed_precision),
-            "cross_device_ops": list(o.cross_device_ops),
-            "steps_per_execution": list(o.steps_per_execution),
-        }
-        # what every other variant's speedup is measured against: each axis' first value
-        return Variants(
-            axes=axes,
-            baseline={axis: values[0] for axis, values in axes.items()},
-            not_applicable=[from_json(NotApplicable, na) for na in not_applicable(o)],
-        )
-
     def results(self, complete: bool = True, other_tests_seconds: float = 0.0) -> dict[str, Any]:
         """The raw results as results.json has them, the harness figure taken now (call it last,
-        just before the report)."""
-        o = self.options
-        results = Results(
-            schema=SCHEMA,
-            created_at=datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
-            complete=complete and self.ended is None,
-            device_kind=self.plan.kind,
-            fallback_reason=self.plan.fallback_reason,
-            model=o.model,
-            image_size=o.image_size,
-            data=str(o.data) if o.data is not None else None,
-            scaling=o.scaling,
-            gpu_counts=list(o.gpu_counts),
-            batch_sizes=list(o.batch_sizes),
-            method=self._method(),
-            variants=self._variants(),
-            environment=self._environment(),
-            harness=from_json(Harness, self.harness(other_tests_seconds)),
-            train=self.train,
-            input=self.input,
-            allreduce=self.allreduce,
-            failures=self.failures,
-        )
-        return results.to_json()
+        just before the report): sweep_results.py."""
+        from sweep_results import results
+
+        return results(self, complete, other_tests_seconds)
 
     def harness(self, other_tests_seconds: float = 0.0) -> dict[str, Any]:
-        """Where the wall time went. Time in other benchmark modules of the same pytest run
-        (`other_tests_seconds`) is not the sweep's and is left out of its wall time."""
-        wall = time.time() - self.started_at - other_tests_seconds
-        harness = Harness(
-            wall_seconds=wall,
-            benchmark_seconds=self.benchmark_seconds,
-            worker_start_seconds=self.worker_start_seconds,
-            prepare_seconds=self.prepare_seconds,
-            close_seconds=self.close_seconds,
-            case_seconds=self.case_seconds,
-            startup_seconds=(self.first_case_at - self.started_at) if self.first_case_at else None,
-            fraction=self.benchmark_seconds / wall if wall > 0 else None,
-            wall_measured_from="process start" if process_started_at() else "conftest import",
-            other_tests_seconds=other_tests_seconds,
-        )
-        return to_json(harness)
+        """Where the wall time went (sweep_results.py), time in other benchmark modules left out."""
+        from sweep_results import harness
+
+        return harness(self, other_tests_seconds)
