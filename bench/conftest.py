@@ -43,7 +43,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         dest=SELF_BENCHMARKS,
         help="also run the project's own speed targets (marker selfbench: trainer vs hand loop, gpudiag "
-        "speed, multi-worker overhead, the harness share of a fixed sweep); `tox -e selfbench`",
+        "speed, multi-worker overhead, the harness share of a fixed sweep, the bottleneck verdict against a "
+        "profile); `tox -e selfbench`",
     )
 
 
