@@ -138,11 +138,11 @@ def test_the_default_run_is_the_sweep_and_the_self_benchmarks_are_opt_in():
     assert code == 0, lines
     tests = [line for line in lines if "::" in line]
     assert tests and all(line.startswith("bench/test_sweep.py::") for line in tests)
-    assert "6 self-benchmark(s) not run: add --self-benchmarks (or run `tox -e selfbench`)" in lines
+    assert "7 self-benchmark(s) not run: add --self-benchmarks (or run `tox -e selfbench`)" in lines
     code, lines = collected("--self-benchmarks", "-m", "selfbench")
     assert code == 0, lines
     modules = {line.split("::")[0] for line in lines if "::" in line}
-    names = ("trainer_speed", "gpudiag_speed", "multiworker_speed", "harness_share")
+    names = ("trainer_speed", "gpudiag_speed", "multiworker_speed", "harness_share", "verdict_vs_profile")
     assert modules == {f"bench/test_{name}.py" for name in names}
 
 
