@@ -27,11 +27,13 @@ from sweep_options import SweepOptions
 from sweep_plan import launches
 
 from diagnostics.inventory import Inventory
-from diagnostics.monitor import BackgroundSampler, utilization_by_gpu
+from diagnostics.monitor import BackgroundSampler, Sample, readings, utilization_by_gpu
 from reports.codec import to_json
 from reports.results import (
     AllreduceRow,
+    Clocks,
     Failure,
+    GpuClocks,
     InputRow,
     TrainRow,
     failure_summary,
@@ -69,6 +71,26 @@ def utilization(sampler: BackgroundSampler) -> dict[str, list[float]] | None:
     """The samples as results.json keeps them: per NVML index (as text), None if there are none."""
     per_gpu = {str(gpu): values for gpu, values in utilization_by_gpu(sampler.samples, sampler.gpus).items()}
     return per_gpu if any(per_gpu.values()) else None
+
+
+def gpu_clocks(samples: list[Sample], gpus: list[int]) -> Clocks | None:
+    """Each watched GPU's SM clock, clock event reasons (all seen), heat and power over the measured
+    rounds, as results.json keeps them; None without samples (CPU devices, no NVML)."""
+    found = [
+        GpuClocks(
+            gpu=r.gpu,
+            samples=r.samples,
+            clocks_event_reasons=None if r.clocks_event_reasons is None else list(r.clocks_event_reasons),
+            throttled_samples=r.throttled_samples,
+            sm_clock_mhz_median=r.sm_clock_mhz_median,
+            sm_clock_mhz_min=r.sm_clock_mhz_min,
+            sm_clock_max_mhz=r.sm_clock_max_mhz,
+            temperature_c_max=r.temperature_c_max,
+            power_w_mean=r.power_w_mean,
+        )
+        for r in readings(samples, gpus).values()
+    ]
+    return Clocks(gpus=found) if found else None
 
 
 @dataclass
@@ -220,7 +242,8 @@ class Sweep:
             raise self._record_failure(case, exc) from None
         if not rounds.measured or rounds.last is None:  # --benchmark-disable: ran once, measured nothing
             return None
-        row = self._row(case, ready, prepared, rounds, warm_steps, steps, utilization(sampler))
+        clocks = gpu_clocks(sampler.samples, sampler.gpus)
+        row = self._row(case, ready, prepared, rounds, warm_steps, steps, utilization(sampler), clocks)
         return to_json(row)
 
     def _rounds(
@@ -260,6 +283,7 @@ class Sweep:
         warm_steps: int,
         steps: int,
         utilization: dict[str, list[float]] | None,
+        clocks: Clocks | None = None,
     ) -> TrainRow | InputRow | AllreduceRow:
         """The results row of a measured case, recorded in its section."""
         assert rounds.last is not None
@@ -309,6 +333,7 @@ class Sweep:
             loss=rounds.last.loss,
             calls_per_round=rounds.last.calls,
             utilization=utilization,
+            clocks=clocks,
         )
         if case.synthetic_size is not None:  # --data's companion: kept inside its real-data row
             attach_companion(self.train, train)

@@ -12,6 +12,7 @@ from reports.markdown_variants import variants_section
 from reports.recommend import EFFICIENCY_TARGET, INPUT_HEADROOM_MIN
 from reports.results import Harness, Results, format_bytes
 from reports.stats import Summary
+from reports.throttling import footnotes, throttled_cases
 
 PLOT_TITLES = {
     "throughput.png": "Throughput against device count, with the ideal (linear) line",
@@ -42,7 +43,7 @@ def _table(headers: list[str], rows: list[list[Any]]) -> str:
     return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
 
 
-def _point_row(p: SeriesPoint, r: TrainFigure | None) -> list[Any]:
+def _point_row(p: SeriesPoint, r: TrainFigure | None, mark: str = "") -> list[Any]:
     if r is None:
         return [p.gpus, p.batch_per_gpu, p.global_batch, "failed", "", "", "", "", "", ""]
     sps = r.samples_per_sec
@@ -54,14 +55,16 @@ def _point_row(p: SeriesPoint, r: TrainFigure | None) -> list[Any]:
         _ci(sps),
         _num(r.samples_per_sec_per_gpu),
         _times(p.speedup),
-        _pct(p.efficiency),
+        _pct(p.efficiency) + (f" {mark}" if mark else ""),
         _pct(sps.cv, 1),
         _pct(r.fraction_of_peak, 1),
     ]
 
 
-def throughput_section(figures: Figures) -> list[str]:
+def throughput_section(figures: Figures, results: Results | None = None) -> list[str]:
     unit = figures.unit
+    throttled = throttled_cases(results) if results is not None else []
+    marks = {(c.gpus, c.batch_per_gpu): c.mark for c in throttled}
     by_config = {(r.gpus, r.batch_per_gpu): r for r in figures.train}
     headers = [
         f"{unit}s",
@@ -81,10 +84,15 @@ def throughput_section(figures: Figures) -> list[str]:
         if not chosen:
             continue
         keeps = f"batch per {unit}" if scaling == "weak" else "global batch"
-        rows = [_point_row(p, by_config.get((p.gpus, p.batch_per_gpu))) for s in chosen for p in s.points]
+        rows = [
+            _point_row(p, by_config.get((p.gpus, p.batch_per_gpu)), marks.get((p.gpus, p.batch_per_gpu), ""))
+            for s in chosen
+            for p in s.points
+        ]
         out += [f"### {scaling.capitalize()} scaling (keeps the {keeps})", "", _table(headers, rows), ""]
     if not out:
         return ["No training configuration completed.", ""]
+    out += footnotes(throttled, unit)
     base = next((s.base_gpus for s in figures.series), 1)
     out.append(
         f"Speedup is T(N) / T({base}); scaling efficiency is T(N) x {base} / (N x T({base})), "
@@ -344,7 +352,7 @@ def render(results: Results, figures: Figures, plots: list[str]) -> str:
             "figures test the suite and the strategy, not GPU scaling.",
             "",
         ]
-    lines += ["## Training throughput", "", *throughput_section(figures)]
+    lines += ["## Training throughput", "", *throughput_section(figures, results)]
     lines += bottleneck_sections(results, figures) + peak_section(figures)
     lines += variants_section(figures)
     lines += allreduce_section(figures) + input_section(figures) + utilization_section(figures)

@@ -1,13 +1,16 @@
 """Recommendations argued from the measurements: the best batch per GPU count and, where scaling
-efficiency falls below 80%, the likely bottleneck (input pipeline, all-reduce or compute).
+efficiency falls below 80%, the likely bottleneck (throttling, input pipeline, all-reduce or
+compute).
 
 The argument for one configuration of N devices that scales badly, with t its measured step time
 and t_ideal the step time perfect scaling from the baseline would give (lost = t - t_ideal):
-  1. input pipeline, when the pipeline alone delivers less than INPUT_HEADROOM_MIN x the training
+  1. throttling, when a GPU of the case was throttled while it was measured (reports.throttling):
+     every synchronous step waits for it, so the efficiency says little about scaling;
+  2. input pipeline, when the pipeline alone delivers less than INPUT_HEADROOM_MIN x the training
      rate: it runs beside training on the same host, so with little slack it sets the pace;
-  2. all-reduce, when moving the model's gradients once (measured all-reduce time, interpolated
+  3. all-reduce, when moving the model's gradients once (measured all-reduce time, interpolated
      to the gradient size) accounts for at least half of the lost time;
-  3. compute otherwise (each device's share of the batch is too small to keep it busy, or the
+  4. compute otherwise (each device's share of the batch is too small to keep it busy, or the
      devices share something: CPU logical devices share the same cores).
 
 Variants (XLA, mixed precision, cross-device ops) are recommended only from their measured
@@ -22,6 +25,7 @@ from typing import Any
 from reports.analysis import allreduce_seconds
 from reports.figure_rows import Figures, Recommendation, SeriesPoint, VariantSummary
 from reports.results import Results, format_bytes
+from reports.throttling import GUIDE, describe
 from reports.variant_figures import MIN_GAIN
 from reports.variants import (
     AXES,
@@ -98,6 +102,16 @@ def diagnose(results: Results, figures: Figures, scaling: str, point: SeriesPoin
             f"all-reduce of the {format_bytes(grad_bytes)} of gradients ~{t_ar * 1e3:.1f} ms per step"
         )
     measured = f" ({'; '.join(evidence)})" if evidence else ""
+    hot = describe(raw)
+    if hot:  # a throttled GPU sets every step's pace: the figure says little about scaling
+        return Recommendation(
+            "bottleneck",
+            f"{where}: likely throttling, not scaling: {hot} while measured{measured}. Cool the GPU or "
+            f"lift its power cap (`gpudiag check`, {GUIDE}) and measure again",
+            n,
+            b,
+            "throttling",
+        )
     if head is not None and head < INPUT_HEADROOM_MIN:
         return Recommendation(
             "bottleneck",

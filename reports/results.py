@@ -66,6 +66,30 @@ class InputRow(BatchRow):
 
 
 @dataclass(kw_only=True)
+class GpuClocks:
+    """One GPU of a training case, from NVML's samples during its measured rounds."""
+
+    gpu: int  # NVML index
+    samples: int
+    clocks_event_reasons: list[str] | None = None  # every reason seen (NVML names; None: not reported)
+    throttled_samples: int = 0  # samples with a throttling reason (diagnostics.monitor.throttling)
+    sm_clock_mhz_median: float | None = None
+    sm_clock_mhz_min: int | None = None
+    sm_clock_max_mhz: int | None = None  # the GPU's top SM clock
+    temperature_c_max: float | None = None
+    power_w_mean: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # keys not named here, kept
+
+
+@dataclass(kw_only=True)
+class Clocks:
+    """A training case's GPUs while it was measured (bench/sweep.py `gpu_clocks`)."""
+
+    gpus: list[GpuClocks] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)  # keys not named here, kept
+
+
+@dataclass(kw_only=True)
 class TrainRow(BatchRow):
     flops_per_sample: float | None = None  # training FLOPs: 6 x the Conv/Dense multiply-accumulates
     gradient_bytes: int | None = None  # what one all-reduce of the gradients moves
@@ -78,6 +102,8 @@ class TrainRow(BatchRow):
     loss: float | None = None  # after the last round
     calls_per_round: int | None = None  # traced calls per round (with auto: the K it settled on)
     utilization: dict[str, list[float]] | None = None  # NVML index (text) -> % samples, rounds only
+    # each GPU's clocks, clock event reasons, heat and power over the measured rounds (None: CPU devices)
+    clocks: Clocks | None = field(default=None, metadata=OMIT_WHEN_EMPTY)
     # with --data: the same case on synthetic images of the data's size (the sweep's companion
     # case), kept inside its real-data row so that no series, variant, compare or merge counts it
     synthetic: TrainRow | None = field(default=None, metadata=OMIT_WHEN_EMPTY)

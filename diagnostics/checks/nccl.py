@@ -9,6 +9,7 @@ from __future__ import annotations
 from itertools import combinations
 
 from diagnostics.checks.base import Context, Finding, fail, passed, see, skip, warn
+from diagnostics.monitor import throttling
 from diagnostics.system import SystemFacts
 
 # Policy thresholds, not measured limits. NCCL's shared-memory transport allocates its buffers in
@@ -24,13 +25,6 @@ _PREDATES = (
 )
 _ACS_COMMAND = "sudo lspci -vvv | grep -E '^[0-9a-f]|ACSCtl'"
 _IOMMU_COMMAND = "cat /proc/cmdline; ls /sys/class/iommu; cat /sys/kernel/iommu_groups/*/type"
-_REASON_WORDS = {
-    "hw_thermal_slowdown": "thermal slowdown",
-    "sw_thermal_slowdown": "thermal slowdown",
-    "hw_slowdown": "hardware slowdown",
-    "hw_power_brake_slowdown": "power brake",
-    "sw_power_cap": "power cap",
-}
 
 
 def _system(ctx: Context) -> SystemFacts | Finding:
@@ -219,7 +213,7 @@ def clocks(ctx: Context) -> list[Finding]:
         now = f"{gpu.sm_clock_mhz} of {gpu.sm_clock_max_mhz} MHz"
         busy = gpu.utilization_gpu_pct is not None and gpu.utilization_gpu_pct >= BUSY_PCT
         if busy and gpu.sm_clock_mhz < SLOW_CLOCK_FRACTION * gpu.sm_clock_max_mhz:
-            reasons = sorted({_REASON_WORDS[r] for r in gpu.clocks_event_reasons or () if r in _REASON_WORDS})
+            reasons = throttling(gpu.clocks_event_reasons)
             why = f" ({', '.join(reasons)})" if reasons else ""
             findings.append(
                 warn(

@@ -6,6 +6,8 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, Any
 
+from training.app.usage import describe as describe_usage
+from training.app.usage import describe_gpus
 from training.devices.setup import DevicePlan
 from training.loop.learning_rate import rate_plan
 from training.settings.batch import batch_advice
@@ -101,12 +103,17 @@ def print_summary(run: RunSummary, out: Any = None) -> None:
         at = next(i for i, row in enumerate(rows) if row[0] == "final_val_loss")
         rows.insert(at, ("validation", summary["validation_data"]))
     rows.insert(3, ("devices", "\n".join(summary["devices"])))
+    if summary.get("gpu_usage"):
+        rows.append(("gpu_usage", describe_gpus(summary["gpu_usage"])))
     print(tabulate(rows, tablefmt="simple"), file=out)
     found = summary.get("bottleneck")
     if found:  # one line after the table: too long for a cell
         from common.bottleneck import describe
 
         print(f"bottleneck: {describe(found)}", file=out)
+    uneven = describe_usage(summary.get("least_busy_gpu"))
+    if uneven:
+        print(f"least busy GPU: {uneven}", file=out)
     from training.app.workers_speed import describe as describe_speed
 
     slow = describe_speed(summary.get("workers_speed"))

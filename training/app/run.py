@@ -139,6 +139,7 @@ def run(
         steps_per_execution=trainer.steps_per_execution,
         first_call=trainer.chunks.first_call,
         gpu_usage=usage.summarize(watching),
+        least_busy_gpu=usage.least_busy(watching),
         bottleneck=found.as_dict() if found else None,
         profile=profiled,
         workers_speed=speed,

@@ -77,7 +77,9 @@ class RunSummary:
     cluster: dict[str, Any] | None
     worker_devices: Any
     peak_memory_bytes: dict[str, int] | None
-    gpu_usage: dict[str, dict[str, Any]] | None
+    gpu_usage: dict[str, dict[str, Any]] | None  # training.app.usage: per NVML index, sampled while training
+    # uneven utilisation: the least busy GPU and its likely cause (training.app.usage.least_busy)
+    least_busy_gpu: dict[str, Any] | None
     bottleneck: dict[str, Any] | None  # training.app.bottleneck: where the step time goes
     profile: dict[str, Any] | None  # --profile-steps: the steps, the trace folder, how to view it
     # several workers: each one's solo forward and backward pass, the slowest and its ratio to the
@@ -105,6 +107,7 @@ def build_summary(
     steps_per_execution: str = "1",
     first_call: tuple[int, float] | None = None,
     gpu_usage: dict[str, dict[str, Any]] | None = None,
+    least_busy_gpu: dict[str, Any] | None = None,
     bottleneck: dict[str, Any] | None = None,
     profile: dict[str, Any] | None = None,
     workers_speed: dict[str, Any] | None = None,
@@ -158,6 +161,7 @@ def build_summary(
         wall_seconds=wall_seconds,
         **_environment(setup),
         gpu_usage=gpu_usage,
+        least_busy_gpu=least_busy_gpu,
         bottleneck=bottleneck,
         profile=profile,
         workers_speed=workers_speed,
