@@ -186,7 +186,7 @@ class Recommendation:
     text: str
     gpus: int | None = None
     batch_per_gpu: int | None = None
-    bottleneck: str | None = None  # input | allreduce | compute
+    bottleneck: str | None = None  # input | allreduce | compute | throttling
 
 
 @dataclass(kw_only=True)
