@@ -1,5 +1,6 @@
 """The MirroredStrategy trainer: `python -m training`, and the API for a user's own script
-(`training.setup_device_strategy`, `training.ThroughputCallback`: see training.api).
+(`training.setup_device_strategy`, `training.ThroughputCallback`, `training.BackupAndRestore`: see
+training.api).
 
 Importing this package does not import TensorFlow; the modules that need it import it themselves,
 and the API's names are resolved on first use (a module `__getattr__`), so that
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # for type checkers only: at run time the names load on first use
     from training.api import StrategySetup, setup_device_strategy
+    from training.api.keras_fit import BackupAndRestore
     from training.api.throughput import ThroughputCallback
 
 # public name -> the module that defines it
@@ -19,9 +21,10 @@ _API = {
     "setup_device_strategy": "training.api",
     "StrategySetup": "training.api",
     "ThroughputCallback": "training.api.throughput",
+    "BackupAndRestore": "training.api.keras_fit",
 }
 
-__all__ = ["StrategySetup", "ThroughputCallback", "setup_device_strategy"]
+__all__ = ["BackupAndRestore", "StrategySetup", "ThroughputCallback", "setup_device_strategy"]
 
 
 def __getattr__(name: str) -> Any:

@@ -1,6 +1,7 @@
 """The Python API for a user's own training script: `setup_device_strategy()` selects devices as
 `python -m training` does and builds the strategy; `ThroughputCallback` (training.api.throughput)
-measures samples/s in `model.fit`.
+measures samples/s in `model.fit`; `BackupAndRestore` (training.api.keras_fit) backs a run across
+workers up from the chief alone.
 
 This module imports no TensorFlow: bad arguments are found, and reported as a UserError, before
 TensorFlow starts; TensorFlow is imported inside `setup_device_strategy()` only.
@@ -121,6 +122,10 @@ def setup_device_strategy(
     device_setup = start_devices(
         plan, config.cross_device_ops, task, config.communication, config.collective_timeout
     )
+    if task is not None:  # Keras 3's model.fit cannot use MultiWorkerMirroredStrategy as it is
+        from training.api.keras_fit import fit_ready
+
+        fit_ready(device_setup.strategy)
     return StrategySetup(device_setup, config)
 
 
