@@ -16,7 +16,7 @@ from training.checkpoints.store import CheckpointStore
 
 pytestmark = pytest.mark.slow
 
-BASE = ["--cpu-replicas", "2", "--epochs", "2", "--steps-per-epoch", "4", "-q"]
+BASE = ["--cpu-replicas", "2", "--model", "mlp", "--epochs", "2", "--steps-per-epoch", "4", "-q"]
 
 
 @pytest.fixture(scope="module")
