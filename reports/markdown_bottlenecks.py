@@ -16,6 +16,7 @@ from common.bottleneck import (
 )
 from reports.figure_rows import CaseBottleneck, Figures, InputCost
 from reports.results import Results
+from reports.throttling import throttled_cases
 
 
 def _pct(value: float | None) -> str:
@@ -26,21 +27,23 @@ def _devices(n: int, unit: str) -> str:
     return f"{n} {unit}{'s' if n != 1 else ''}"
 
 
-def _row(b: CaseBottleneck) -> list[str]:
+def _row(b: CaseBottleneck, mark: str | None) -> list[str]:
     headroom = f" ({b.input_headroom:.2f}x)" if b.input_headroom is not None else ""
     return [
         str(b.gpus),
         str(b.batch_per_gpu),
         f"{b.samples_per_sec:,.0f}",
-        f"**{b.verdict}**",
+        f"**{b.verdict}**" + (f" {mark}" if mark else ""),
         _pct(b.shares.get("input")) + headroom,
         _pct(b.shares.get("communication")),
         _pct(b.shares.get("compute")),
     ]
 
 
-def verdict_section(figures: Figures) -> list[str]:
-    """The verdict and shares of every training case, beside its throughput, with the remedies."""
+def verdict_section(figures: Figures, marks: dict[tuple[int, int], str] | None = None) -> list[str]:
+    """The verdict and shares of every training case, beside its throughput, with the remedies;
+    `marks`: the throughput table's throttling marks by (devices, batch), repeated beside the
+    verdict (a throttled GPU's slower steps read as compute here)."""
     if not figures.bottlenecks:
         return []
     unit = figures.unit
@@ -53,7 +56,7 @@ def verdict_section(figures: Figures) -> list[str]:
         "all-reduce",
         "compute",
     ]
-    rows = [_row(b) for b in figures.bottlenecks]
+    rows = [_row(b, (marks or {}).get((b.gpus, b.batch_per_gpu))) for b in figures.bottlenecks]
     verdicts = sorted({b.verdict for b in figures.bottlenecks})
     return [
         "### Where the step time goes",
@@ -135,4 +138,5 @@ def input_cost_section(results: Results, figures: Figures) -> list[str]:
 
 
 def bottleneck_sections(results: Results, figures: Figures) -> list[str]:
-    return verdict_section(figures) + input_cost_section(results, figures)
+    marks = {(c.gpus, c.batch_per_gpu): c.mark for c in throttled_cases(results)}
+    return verdict_section(figures, marks) + input_cost_section(results, figures)

@@ -96,6 +96,10 @@ def test_the_throughput_table_marks_the_throttled_case_with_a_footnote():
         and "91 °C max" in note
     )
     assert "not how the work scales" in note
+    # the verdict table repeats the mark: a throttled GPU's slow steps read there as compute
+    verdicts = lines[lines.index("### Where the step time goes") :]
+    four_verdict = next(r for r in verdicts if r.startswith("| 4 "))
+    assert "†1" in four_verdict and not any("†" in r for r in verdicts if r.startswith("| 2 "))
 
 
 def test_a_file_without_clocks_renders_without_marks_and_writes_none_back():
