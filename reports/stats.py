@@ -1,8 +1,8 @@
 """Statistics of repeated measurements: median, spread and 95% confidence intervals.
 
 Pure functions on lists of floats. Two intervals: the distribution-free interval of the median from
-order statistics (needs at least 6 rounds to reach 95%), and Student's t interval of the mean for
-fewer rounds. `summarize` picks the first when it exists and says which one it used.
+order statistics (common/stats.py: needs at least 6 rounds to reach 95%), and Student's t interval
+of the mean for fewer rounds. `summarize` picks the first when it exists and says which one it used.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-CONFIDENCE = 0.95
+from common.stats import median_ci
 
 # Two-sided 95% Student t quantiles t(0.975, df) for df = 1..30, from standard tables.
 _T_975 = (
@@ -42,31 +42,6 @@ def mean_ci(values: Sequence[float]) -> tuple[float, float] | None:
     mean = statistics.fmean(values)
     half = t_quantile_975(n - 1) * statistics.stdev(values) / math.sqrt(n)
     return mean - half, mean + half
-
-
-def median_ci_ranks(n: int) -> tuple[int, int] | None:
-    """1-based ranks (k, n-k+1) of the order statistics that bound the median with >= 95% coverage.
-
-    Coverage of [x_(k), x_(n-k+1)] is 1 - 2 P(B <= k-1) with B ~ Binomial(n, 1/2); the largest k
-    that keeps it >= 95% gives the narrowest interval. None when even [min, max] falls short (n < 6).
-    """
-    best = None
-    cumulative = 0.0
-    for k in range(1, n // 2 + 1):
-        cumulative += math.comb(n, k - 1) / 2**n  # P(B <= k-1)
-        if 1 - 2 * cumulative >= CONFIDENCE:
-            best = (k, n - k + 1)
-        else:
-            break
-    return best
-
-
-def median_ci(values: Sequence[float]) -> tuple[float, float] | None:
-    ranks = median_ci_ranks(len(values))
-    if ranks is None:
-        return None
-    ordered = sorted(values)
-    return ordered[ranks[0] - 1], ordered[ranks[1] - 1]
 
 
 def coefficient_of_variation(values: Sequence[float]) -> float | None:

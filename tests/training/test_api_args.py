@@ -11,7 +11,7 @@ from support import child_env, run_child
 
 from common.errors import UserError
 from training.api import setup_device_strategy
-from training.api.rates import StepRates, median_ci_ranks
+from training.api.rates import StepRates
 
 BAD_ARGUMENTS = [
     ({"device_mode": "bogus"}, "unknown --device-mode 'bogus'"),
@@ -112,14 +112,6 @@ def test_interval_bounds_the_median_and_needs_six_calls():
         "throughput: 2,917 samples/s (1,458 per replica, 2 replicas), "
         "95% CI [1,111, 8,000], median of 10 steps"
     )
-
-
-def test_median_interval_ranks_match_the_binomial_rule():
-    """n=6 is the smallest count whose [min, max] covers the median with >= 95% (1 - 2/64)."""
-    assert median_ci_ranks(5) is None
-    assert median_ci_ranks(6) == (1, 6)
-    assert median_ci_ranks(10) == (2, 9)
-    assert median_ci_ranks(40) == (14, 27)
 
 
 @pytest.mark.parametrize(("batch", "warmup"), [(0, 5), (True, 5), (64, -1), (64, 1.5)])

@@ -4,13 +4,11 @@ of each timed call after the warm-up, their median and its 95% interval, and the
 
 from __future__ import annotations
 
-import math
 import statistics
 from dataclasses import dataclass, field
 
 from common.errors import UserError
-
-CONFIDENCE = 0.95
+from common.stats import median_ci
 
 
 @dataclass
@@ -49,11 +47,7 @@ class StepRates:
     def interval(self) -> tuple[float, float] | None:
         """The distribution-free 95% interval of the median (order statistics); None with fewer than
         6 timed calls, where even [min, max] covers the median with less than 95%."""
-        ranks = median_ci_ranks(len(self.rates))
-        if ranks is None:
-            return None
-        ordered = sorted(self.rates)
-        return ordered[ranks[0] - 1], ordered[ranks[1] - 1]
+        return median_ci(self.rates)
 
     @property
     def overall(self) -> float | None:
@@ -83,20 +77,3 @@ class StepRates:
             f"replicas), {spread}, median of {timed} after {self.steps - self.measured_steps} warm-up, "
             f"global batch {self.global_batch_size}"
         )
-
-
-def median_ci_ranks(n: int) -> tuple[int, int] | None:
-    """1-based ranks (k, n-k+1) whose order statistics bound the median with >= 95% coverage.
-
-    Coverage of [x_(k), x_(n-k+1)] is 1 - 2 P(B <= k-1), B ~ Binomial(n, 1/2); the largest k that
-    keeps it >= 95% gives the narrowest interval. None below 6 values. The same rule as
-    reports.stats.median_ci_ranks, which training/ may not import.
-    """
-    best = None
-    cumulative = 0.0
-    for k in range(1, n // 2 + 1):
-        cumulative += math.comb(n, k - 1) / 2**n
-        if 1 - 2 * cumulative < CONFIDENCE:
-            break
-        best = (k, n - k + 1)
-    return best
