@@ -85,3 +85,15 @@ def start_helper(script: str, *args: str) -> subprocess.Popen[str]:
 def start_training(args: list[str], fault: str = "", **env: str) -> subprocess.Popen[str]:
     """`python -m training ARGS` in the background, with GPUDIAG_FAULT set to `fault`."""
     return start_child("-m", "training", *args, env=child_env(GPUDIAG_FAULT=fault, **env))
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = 300) -> tuple[int, str, str]:
+    """Wait for a child from `start_child`: (exit code, stdout, stderr). One still running at
+    `timeout` is killed, and the test fails with the end of its stderr."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        raise AssertionError(f"still running after {timeout:g} s: {err[-2000:]}") from None
+    return proc.returncode, out, err

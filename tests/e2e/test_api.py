@@ -8,14 +8,12 @@ The two children run side by side: each costs a TensorFlow start.
 from __future__ import annotations
 
 import re
-import subprocess
 
 import pytest
-from support import ROOT, child_env, start_child
+from support import ROOT, child_env, finish, start_child
 
 pytestmark = pytest.mark.slow
 
-TIMEOUT = 180
 LATE = """
 import tensorflow as tf
 tf.constant(1.0) + 1.0  # any operation starts TensorFlow's runtime
@@ -31,16 +29,6 @@ else:
 NUMBERS = re.compile(
     r"replicas=(\d+) samples_per_sec=([\d.]+) per_replica=([\d.]+) interval=\(([\d.]+), ([\d.]+)\)"
 )
-
-
-def finish(proc: subprocess.Popen[str]) -> tuple[int, str, str]:
-    try:
-        out, err = proc.communicate(timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-        pytest.fail(f"timed out after {TIMEOUT} s:\n{out}\n{err}")
-    return proc.returncode, out, err
 
 
 def test_example_trains_on_two_cpu_replicas_and_late_setup_is_refused():

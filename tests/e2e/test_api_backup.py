@@ -11,12 +11,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from support import HELPERS, child_env, start_child
+from support import HELPERS, child_env, finish, start_child
 
 from training.devices.launcher import free_ports
 
 pytestmark = pytest.mark.slow
-TIMEOUT = 180
 
 
 def start_workers(backup: Path, kill_worker_at: dict[int, int]) -> list[subprocess.Popen[str]]:
@@ -28,15 +27,6 @@ def start_workers(backup: Path, kill_worker_at: dict[int, int]) -> list[subproce
         env = child_env(TF_CONFIG=tf_config, BACKUP=str(backup), **extra)
         procs.append(start_child(str(HELPERS / "fit_backup.py"), env=env))
     return procs
-
-
-def finish(proc: subprocess.Popen[str]) -> tuple[int, str, str]:
-    try:
-        out, err = proc.communicate(timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-    return proc.returncode, out, err
 
 
 def test_a_killed_workers_fit_resumes_from_the_chiefs_backup(tmp_path):

@@ -7,27 +7,16 @@ a training run, or its pipeline would be slowed in training and not in the measu
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
-from support import start_training
+from support import finish, start_training
 
 pytestmark = pytest.mark.slow
 
-TIMEOUT = 300
 PROFILED = (10, 14)
-
-
-def finish(proc: subprocess.Popen[str]) -> tuple[int, str, str]:
-    try:
-        out, err = proc.communicate(timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-    return proc.returncode, out, err
 
 
 def jpeg_folder(root: Path, per_class: int = 16, size: int = 768) -> Path:

@@ -17,14 +17,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support import child_env, start_child
+from support import child_env, finish, start_child
 
 from training.__main__ import main
 from training.devices.launcher import free_ports
 
 EPOCHS, STEPS = 2, 6
 FINAL = EPOCHS * STEPS
-TIMEOUT = 240
 
 
 def train_args(directory: Path, *extra: str) -> list[str]:
@@ -51,16 +50,6 @@ def start_workers(args: list[str], faults: tuple[str, ...] = ("", "")) -> list[s
         )
         for i, fault in enumerate(faults)
     ]
-
-
-def finish(proc: subprocess.Popen[str], timeout: float = TIMEOUT) -> tuple[int, str, str]:
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-        raise AssertionError(f"still running after {timeout} s: {err[-2000:]}") from None
-    return proc.returncode, out, err
 
 
 def weights(directory: Path, step: int = FINAL) -> list[np.ndarray]:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support import start_training
+from support import finish, start_training
 
 from training.checkpoints.store import CheckpointStore
 
@@ -38,11 +38,6 @@ def train_args(directory: Path, save_freq: str = "epoch") -> list[str]:
 
 
 start = start_training
-
-
-def finish(proc: subprocess.Popen[str], timeout: float = 240) -> tuple[int, str, str]:
-    out, err = proc.communicate(timeout=timeout)
-    return proc.returncode, out, err
 
 
 def wait_for_file(path: Path, proc: subprocess.Popen[str], timeout: float = 180) -> None:

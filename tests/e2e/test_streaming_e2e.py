@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from support import FIXTURES, child_env, start_child
+from support import FIXTURES, child_env, finish, start_child
 
 from training.checkpoints.store import CheckpointStore
 
@@ -22,7 +22,6 @@ pytestmark = pytest.mark.slow
 
 SHARDS = str(FIXTURES / "tfrecord" / "train-*")
 ONE_SHARD = str(FIXTURES / "tfrecord" / "train-00000-of-00002")
-TIMEOUT = 300
 # the trainer in this process, its peak resident memory printed at the end
 PEAK_RSS = (
     "import resource, sys; from training.__main__ import main; code = main(sys.argv[1:]); "
@@ -32,15 +31,6 @@ PEAK_RSS = (
 
 def start(args: list[str], fault: str = "", **env: str) -> subprocess.Popen[str]:
     return start_child("-m", "training", *args, env=child_env(GPUDIAG_FAULT=fault, **env))
-
-
-def finish(proc: subprocess.Popen[str]) -> tuple[int, str, str]:
-    try:
-        out, err = proc.communicate(timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-    return proc.returncode, out, err
 
 
 def image_folder(root: Path, per_class: int, size: int) -> Path:

@@ -10,11 +10,10 @@ Each process costs a TensorFlow start, so those that do not depend on each other
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
-from support import FIXTURES, start_child
+from support import FIXTURES, finish, start_child
 
 pytestmark = pytest.mark.slow
 
@@ -39,11 +38,6 @@ for name in sys.argv[1:]:
         except models.ModelError as exc:
             print("REFUSED", exc)
 """
-
-
-def finish(proc: subprocess.Popen[str], timeout: float = 300) -> tuple[int, str, str]:
-    out, err = proc.communicate(timeout=timeout)
-    return proc.returncode, out, err
 
 
 def last_line(err: str) -> str:

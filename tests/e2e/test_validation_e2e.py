@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support import ROOT, child_env, start_training
+from support import ROOT, child_env, finish, start_training
 
 from training.inputs import data, validation
 from training.loop.learning_rate import rate_plan
@@ -42,11 +42,6 @@ def digits_npz(path: Path) -> str:
     digits = load_digits()
     np.savez(path, x=(digits.images / 16.0).astype(np.float32), y=digits.target)
     return str(path)
-
-
-def finish(proc: subprocess.Popen[str], timeout: float = 300) -> tuple[int, str, str]:
-    out, err = proc.communicate(timeout=timeout)
-    return proc.returncode, out, err
 
 
 def start(args: list[str], fault: str = "") -> subprocess.Popen[str]:

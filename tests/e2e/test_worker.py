@@ -3,7 +3,6 @@ purpose (OOM, crash, hang)."""
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -21,7 +20,8 @@ from training.children.protocol import (
     decode_request,
     encode,
 )
-from training.children.worker_client import WorkerClient, WorkerError
+from training.children.worker_client import WorkerError
+from training.children.worker_group import Launch, WorkerGroup
 from training.loop.faults import CRASH_EXIT_CODE
 from training.loop.faults import WORKER_FAULT_ENV as FAULT_ENV
 from training.loop.faults import WorkerFault as Fault
@@ -94,9 +94,10 @@ def test_flops_of_the_cnn_by_hand():
     assert model_flops_per_sample(model) == 6 * macs
 
 
-def _client(tmp_path: Path, *args: str, fault: str = "") -> WorkerClient:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "", FAULT_ENV: fault}
-    return WorkerClient(list(args), tmp_path / "worker.log", env=env, start_timeout=180)
+def _client(tmp_path: Path, *args: str, fault: str = "") -> WorkerGroup:
+    """One worker, as the sweep starts it on one machine."""
+    env = {"TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "", FAULT_ENV: fault}
+    return WorkerGroup([Launch(list(args), env)], tmp_path, "worker", start_timeout=180)
 
 
 @pytest.mark.slow

@@ -1,11 +1,11 @@
-"""The parent's side of the benchmark worker (`python -m training.children.worker`): start it on a
-resolved device set, send typed requests, read typed answers (`training.children.protocol`). No
-TensorFlow here: the sweep imports this.
+"""The parent's side of one benchmark worker process (`python -m training.children.worker`): start it
+on a resolved device set, send typed requests, poll for typed answers (`training.children.protocol`).
+`training.children.worker_group.WorkerGroup` asks one or several of them and waits on them
+together; that is what the sweep and the tests use. No TensorFlow here: the sweep imports this.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +19,6 @@ from training.children.protocol import (
     Ready,
     Request,
     StartFailed,
-    Work,
     decode,
     decode_answer,
     encode,
@@ -35,35 +34,24 @@ class WorkerError(ChildError):
 class WorkerClient:
     """Starts `python -m training.children.worker DEVICE_ARGS` (DevicePlan.child_args) and talks to it.
 
-    A worker that dies is reported as kind "crash" (with the tail of its stderr), one that does not
-    answer in time is killed and reported as "timeout"; neither is waited on forever.
+    A worker that dies is reported as kind "crash" (with the tail of its stderr); `poll` never waits
+    past its timeout (the group kills a worker that does not answer in time: "timeout").
     """
 
     device_args: Sequence[str]
     log_path: Path
     env: dict[str, str] | None = None
-    start_timeout: float = 600.0
     child: Child | None = None
     ready: Ready | None = None
-    start_seconds: float = 0.0
-    _launched: float = 0.0
 
     @property
     def proc(self) -> Any:
         """The worker's process while it runs (None once closed)."""
         return self.child.proc if self.child is not None else None
 
-    def start(self) -> Ready:
-        self.launch()
-        try:
-            return self.ready_from(self._call(None, self.start_timeout, "start"))
-        finally:
-            self.start_seconds = time.perf_counter() - self._launched
-
     def launch(self) -> None:
         """Start the process; its "ready" is `poll`ed for (a group starts all its workers first:
         each waits for the others before it is ready)."""
-        self._launched = time.perf_counter()
         command = module_command("training.children.worker", *self.device_args)
         self.child = Child(command, child_environment(self.env), self.log_path).start()
 
@@ -75,20 +63,6 @@ class WorkerClient:
             raise WorkerError("start", failed.message)
         self.ready = decode(Ready, message)
         return self.ready
-
-    def prepare(self, work: Work, timeout: float, steps: int | None = None) -> Prepared:
-        """Build and trace `work` (`steps`: how many a run will time, where that shapes the trace)."""
-        answer = self._request(Request("prepare", work, steps), timeout)
-        assert isinstance(answer, Prepared)
-        return answer
-
-    def run(self, work: Work, steps: int, timeout: float) -> Ran:
-        answer = self._request(Request("run", work, steps), timeout)
-        assert isinstance(answer, Ran)
-        return answer
-
-    def _request(self, request: Request, timeout: float) -> Prepared | Ran:
-        return self.answer_from(request, self._call(encode(request), timeout, describe(request)))
 
     def send(self, request: Request) -> None:
         """Send a request without waiting for its answer (`poll` for it)."""
@@ -115,16 +89,6 @@ class WorkerClient:
         if isinstance(answer, Failed):
             raise WorkerError(answer.error, answer.message)
         return answer
-
-    def _call(self, payload: dict[str, Any] | None, timeout: float, what: str) -> dict[str, Any]:
-        if self.child is None:
-            raise WorkerError("crash", "worker is not running")
-        try:
-            if payload is not None:
-                self.child.send(payload, what)
-            return self.child.receive(timeout, what)
-        except ChildError as exc:
-            raise WorkerError(exc.kind, f"worker {exc}") from None
 
     def kill(self) -> None:
         if self.child is not None:

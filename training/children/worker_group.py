@@ -63,7 +63,7 @@ class WorkerGroup:
         for index, launch in enumerate(self.launches):
             suffix = f"-{index}" if several else ""
             env = {**os.environ, **launch.env} if launch.env else None  # None: this process's own
-            client = WorkerClient(launch.args, self.log_dir / f"{self.log_name}{suffix}.log", env=env)
+            client = WorkerClient(launch.args, self.log_dir / f"{self.log_name}{suffix}.log", env)
             self.clients.append(client)
             client.launch()
         try:
